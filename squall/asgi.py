@@ -1,0 +1,238 @@
+"""ASGI 3 on squall's request cycle: the `http` scope and `lifespan`.
+
+The response head is held back until the first body message, so a response
+whose body comes in one message leaves in one write with a Content-Length.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+from urllib.parse import unquote
+
+from squall.http.protocol import RequestCycle
+
+logger = logging.getLogger("squall.asgi")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
+
+
+class ASGIAdapter:
+    """Serves an ASGI 3 app; each request runs as a task."""
+
+    streaming = True
+
+    def __init__(self, app: ASGIApp, root_path: str = "", worker_id: int | None = None) -> None:
+        self.app = app
+        self.root_path = root_path
+        self.state: dict[str, Any] = {"worker_id": worker_id}
+        self.lifespan = Lifespan(app, self.state)
+
+    def handle(self, cycle: RequestCycle) -> None:
+        request = cycle.request
+        assert request is not None
+        raw_path = request.path
+        scope: Scope = {
+            "type": "http",
+            "asgi": ASGI_VERSION,
+            "http_version": request.http_version,
+            "method": request.method,
+            "scheme": cycle.scheme,
+            "path": unquote(raw_path.decode("latin-1")),
+            "raw_path": raw_path,
+            "query_string": request.query,
+            "root_path": self.root_path,
+            "headers": request.headers,
+            "client": cycle.client,
+            "server": cycle.server,
+            "state": self.state.copy(),
+            "extensions": {},
+        }
+        exchange = _Exchange(cycle)
+        task = cycle.loop.create_task(self._run(scope, exchange))
+        exchange.task = task
+
+    async def _run(self, scope: Scope, exchange: _Exchange) -> None:
+        cycle = exchange.cycle
+        try:
+            await self.app(scope, exchange.receive, exchange.send)
+        except Exception:
+            logger.exception("exception in ASGI app for %s %s", scope["method"], scope["path"])
+            exchange.fail()
+            return
+        if not cycle.response_started:
+            if exchange.status is not None:  # start sent, no body message
+                exchange.finish_empty()
+            else:
+                logger.error(
+                    "ASGI app returned without a response for %s %s",
+                    scope["method"],
+                    scope["path"],
+                )
+                exchange.fail()
+        elif not cycle.complete and not cycle.disconnected:
+            logger.error("ASGI app returned before its response was complete")
+            cycle.abort()
+
+
+class _Exchange:
+    """`receive` and `send` for one request."""
+
+    __slots__ = ("body_done", "cycle", "headers", "status", "task")
+
+    def __init__(self, cycle: RequestCycle) -> None:
+        self.cycle = cycle
+        self.status: int | None = None
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body_done = False
+        self.task: asyncio.Task[None] | None = None
+
+    async def receive(self) -> Message:
+        cycle = self.cycle
+        if not self.body_done and not cycle.disconnected:
+            body, more = await cycle.receive_body()
+            if not cycle.disconnected:
+                self.body_done = not more
+                return {"type": "http.request", "body": body, "more_body": more}
+        await cycle.wait_disconnect()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: Message) -> None:
+        cycle = self.cycle
+        kind = message["type"]
+        if cycle.disconnected:
+            return  # the client is gone; the app learns it from receive()
+        if kind == "http.response.start":
+            if self.status is not None or cycle.response_started:
+                raise RuntimeError("ASGI app sent 'http.response.start' twice")
+            self.status = int(message["status"])
+            self.headers = [(bytes(k), bytes(v)) for k, v in message.get("headers", ())]
+            _check_headers(self.headers)
+        elif kind == "http.response.body":
+            if self.status is None:
+                raise RuntimeError("ASGI app sent 'http.response.body' before 'start'")
+            if cycle.complete:
+                raise RuntimeError("ASGI app sent body after the response was complete")
+            body = bytes(message.get("body", b""))
+            more = bool(message.get("more_body", False))
+            if not cycle.response_started:
+                request = cycle.request
+                assert request is not None
+                if not more and request.method != "HEAD":
+                    cycle.respond(self.status, self.headers, body)
+                    return
+                cycle.start(self.status, self.headers)
+            if body:
+                cycle.write(body)
+            if more:
+                await cycle.drain()
+            else:
+                cycle.end()
+        else:
+            raise RuntimeError(f"unexpected ASGI message type {kind!r} in an http scope")
+
+    def finish_empty(self) -> None:
+        assert self.status is not None
+        self.cycle.start(self.status, self.headers)
+        self.cycle.end()
+
+    def fail(self) -> None:
+        cycle = self.cycle
+        if cycle.disconnected or cycle.complete:
+            return
+        if cycle.response_started:
+            cycle.abort()
+        else:
+            cycle.respond(
+                500, [(b"content-type", b"text/plain; charset=utf-8")], b"Internal Server Error"
+            )
+
+
+def _check_headers(headers: list[tuple[bytes, bytes]]) -> None:
+    for name, value in headers:
+        if b"\r" in value or b"\n" in value or b"\r" in name or b"\n" in name or b":" in name:
+            raise RuntimeError(f"invalid response header {name!r}: {value!r}")
+
+
+class LifespanFailed(Exception):
+    """The app's lifespan startup reported failure or raised."""
+
+
+class Lifespan:
+    """Runs the app's `lifespan` scope in one worker: startup before serving, shutdown after."""
+
+    def __init__(self, app: ASGIApp, state: dict[str, Any]) -> None:
+        self.app = app
+        self.state = state
+        self._inbox: asyncio.Queue[Message] | None = None
+        self._outbox: asyncio.Queue[Message] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.supported = True
+
+    async def startup(self) -> None:
+        self._inbox = asyncio.Queue()
+        self._outbox = asyncio.Queue()
+        scope = {"type": "lifespan", "asgi": ASGI_VERSION, "state": self.state}
+        self._task = asyncio.get_running_loop().create_task(self._main(scope))
+        await self._inbox.put({"type": "lifespan.startup"})
+        reply = await self._outbox.get()
+        if reply["type"] == "lifespan.startup.failed":
+            raise LifespanFailed(reply.get("message") or "lifespan startup failed")
+        if reply["type"] == "_raised":
+            raise LifespanFailed(reply["message"])
+
+    async def shutdown(self, timeout: float = 30.0) -> None:
+        if not self.supported or self._task is None or self._task.done():
+            return
+        assert self._inbox is not None and self._outbox is not None
+        await self._inbox.put({"type": "lifespan.shutdown"})
+        try:
+            reply = await asyncio.wait_for(self._outbox.get(), timeout)
+        except asyncio.TimeoutError:
+            logger.error("lifespan shutdown did not complete within %.1f s", timeout)
+            self._task.cancel()
+            return
+        if reply["type"] == "lifespan.shutdown.failed":
+            logger.error("lifespan shutdown failed: %s", reply.get("message", ""))
+        elif reply["type"] == "_raised":
+            logger.error("lifespan shutdown raised: %s", reply["message"])
+
+    async def _main(self, scope: Scope) -> None:
+        assert self._inbox is not None and self._outbox is not None
+        started = False
+
+        async def receive() -> Message:
+            nonlocal started
+            started = True
+            assert self._inbox is not None
+            return await self._inbox.get()
+
+        async def send(message: Message) -> None:
+            assert self._outbox is not None
+            await self._outbox.put(message)
+
+        try:
+            await self.app(scope, receive, send)
+        except Exception as exc:
+            if not started:
+                # An app that does not speak lifespan raises on the unknown scope
+                # type before it ever receives; serving goes on without it.
+                self.supported = False
+                logger.debug("app does not support lifespan: %r", exc)
+                await self._outbox.put({"type": "lifespan.startup.complete"})
+                return
+            logger.exception("exception in the ASGI lifespan")
+            await self._outbox.put({"type": "_raised", "message": f"{type(exc).__name__}: {exc}"})
+        else:
+            if not started:
+                self.supported = False
+            # Whoever waits on a reply (startup or shutdown) stops waiting.
+            await self._outbox.put({"type": "_returned"})

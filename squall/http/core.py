@@ -1,0 +1,340 @@
+"""The server side of one HTTP/1.1 connection, without I/O.
+
+Bytes go in through `receive_data`, which returns events (`Request`, `Data`,
+`END_OF_MESSAGE`, `RequestError`); responses come out as bytes from
+`encode_response` or `start_response` / `encode_body` / `end_response`.
+No socket, loop or clock lives here, so every rule is testable with bytes.
+
+Rules kept here (RFC 9112):
+- httptools (llhttp) tokenizes; it already rejects Content-Length together
+  with Transfer-Encoding (section 6.3), duplicate Content-Length, invalid
+  chunk sizes and bad header syntax. Each is a `RequestError(400)`.
+- Every limit lives in `Limits` and maps to its status: 414 for the request
+  target, 431 for the header block, 413 for the body.
+- After a `RequestError` the connection parses nothing more: no second
+  request is ever read from the leftovers of a rejected one.
+- Responses are framed by Content-Length when known, chunked for HTTP/1.1
+  otherwise, and by closing the connection for HTTP/1.0 (section 6.3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httptools
+
+from squall.http.date import date_and_server_header
+from squall.http.status import status_line
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Every size limit of the request parser, each with its status code."""
+
+    max_target_bytes: int = 8192  # 414 URI Too Long
+    max_header_bytes: int = 65536  # 431 Request Header Fields Too Large
+    max_header_count: int = 100  # 431
+    max_body_bytes: int = 1 << 30  # 413 Content Too Large
+
+
+DEFAULT_LIMITS = Limits()
+
+
+class Request:
+    """A parsed request head, plus the framing state of its response."""
+
+    __slots__ = (
+        "body_expected",
+        "chunked_response",
+        "expect_continue",
+        "headers",
+        "http_version",
+        "keep_alive",
+        "method",
+        "no_response_body",
+        "path",
+        "query",
+        "target",
+        "upgrade",
+    )
+
+    def __init__(
+        self,
+        method: str,
+        target: bytes,
+        http_version: str,
+        headers: list[tuple[bytes, bytes]],
+        keep_alive: bool,
+    ) -> None:
+        self.method = method
+        self.target = target
+        url = httptools.parse_url(target) if target[:1] == b"/" else None
+        self.path: bytes = (url.path or b"/") if url is not None else target
+        self.query: bytes = (url.query or b"") if url is not None else b""
+        self.http_version = http_version
+        self.headers = headers
+        self.keep_alive = keep_alive
+        self.expect_continue = False
+        self.upgrade = False
+        self.body_expected = False
+        self.chunked_response = False
+        self.no_response_body = method == "HEAD"
+
+    def header(self, name: bytes) -> bytes | None:
+        """The first value of header `name` (lower-case), or None."""
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.target!r} HTTP/{self.http_version}>"
+
+
+class Data:
+    """A piece of request body."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Data) and other.data == self.data
+
+    def __repr__(self) -> str:
+        return f"Data({self.data!r})"
+
+
+class EndOfMessage:
+    """The request's body is complete."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "END_OF_MESSAGE"
+
+
+END_OF_MESSAGE = EndOfMessage()
+
+
+class RequestError(Exception):
+    """The request was malformed or over a limit; answer `status` and close."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(status, reason)
+        self.status = status
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"RequestError({self.status}, {self.reason!r})"
+
+
+Event = Request | Data | EndOfMessage | RequestError
+
+_NO_BODY_STATUSES = frozenset({204, 304})
+_FRAMING_HEADERS = frozenset({b"content-length", b"transfer-encoding"})
+_CHUNKED_END = b"0\r\n\r\n"
+
+
+class ServerConnection:
+    """Parses requests and frames responses for one client connection."""
+
+    def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
+        self.limits = limits
+        self._parser = httptools.HttpRequestParser(self)
+        self._events: list[Event] = []
+        self._target = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_bytes = 0
+        self._in_head = False
+        self._body_bytes = 0
+        self._broken = False
+
+    # -- parsing -----------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> list[Event]:
+        """Feed bytes from the client; return the events they complete."""
+        if self._broken:
+            return []
+        events = self._events = []
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # An Upgrade or CONNECT request: the head and message are already
+            # out as events. Anything after it is another protocol, which this
+            # connection does not speak, so it reads no further.
+            self._broken = True
+            if events and isinstance(events[0], Request):
+                events[0].upgrade = True
+        except httptools.HttpParserCallbackError as exc:
+            self._fail(exc.__context__ if isinstance(exc.__context__, RequestError) else exc)
+        except httptools.HttpParserError as exc:
+            self._fail(exc)
+        else:
+            if self._in_head:
+                self._head_bytes += len(data)
+                self._check_head_size()
+        return events
+
+    def _fail(self, exc: BaseException) -> None:
+        self._broken = True
+        if isinstance(exc, RequestError):
+            self._events.append(exc)
+        else:
+            reason = str(exc) or type(exc).__name__
+            self._events.append(RequestError(400, f"malformed request: {reason}"))
+
+    def _check_head_size(self) -> None:
+        if self._head_bytes <= self.limits.max_header_bytes:
+            return
+        if not self._headers and len(self._target) >= self.limits.max_target_bytes:
+            raise RequestError(414, "request target too long")
+        raise RequestError(431, "request header block too large")
+
+    # httptools callbacks; they run inside feed_data.
+
+    def on_message_begin(self) -> None:
+        self._target = b""
+        self._headers = []
+        self._head_bytes = 0
+        self._body_bytes = 0
+        self._in_head = True
+
+    def on_url(self, piece: bytes) -> None:
+        self._target += piece
+        if len(self._target) > self.limits.max_target_bytes:
+            raise RequestError(414, "request target too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        headers = self._headers
+        if len(headers) >= self.limits.max_header_count:
+            raise RequestError(431, "too many request headers")
+        headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        parser = self._parser
+        request = Request(
+            parser.get_method().decode("ascii"),
+            self._target,
+            parser.get_http_version(),
+            self._headers,
+            parser.should_keep_alive(),
+        )
+        for name, value in self._headers:
+            if name == b"content-length":
+                if not value.isdigit():
+                    raise RequestError(400, "invalid Content-Length")
+                if int(value) > self.limits.max_body_bytes:
+                    raise RequestError(413, "request body too large")
+                request.body_expected = value != b"0"
+            elif name == b"transfer-encoding":
+                request.body_expected = True
+            elif name == b"expect" and value.lower() == b"100-continue":
+                request.expect_continue = request.http_version == "1.1"
+        self._events.append(request)
+
+    def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        if self._body_bytes > self.limits.max_body_bytes:
+            raise RequestError(413, "request body too large")
+        self._events.append(Data(body))
+
+    def on_message_complete(self) -> None:
+        self._events.append(END_OF_MESSAGE)
+
+    # -- responses ---------------------------------------------------------
+
+    def encode_response(
+        self,
+        request: Request,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+    ) -> bytes:
+        """A whole response in one piece, its length known."""
+        head = self._head(request, status, headers, len(body))
+        if request.no_response_body:
+            return head
+        return head + body
+
+    def start_response(
+        self, request: Request, status: int, headers: list[tuple[bytes, bytes]]
+    ) -> bytes:
+        """The head of a response whose body follows in pieces."""
+        length: int | None = None
+        for name, value in headers:
+            if name.lower() == b"content-length":
+                try:
+                    length = int(value)
+                except ValueError:
+                    length = None
+        return self._head(request, status, headers, length)
+
+    def encode_body(self, request: Request, data: bytes) -> bytes:
+        if request.no_response_body or not data:
+            return b""
+        if request.chunked_response:
+            return b"%x\r\n%b\r\n" % (len(data), data)
+        return data
+
+    def end_response(self, request: Request) -> bytes:
+        if request.chunked_response and not request.no_response_body:
+            return _CHUNKED_END
+        return b""
+
+    def _head(
+        self,
+        request: Request,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        length: int | None,
+    ) -> bytes:
+        if status in _NO_BODY_STATUSES or status < 200:
+            request.no_response_body = True
+            length = None
+        parts = [status_line(status), date_and_server_header()]
+        keep_alive = request.keep_alive
+        for name, value in headers:
+            lname = name.lower()
+            if lname in _FRAMING_HEADERS:
+                continue  # framing is this module's job, decided below
+            if lname == b"connection" and b"close" in value.lower():
+                keep_alive = False
+            parts.append(b"%b: %b\r\n" % (name, value))
+        if length is not None:
+            parts.append(b"content-length: %d\r\n" % length)
+        elif request.no_response_body:
+            pass  # no body follows, so no framing to announce
+        elif request.http_version == "1.1":
+            request.chunked_response = True
+            parts.append(b"transfer-encoding: chunked\r\n")
+        else:
+            keep_alive = False  # HTTP/1.0: the body ends when the connection does
+        if not keep_alive:
+            parts.append(b"connection: close\r\n")
+        elif request.http_version == "1.0":
+            parts.append(b"connection: keep-alive\r\n")
+        request.keep_alive = keep_alive
+        parts.append(b"\r\n")
+        return b"".join(parts)
+
+
+def continue_response() -> bytes:
+    """The interim response that tells a client to send its body (Expect: 100-continue)."""
+    return b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def error_response(status: int, reason: str) -> bytes:
+    """A complete response for a request that could not be parsed; the connection closes after."""
+    body = f"{status} {reason}\n".encode("utf-8", "replace")
+    return b"".join(
+        (
+            status_line(status),
+            date_and_server_header(),
+            b"content-type: text/plain; charset=utf-8\r\n",
+            b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body),
+            body,
+        )
+    )

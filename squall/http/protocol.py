@@ -1,0 +1,454 @@
+"""The asyncio side of an HTTP/1.1 connection: feeds bytes to `ServerConnection`
+and writes what it returns.
+
+One `RequestCycle` per request serves every app interface (squall's handlers,
+ASGI, WSGI): it owns the request body buffer, the response state and flow
+control. Pipelined requests queue behind the current one and run in order, so
+responses leave in the order the requests came.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import Any, Protocol
+
+from squall.http.core import (
+    END_OF_MESSAGE,
+    Data,
+    Limits,
+    Request,
+    RequestError,
+    ServerConnection,
+    continue_response,
+    error_response,
+)
+
+logger = logging.getLogger("squall.http")
+
+# A cycle buffers at most this much unread request body before the connection
+# stops reading from the socket (and resumes once the app has read it).
+BODY_BUFFER_HIGH = 256 * 1024
+# At most this many pipelined requests wait behind the current one.
+MAX_PIPELINED = 32
+
+
+class App(Protocol):
+    """What the connection needs of an app interface (squall, ASGI, WSGI)."""
+
+    #: True: run as soon as the head arrives, reading the body as it comes.
+    #: False: run once the whole body is in (`cycle.body`).
+    streaming: bool
+
+    def handle(self, cycle: RequestCycle) -> None:
+        """Start answering `cycle`; the answer ends with `respond` or `end`."""
+
+
+class ServerState:
+    """What all connections of one worker share."""
+
+    def __init__(self, app: App, limits: Limits, keepalive_timeout: float) -> None:
+        self.app = app
+        self.limits = limits
+        self.keepalive_timeout = keepalive_timeout
+        self.connections: set[HTTPProtocol] = set()
+        self.draining = False
+        self.requests_served = 0
+
+    def drain(self) -> None:
+        """Close idle connections now and every other one after its response."""
+        self.draining = True
+        for connection in list(self.connections):
+            connection.shutdown()
+
+
+class RequestCycle:
+    """One request and its response, as the app sees them."""
+
+    __slots__ = (
+        "_body_waiter",
+        "_buffered",
+        "_chunks",
+        "_disconnect_waiter",
+        "_protocol",
+        "body_complete",
+        "complete",
+        "continue_sent",
+        "disconnected",
+        "error",
+        "request",
+        "response_started",
+        "started",
+    )
+
+    def __init__(self, protocol: HTTPProtocol, request: Request | None) -> None:
+        self._protocol = protocol
+        self.request = request  # None only for a request that failed to parse
+        self.error: RequestError | None = None
+        self._chunks: list[bytes] = []
+        self._buffered = 0
+        self._body_waiter: asyncio.Future[None] | None = None
+        self._disconnect_waiter: asyncio.Future[None] | None = None
+        self.body_complete = False
+        self.started = False
+        self.response_started = False
+        self.complete = False
+        self.disconnected = False
+        self.continue_sent = False
+
+    # -- facts about the connection ---------------------------------------------
+
+    @property
+    def client(self) -> tuple[str, int] | None:
+        return self._protocol.client
+
+    @property
+    def server(self) -> tuple[str, int] | None:
+        return self._protocol.server
+
+    @property
+    def scheme(self) -> str:
+        return self._protocol.scheme
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._protocol.loop
+
+    # -- request body -------------------------------------------------------------
+
+    def _feed(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._buffered += len(data)
+        if self._buffered > BODY_BUFFER_HIGH:
+            self._protocol.pause_reading()
+        self._wake_body_reader()
+
+    def _end_body(self) -> None:
+        self.body_complete = True
+        self._wake_body_reader()
+
+    def _wake_body_reader(self) -> None:
+        waiter = self._body_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    @property
+    def body(self) -> bytes:
+        """The whole body, for apps that run once it is complete."""
+        chunks = self._chunks
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    async def receive_body(self) -> tuple[bytes, bool]:
+        """The next piece of body and whether more follows; (b"", False) at the end."""
+        while not self._chunks and not self.body_complete and not self.disconnected:
+            if not self.continue_sent:
+                self._send_continue()
+            self._body_waiter = self.loop.create_future()
+            try:
+                await self._body_waiter
+            finally:
+                self._body_waiter = None
+        data = b"".join(self._chunks)
+        self._chunks.clear()
+        if self._buffered > BODY_BUFFER_HIGH:
+            self._protocol.resume_reading()
+        self._buffered = 0
+        return data, not (self.body_complete or self.disconnected)
+
+    def _send_continue(self) -> None:
+        self.continue_sent = True
+        request = self.request
+        if request is not None and request.expect_continue and not self.response_started:
+            self._protocol.write(continue_response())
+
+    # -- response -----------------------------------------------------------------
+
+    def respond(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        """Send a whole response in one write and end the cycle."""
+        if self.response_started or self.request is None:
+            raise RuntimeError("response already started")
+        self.response_started = True
+        protocol = self._protocol
+        if protocol.state.draining:
+            self.request.keep_alive = False
+        protocol.write(protocol.conn.encode_response(self.request, status, headers, body))
+        self._finish()
+
+    def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        """Send the response head; the body follows with `write` and `end`."""
+        if self.response_started or self.request is None:
+            raise RuntimeError("response already started")
+        self.response_started = True
+        protocol = self._protocol
+        if protocol.state.draining:
+            self.request.keep_alive = False
+        protocol.write(protocol.conn.start_response(self.request, status, headers))
+
+    def write(self, data: bytes) -> None:
+        if not self.response_started or self.complete or self.request is None:
+            raise RuntimeError("write() outside a started response")
+        if data:
+            protocol = self._protocol
+            protocol.write(protocol.conn.encode_body(self.request, data))
+
+    def end(self) -> None:
+        if not self.response_started or self.complete or self.request is None:
+            raise RuntimeError("end() outside a started response")
+        protocol = self._protocol
+        tail = protocol.conn.end_response(self.request)
+        if tail:
+            protocol.write(tail)
+        self._finish()
+
+    async def drain(self) -> None:
+        """Wait while the client reads slower than the app writes."""
+        await self._protocol.writable()
+
+    def abort(self) -> None:
+        """Give up on this response and close the connection (the app failed mid-way)."""
+        self.complete = True
+        self._protocol.close()
+
+    def _finish(self) -> None:
+        self.complete = True
+        self._protocol.cycle_done(self)
+
+    # -- disconnect ---------------------------------------------------------------
+
+    def _disconnect(self) -> None:
+        self.disconnected = True
+        self._wake_body_reader()
+        waiter = self._disconnect_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait_disconnect(self) -> None:
+        """Return once the client has gone (or the response is complete)."""
+        if self.disconnected or self.complete:
+            return
+        self._disconnect_waiter = self.loop.create_future()
+        await self._disconnect_waiter
+
+
+class HTTPProtocol(asyncio.Protocol):
+    """An HTTP/1.1 server connection on an asyncio transport."""
+
+    def __init__(self, state: ServerState, scheme: str = "http") -> None:
+        self.state = state
+        self.app = state.app
+        self.scheme = scheme
+        self.loop = asyncio.get_running_loop()
+        self.conn = ServerConnection(state.limits)
+        self.transport: asyncio.Transport | None = None
+        self.client: tuple[str, int] | None = None
+        self.server: tuple[str, int] | None = None
+        self.current: RequestCycle | None = None
+        self.receiving: RequestCycle | None = None
+        self.queue: deque[RequestCycle] = deque()
+        self.closing = False
+        self.eof = False
+        self._reading_paused = False
+        self._write_paused = False
+        self._writable: asyncio.Future[None] | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
+
+    # -- transport events ---------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's are not subclasses
+        self.client = _address(transport.get_extra_info("peername"))
+        self.server = _address(transport.get_extra_info("sockname"))
+        self.state.connections.add(self)
+        if self.state.draining:
+            self.close()
+        else:
+            self._start_idle_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.state.connections.discard(self)
+        self._cancel_idle_timer()
+        for cycle in (self.current, *self.queue):
+            if cycle is not None:
+                cycle._disconnect()
+        self.queue.clear()
+        waiter = self._writable
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        for event in self.conn.receive_data(data):
+            kind = type(event)
+            if kind is Request:
+                assert isinstance(event, Request)
+                self._request_begun(event)
+            elif kind is Data:
+                assert isinstance(event, Data) and self.receiving is not None
+                self.receiving._feed(event.data)
+            elif event is END_OF_MESSAGE:
+                receiving = self.receiving
+                assert receiving is not None
+                self.receiving = None
+                receiving._end_body()
+                if receiving is self.current and not receiving.started:
+                    self._run(receiving)
+            else:
+                assert isinstance(event, RequestError)
+                self._request_failed(event)
+
+    def eof_received(self) -> bool | None:
+        # The client will send nothing more; answer what it asked, then close.
+        if self.current is None and not self.queue:
+            return False
+        self.eof = True
+        return True
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        waiter = self._writable
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- request flow -------------------------------------------------------
+
+    def _request_begun(self, request: Request) -> None:
+        if self._idle_timer is not None:
+            self._cancel_idle_timer()
+        cycle = RequestCycle(self, request)
+        self.receiving = cycle
+        if self.current is None:
+            self.current = cycle
+            if request.expect_continue and not self.app.streaming:
+                cycle._send_continue()
+            if self.app.streaming:
+                self._run(cycle)
+        else:
+            self.queue.append(cycle)
+            if len(self.queue) >= MAX_PIPELINED:
+                self.pause_reading()
+
+    def _request_failed(self, error: RequestError) -> None:
+        receiving = self.receiving
+        if receiving is not None and not receiving.body_complete:
+            cycle = receiving  # the body of this request broke a rule
+            cycle._disconnect()
+        else:
+            cycle = RequestCycle(self, None)
+            if self.current is None:
+                self.current = cycle
+            else:
+                self.queue.append(cycle)
+        cycle.error = error
+        self.receiving = None
+        if cycle is self.current:
+            self._reject(cycle)
+
+    def _reject(self, cycle: RequestCycle) -> None:
+        error = cycle.error
+        assert error is not None
+        if not cycle.response_started:
+            cycle.response_started = True
+            self.write(error_response(error.status, error.reason))
+        cycle.complete = True
+        self.close()
+
+    def _run(self, cycle: RequestCycle) -> None:
+        cycle.started = True
+        try:
+            self.app.handle(cycle)
+        except Exception:  # the interface adapters catch app errors; this is a last resort
+            logger.exception("error while handling %r", cycle.request)
+            if not cycle.response_started:
+                cycle.error = RequestError(500, "Internal Server Error")
+                self._reject(cycle)
+            else:
+                cycle.abort()
+
+    def cycle_done(self, cycle: RequestCycle) -> None:
+        """The response to the current request is complete: go on to the next."""
+        self.state.requests_served += 1
+        request = cycle.request
+        if request is None or not request.keep_alive or self.closing:
+            self.close()
+            return
+        if not cycle.body_complete:
+            # The app answered without reading the whole body; reading on would
+            # mean parsing the rest of it, so this connection ends here.
+            self.close()
+            return
+        queue = self.queue
+        if not queue:
+            self.current = None
+            if self.state.draining or self.eof:
+                self.close()
+            else:
+                self._start_idle_timer()
+            return
+        if self._reading_paused and len(queue) <= MAX_PIPELINED // 2:
+            self.resume_reading()
+        nxt = self.current = queue.popleft()
+        if nxt.error is not None:
+            self._reject(nxt)
+        elif self.app.streaming or nxt.body_complete:
+            self._run(nxt)
+
+    # -- output and flow control ------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is not None and not self.closing:
+            transport.write(data)
+
+    async def writable(self) -> None:
+        if self._write_paused and not self.closing:
+            self._writable = self.loop.create_future()
+            await self._writable
+
+    def pause_reading(self) -> None:
+        if not self._reading_paused and self.transport is not None and not self.closing:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._reading_paused and self.transport is not None and not self.closing:
+            self._reading_paused = False
+            self.transport.resume_reading()
+
+    def shutdown(self) -> None:
+        """Stop after the response in flight, or now if there is none."""
+        if self.current is None:
+            self.close()
+        elif self.current.request is not None:
+            self.current.request.keep_alive = False
+
+    def close(self) -> None:
+        if not self.closing:
+            self.closing = True
+            self._cancel_idle_timer()
+            if self.transport is not None:
+                self.transport.close()
+
+    def _start_idle_timer(self) -> None:
+        timeout = self.state.keepalive_timeout
+        if timeout > 0:
+            self._idle_timer = self.loop.call_later(timeout, self._idle_timeout)
+
+    def _cancel_idle_timer(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+
+    def _idle_timeout(self) -> None:
+        self._idle_timer = None
+        if self.current is None:
+            self.close()
+
+
+def _address(info: Any) -> tuple[str, int] | None:
+    if isinstance(info, tuple) and len(info) >= 2:
+        return (str(info[0]), int(info[1]))
+    return None

@@ -1,0 +1,44 @@
+"""Log lines on stderr that say which process wrote them: the supervisor or worker N."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from squall import process
+
+FORMAT = "%(asctime)s [%(process)d] [%(worker)s] %(levelname)s %(name)s: %(message)s"
+
+
+class WorkerTag(logging.Filter):
+    """Adds `record.worker`: "supervisor", or "worker N" inside worker N."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        worker_id = process.task_id()
+        record.worker = "supervisor" if worker_id is None else f"worker {worker_id}"
+        return True
+
+
+def make_handler() -> logging.Handler:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(FORMAT))
+    handler.addFilter(WorkerTag())
+    return handler
+
+
+def configure(level: str = "info") -> None:
+    """The command line's logging: everything to stderr, tagged with the worker."""
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(make_handler())
+    root.setLevel(level.upper())
+
+
+def ensure_logging() -> None:
+    """In library use, show squall's own messages unless the program set up logging itself."""
+    squall_logger = logging.getLogger("squall")
+    if logging.getLogger().handlers or squall_logger.handlers:
+        return
+    squall_logger.addHandler(make_handler())
+    squall_logger.setLevel(logging.INFO)

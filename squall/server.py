@@ -1,0 +1,162 @@
+"""`HTTPServer`: the seed's server object. Bind, fork, then serve on the worker's loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import Any
+
+from squall import process
+from squall.appload import detect_interface
+from squall.errors import UsageError
+from squall.http.core import DEFAULT_LIMITS, Limits
+from squall.http.protocol import App, HTTPProtocol, ServerState
+from squall.sockets import bind_sockets, default_backlog, describe_socket
+
+logger = logging.getLogger("squall.server")
+
+
+class HTTPServer:
+    """Serves one app on any number of listening sockets.
+
+    `bind` (any number of times) then `start(n)`: binds in this process, forks
+    n workers, and each worker serves the same sockets. The event loop is
+    made after the fork, by `squall.run_forever()`, never before.
+    """
+
+    def __init__(
+        self,
+        app: Any,
+        *,
+        interface: str = "auto",
+        keepalive_timeout: float = 5.0,
+        limits: Limits = DEFAULT_LIMITS,
+        root_path: str = "",
+    ) -> None:
+        self.app = app
+        self.interface = interface
+        self.keepalive_timeout = keepalive_timeout
+        self.limits = limits
+        self.root_path = root_path
+        self.state: ServerState | None = None
+        self._adapter: App | None = None
+        self._bound: list[socket.socket] = []
+        self._sockets: list[socket.socket] = []
+        self._servers: list[asyncio.AbstractServer] = []
+        self._backlog: int | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- the seed's API -----------------------------------------------------
+
+    def bind(
+        self,
+        port: int,
+        address: str | None = None,
+        family: socket.AddressFamily = socket.AF_UNSPEC,
+        backlog: int | None = None,
+        flags: int | None = None,
+        reuse_port: bool = False,
+    ) -> None:
+        """Bind now; serving starts with `start`. May be called several times."""
+        self._bound.extend(bind_sockets(port, address, family, backlog, flags, reuse_port))
+        if backlog is not None:
+            self._backlog = backlog
+
+    def start(self, num_processes: int | None = 1, max_restarts: int | None = None) -> None:
+        """Fork `num_processes` workers (None or <= 0: one per CPU); 1 forks nothing."""
+        if num_processes != 1:
+            process.fork_processes(num_processes, max_restarts)
+        sockets, self._bound = self._bound, []
+        self.add_sockets(sockets)
+
+    def listen(self, port: int, address: str | None = None, **kwargs: Any) -> None:
+        """`bind` + `start(1)`: serve in this process."""
+        self.add_sockets(bind_sockets(port, address, **kwargs))
+
+    def add_sockets(self, sockets: list[socket.socket]) -> None:
+        """Serve on these listening sockets: now if a loop runs, else from `run_forever`."""
+        from squall import worker
+
+        self._sockets.extend(sockets)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            worker.register(self)
+        else:
+            task = loop.create_task(self._serve_now(sockets))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def add_socket(self, sock: socket.socket) -> None:
+        self.add_sockets([sock])
+
+    # -- serving, on the worker's loop ----------------------------------------------
+
+    async def _serve_now(self, sockets: list[socket.socket]) -> None:
+        if self.state is None:
+            await self.startup()
+        await self.start_serving(sockets)
+
+    async def startup(self) -> None:
+        """Make the app interface for this worker and run the app's startup."""
+        from squall.asgi import ASGIAdapter
+
+        interface = self.interface
+        if interface == "auto":
+            interface = detect_interface(self.app)
+        adapter: App
+        if interface == "squall":
+            adapter = self.app
+        elif interface == "asgi":
+            adapter = ASGIAdapter(self.app, self.root_path, process.task_id())
+            await adapter.lifespan.startup()
+        elif interface == "wsgi":
+            from squall.wsgi import WSGIAdapter
+
+            adapter = WSGIAdapter(self.app, self.root_path, process.task_id())
+        else:
+            raise UsageError(f"unknown interface {interface!r}")
+        self._adapter = adapter
+        self.state = ServerState(adapter, self.limits, self.keepalive_timeout)
+
+    async def start_serving(self, sockets: list[socket.socket] | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        state = self.state
+        assert state is not None, "startup() first"
+        backlog = self._backlog or default_backlog()
+
+        def factory() -> HTTPProtocol:
+            return HTTPProtocol(state)
+
+        for sock in self._sockets if sockets is None else sockets:
+            if sock.family == getattr(socket, "AF_UNIX", None):
+                server = await loop.create_unix_server(factory, sock=sock, backlog=backlog)
+            else:
+                server = await loop.create_server(factory, sock=sock, backlog=backlog)
+            self._servers.append(server)
+            logger.debug("serving on %s", describe_socket(sock))
+
+    def stop_accepting(self) -> None:
+        """Close this process's listeners; queued connections go to the other workers."""
+        for server in self._servers:
+            server.close()
+        self._servers.clear()
+
+    async def drain(self, timeout: float) -> bool:
+        """Finish the requests in flight, close every connection; False on timeout."""
+        state = self.state
+        if state is None:
+            return True
+        state.drain()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while state.connections and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        return not state.connections
+
+    async def shutdown(self) -> None:
+        """The app's shutdown (ASGI lifespan)."""
+        lifespan = getattr(self._adapter, "lifespan", None)
+        if lifespan is not None:
+            await lifespan.shutdown()

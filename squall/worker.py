@@ -1,0 +1,116 @@
+"""A worker's life: make the loop, start the app, serve, drain, exit.
+
+The loop is created here, after the fork (uvloop where installed). SIGTERM
+and SIGINT start a graceful drain: stop accepting, finish the requests in
+flight, run the app's shutdown. A second SIGINT stops at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from typing import TYPE_CHECKING
+
+from squall import process
+from squall.asgi import LifespanFailed
+from squall.errors import SquallError
+
+if TYPE_CHECKING:
+    from squall.server import HTTPServer
+
+logger = logging.getLogger("squall.worker")
+
+HEARTBEAT_INTERVAL = 1.0
+BOOT_FAILURE_EXIT = 3
+
+_registered: list[HTTPServer] = []
+
+
+def register(server: HTTPServer) -> None:
+    """Called by `HTTPServer.add_sockets` before a loop exists."""
+    if server not in _registered:
+        _registered.append(server)
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
+
+
+def run_forever(graceful_timeout: float = 30.0) -> None:
+    """Run this process's loop, serving every `HTTPServer` given sockets, until stopped."""
+    servers = list(_registered)
+    _registered.clear()
+    loop = new_event_loop()
+    asyncio.set_event_loop(loop)
+    worker = Worker(servers, graceful_timeout)
+    try:
+        loop.run_until_complete(worker.main())
+    except BootFailure as exc:
+        if process.task_id() is None:
+            logger.error("%s", exc)
+        process.notify(f"booterror {exc}")
+        sys.exit(BOOT_FAILURE_EXIT)
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        asyncio.set_event_loop(None)
+        loop.close()
+
+
+class BootFailure(Exception):
+    """The worker could not start serving."""
+
+
+class Worker:
+    def __init__(self, servers: list[HTTPServer], graceful_timeout: float) -> None:
+        self.servers = servers
+        self.graceful_timeout = graceful_timeout
+        self._stop: asyncio.Event | None = None
+
+    async def main(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._on_stop_signal, signum)
+        try:
+            for server in self.servers:
+                await server.startup()
+                await server.start_serving()
+        except (SquallError, LifespanFailed, OSError) as exc:
+            raise BootFailure(str(exc)) from None
+        process.notify("ready")
+        heartbeat = loop.create_task(self._heartbeat())
+        await self._stop.wait()
+        heartbeat.cancel()
+        await self._shutdown()
+
+    def _on_stop_signal(self, signum: int) -> None:
+        # A second signal changes nothing here: the supervisor kills on a second Ctrl-C.
+        assert self._stop is not None
+        self._stop.set()
+
+    async def _heartbeat(self) -> None:
+        while True:
+            process.notify("heartbeat")
+            if process.orphaned():
+                logger.warning("supervisor is gone; stopping")
+                assert self._stop is not None
+                self._stop.set()
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+
+    async def _shutdown(self) -> None:
+        for server in self.servers:
+            server.stop_accepting()
+        drained = await asyncio.gather(
+            *(server.drain(self.graceful_timeout) for server in self.servers)
+        )
+        if not all(drained):
+            logger.warning("graceful timeout: closing connections with requests in flight")
+        for server in self.servers:
+            await server.shutdown()

@@ -1,0 +1,187 @@
+"""Real processes for tests: start a command, wait for it with a bound, stop it by PID.
+
+Every wait here has a deadline, and `Service.stop` leaves nothing running: it
+signals the process it started, waits, then SIGKILLs that process and every
+descendant it had (found through /proc, recorded before the stop).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02) -> None:
+    """Poll `predicate` until it is true; AssertionError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"condition not met within {timeout} s: {predicate}")
+        time.sleep(interval)
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def children_of(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(child) for child in text.split()]
+
+
+def descendants_of(pid: int) -> list[int]:
+    found: list[int] = []
+    pending = [pid]
+    while pending:
+        for child in children_of(pending.pop()):
+            found.append(child)
+            pending.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+class Service:
+    """One process started by a test, its stderr captured to a file."""
+
+    def __init__(
+        self,
+        args: Sequence[str],
+        log_path: Path,
+        cwd: Path | str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.log_path = log_path
+        full_env = dict(os.environ)
+        full_env["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(ROOT), full_env.get("PYTHONPATH", "")])
+        )
+        full_env["PYTHONUNBUFFERED"] = "1"
+        full_env.update(env or {})
+        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            list(args),
+            cwd=cwd or ROOT,
+            env=full_env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        self.pid = self.proc.pid
+        self._known: set[int] = set()
+
+    def workers(self) -> list[int]:
+        """The live child processes (worker pids), remembered for the final cleanup."""
+        pids = [p for p in children_of(self.pid) if alive(p)]
+        self._known.update(pids)
+        return pids
+
+    def wait_for_port(self, port: int, timeout: float = 15.0) -> None:
+        wait_until(lambda: port_open(port) or self.proc.poll() is not None, timeout)
+        if self.proc.poll() is not None:
+            raise AssertionError(f"service exited with {self.proc.returncode}:\n{self.output()}")
+
+    def wait_for_workers(self, count: int, timeout: float = 15.0) -> list[int]:
+        wait_until(lambda: len(self.workers()) == count, timeout)
+        return self.workers()
+
+    def wait_for_log(self, text: str, timeout: float = 15.0, count: int = 1) -> None:
+        wait_until(lambda: self.output().count(text) >= count, timeout)
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def send(self, signum: int) -> None:
+        os.kill(self.pid, signum)
+
+    def wait(self, timeout: float = 15.0) -> int:
+        """The exit status; AssertionError if it has not exited in time."""
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"service still running after {timeout} s:\n{self.output()}") from None
+
+    def stop(self, signum: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
+        """Stop the process and anything it started; its exit status if it exited in time."""
+        self._known.update(descendants_of(self.pid))
+        status: int | None = self.proc.poll()
+        if status is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signum)
+            try:
+                status = self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+                status = None
+        for pid in self._known:
+            if alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        self._log.close()
+        return status
+
+    def leftovers(self) -> list[int]:
+        """Processes this service started that still run."""
+        return [pid for pid in self._known if alive(pid)]
+
+
+class Services:
+    """The pytest fixture's object: starts services and stops them all at teardown."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.started: list[Service] = []
+
+    def start(
+        self,
+        args: Sequence[str],
+        cwd: Path | str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> Service:
+        log = self.tmp_path / f"service-{len(self.started)}.log"
+        service = Service(args, log, cwd=cwd, env=env)
+        self.started.append(service)
+        return service
+
+    def squall(self, *args: str, cwd: Path | str | None = None, env: dict[str, str] | None = None) -> Service:
+        return self.start([sys.executable, "-m", "squall", *args], cwd=cwd, env=env)
+
+    def python(self, script: Path | str, *args: str, cwd: Path | str | None = None) -> Service:
+        return self.start([sys.executable, str(script), *args], cwd=cwd)
+
+    def stop_all(self) -> None:
+        for service in self.started:
+            service.stop(signal.SIGKILL, timeout=5)
