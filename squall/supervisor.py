@@ -276,32 +276,23 @@ class Supervisor:
             return False
         if os.WIFSIGNALED(status):
             signum = os.WTERMSIG(status)
-            if self._stopping:
-                logger.info("worker %d (pid %d) stopped by signal %d", worker_id, pid, signum)
-                return False
-            logger.warning(
-                "worker %d (pid %d) killed by signal %d (%s), restarting",
-                worker_id,
-                pid,
-                signum,
-                _signal_name(signum),
-            )
+            how = f"killed by signal {signum} ({_signal_name(signum)})"
         elif os.WEXITSTATUS(status) != 0:
-            code = os.WEXITSTATUS(status)
-            if self._stopping:
-                logger.info("worker %d (pid %d) exited with status %d", worker_id, pid, code)
-                return False
-            logger.warning(
-                "worker %d (pid %d) exited with status %d, restarting", worker_id, pid, code
-            )
+            how = f"exited with status {os.WEXITSTATUS(status)}"
         else:
             logger.info("worker %d (pid %d) exited normally", worker_id, pid)
             return False
+        if self._stopping:
+            logger.info("worker %d (pid %d) %s", worker_id, pid, how)
+            return False
         if not self.budget.spend(time.monotonic()):
+            logger.warning("worker %d (pid %d) %s", worker_id, pid, how)
             window = f" within {self.budget.window:g} s" if self.budget.window > 0 else ""
-            message = f"too many worker restarts (more than {self.budget.max_restarts}{window}), giving up"
+            limit = self.budget.max_restarts
+            message = f"too many worker restarts (more than {limit}{window}), giving up"
             self.stop(graceful=True, error=TooManyRestarts(message))
             return False
+        logger.warning("worker %d (pid %d) %s, restarting", worker_id, pid, how)
         return True
 
     def _exit(self) -> NoReturn:

@@ -400,9 +400,13 @@ class Application:
         for regex, handler, kwargs in self._routes:
             match = regex.match(path)
             if match is not None:
-                groups = {k: v for k, v in match.groupdict().items() if v is not None}
-                args = [] if groups else [g if g is not None else "" for g in match.groups()]
-                return handler, kwargs, args, groups
+                if regex.groupindex:
+                    # Named groups become keywords; one that did not take part in
+                    # the match is left out, so the method's default applies.
+                    groups = {k: v for k, v in match.groupdict().items() if v is not None}
+                    return handler, kwargs, [], groups
+                args = [g if g is not None else "" for g in match.groups()]
+                return handler, kwargs, args, {}
         return None
 
     def handle(self, cycle: RequestCycle) -> None:

@@ -27,7 +27,9 @@ def free_port() -> int:
         return port
 
 
-def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02) -> None:
+def wait_until(
+    predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02
+) -> None:
     """Poll `predicate` until it is true; AssertionError after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -131,7 +133,9 @@ class Service:
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            raise AssertionError(f"service still running after {timeout} s:\n{self.output()}") from None
+            raise AssertionError(
+                f"service still running after {timeout} s:\n{self.output()}"
+            ) from None
 
     def stop(self, signum: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
         """Stop the process and anything it started; its exit status if it exited in time."""
@@ -176,7 +180,9 @@ class Services:
         self.started.append(service)
         return service
 
-    def squall(self, *args: str, cwd: Path | str | None = None, env: dict[str, str] | None = None) -> Service:
+    def squall(
+        self, *args: str, cwd: Path | str | None = None, env: dict[str, str] | None = None
+    ) -> Service:
         return self.start([sys.executable, "-m", "squall", *args], cwd=cwd, env=env)
 
     def python(self, script: Path | str, *args: str, cwd: Path | str | None = None) -> Service:

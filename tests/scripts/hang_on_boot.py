@@ -1,0 +1,3 @@
+"""An app module that fails on import in workers."""
+
+raise RuntimeError("database unreachable")
