@@ -7,8 +7,11 @@ exit status 2 (usage) or 1 (runtime), never a traceback.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
+import random
+import signal
 import socket
 import sys
 from collections.abc import Callable, Sequence
@@ -16,11 +19,13 @@ from typing import Any, NoReturn
 
 from squall import __version__, process
 from squall.appload import import_app
-from squall.config import SETTINGS, Config, Setting, from_environment
+from squall.config import SETTINGS, Config, Setting, from_environment, from_file
 from squall.cpus import cpu_count
 from squall.errors import SquallError, UsageError
-from squall.logs import configure
+from squall.listeners import ReusePortListeners, SharedListeners
+from squall.logs import configure, reopen_log_file
 from squall.sockets import describe_socket, open_binds, parse_bind
+from squall.watch import start_watcher
 
 logger = logging.getLogger("squall")
 
@@ -53,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("app", metavar="MODULE:ATTR", help="the app to serve, e.g. myapp:app")
     for setting in SETTINGS:
+        if setting.switch:
+            parser.add_argument(
+                setting.flag, dest=setting.name, action="store_const", const=True, help=setting.help
+            )
+            continue
         parser.add_argument(
             setting.flag,
             dest=setting.name,
@@ -68,10 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_config(argv: Sequence[str] | None = None) -> Config:
-    """The settings from the environment, overridden by the command line."""
-    values = from_environment()
+    """Defaults, then a --config file, then SQUALL_* variables, then the command line."""
     args = build_parser().parse_args(argv)
-    values.update({k: v for k, v in vars(args).items() if v is not None})
+    given = {k: v for k, v in vars(args).items() if v is not None}
+    environment = from_environment()
+    config_file = given.get("config") or environment.get("config")
+    values = from_file(config_file) if config_file else {}
+    values.update(environment)
+    values.update(given)
     config = Config(**values)
     config.validate()
     return config
@@ -90,47 +104,79 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def run(config: Config) -> NoReturn:
     """Bind, fork, supervise; in each worker, serve until told to stop."""
-    from squall.supervisor import Supervisor
+    from squall.supervisor import Hooks, Supervisor
 
-    configure(config.log_level)
+    configure(config.log_level, config.log_file)
     if ":" not in config.app:
         raise UsageError(
             f"app must be given as MODULE:ATTR (for example 'app:app'), not {config.app!r}"
         )
-    sockets = open_binds([parse_bind(spec) for spec in config.bind], backlog=config.backlog)
+    app = import_app(config.app) if config.preload else None
+    specs = [parse_bind(spec) for spec in config.bind]
+    listeners: SharedListeners | ReusePortListeners
+    if config.reuse_port:
+        listeners = ReusePortListeners(specs, backlog=config.backlog)
+    else:
+        listeners = SharedListeners(open_binds(specs, backlog=config.backlog))
     workers = config.workers or cpu_count()
     logger.info(
-        "squall %s serving %s on %s with %d worker(s) (supervisor pid %d)",
+        "squall %s serving %s on %s with %d worker(s)%s (supervisor pid %d)",
         __version__,
         config.app,
-        ", ".join(describe_socket(s) for s in sockets),
+        ", ".join(describe_socket(s) for s in listeners.describe()),
         workers,
+        ", one socket each (SO_REUSEPORT)" if config.reuse_port else "",
         os.getpid(),
     )
+    if config.preload:
+        gc.collect()
+        gc.freeze()  # keep the collector from touching (and so un-sharing) preloaded pages
     supervisor = Supervisor(
         workers,
         max_restarts=config.max_restarts,
         restart_window=config.restart_window,
         graceful_timeout=config.graceful_timeout,
+        timeout=config.timeout,
+        on_exhausted=config.on_exhausted,
+        reload_batch=config.reload_batch,
+        listeners=listeners,
+        hooks=Hooks(config.on_starting, config.post_fork, config.worker_exit, config.on_reload),
+        on_log_reopen=reopen_log_file,
     )
-    supervisor.run()  # returns only in a worker
-    serve_worker(config, sockets)
+    watcher = None
+    if config.reload:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the supervisor handles it
+        watcher = start_watcher(os.getcwd(), os.getpid())
+    try:
+        task_id = supervisor.run()  # returns only in a worker
+    except BaseException:
+        if watcher is not None:
+            watcher.terminate()
+            watcher.wait(5)
+        raise
+    serve_worker(config, listeners.for_slot(task_id), app)
 
 
-def serve_worker(config: Config, sockets: list[socket.socket]) -> NoReturn:
+def serve_worker(config: Config, sockets: list[socket.socket], app: Any = None) -> NoReturn:
     from squall.server import HTTPServer
     from squall.worker import BOOT_FAILURE_EXIT, run_forever
 
-    try:
-        app = import_app(config.app)
-    except SquallError as exc:
-        process.notify(f"booterror {exc}")
-        sys.exit(BOOT_FAILURE_EXIT)
+    if app is None:
+        try:
+            app = import_app(config.app)
+        except SquallError as exc:
+            process.notify(f"booterror {exc}")
+            sys.exit(BOOT_FAILURE_EXIT)
+    quota = 0
+    if config.max_requests:
+        quota = config.max_requests + random.randint(0, config.max_requests_jitter)
     server = HTTPServer(
         app,
         interface=config.interface,
         keepalive_timeout=config.keepalive_timeout,
         root_path=config.root_path,
+        max_requests=quota,
+        threads=config.threads,
     )
     server.add_sockets(sockets)
     run_forever(graceful_timeout=config.graceful_timeout)

@@ -16,6 +16,8 @@ from squall.errors import UsageError
 
 ENV_PREFIX = "SQUALL_"
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+ON_EXHAUSTED = ("exit", "degrade")
+HOOKS = ("on_starting", "post_fork", "worker_exit", "on_reload")
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,22 @@ class Config:
     backlog: int | None = None
     root_path: str = ""
     log_level: str = "info"
+    log_file: str | None = None
+    timeout: float = 30.0
+    max_requests: int = 0
+    max_requests_jitter: int = 0
+    on_exhausted: str = "exit"
+    reload_batch: int = 1
+    reuse_port: bool = False
+    preload: bool = False
+    reload: bool = False
+    threads: int = 10
+    config: str | None = None
+    # Hooks: plain callables, set from a --config file or the Python API.
+    on_starting: Callable[[], object] | None = None
+    post_fork: Callable[[int], object] | None = None
+    worker_exit: Callable[[int, int], object] | None = None
+    on_reload: Callable[[], object] | None = None
 
     DEFAULT_BIND = "127.0.0.1:8000"
 
@@ -63,6 +81,22 @@ class Config:
             raise UsageError(f"--backlog must be 1 or more, not {self.backlog}")
         if self.interface not in INTERFACES:
             raise UsageError(f"--interface must be one of {', '.join(INTERFACES)}")
+        for name in ("max_requests", "max_requests_jitter"):
+            if getattr(self, name) < 0:
+                flag = "--" + name.replace("_", "-")
+                raise UsageError(f"{flag} must be 0 or more, not {getattr(self, name)}")
+        if self.timeout < 0:
+            raise UsageError(f"--timeout must be 0 (off) or more, not {self.timeout}")
+        if self.reload_batch < 1:
+            raise UsageError(f"--reload-batch must be 1 or more, not {self.reload_batch}")
+        if self.threads < 1:
+            raise UsageError(f"--threads must be 1 or more, not {self.threads}")
+        if self.on_exhausted not in ON_EXHAUSTED:
+            raise UsageError(f"--on-exhausted must be one of {', '.join(ON_EXHAUSTED)}")
+        for hook in HOOKS:
+            value = getattr(self, hook)
+            if value is not None and not callable(value):
+                raise UsageError(f"hook {hook} must be a callable, not {value!r}")
         if self.log_level not in LOG_LEVELS:
             raise UsageError(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
         if not self.bind:
@@ -71,6 +105,15 @@ class Config:
 
 def _count(text: str) -> int:
     return int(text)
+
+
+def _switch(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(text)
 
 
 def _seconds(text: str) -> float:
@@ -139,6 +182,77 @@ SETTINGS: tuple[Setting, ...] = (
         "root_path", "--root-path", str, "ASGI root_path, for apps mounted below a prefix", "PATH"
     ),
     Setting("log_level", "--log-level", str, "log level (default info)", choices=LOG_LEVELS),
+    Setting(
+        "log_file",
+        "--log-file",
+        str,
+        "write the log to this file (reopened on SIGUSR1) instead of stderr",
+        "PATH",
+    ),
+    Setting(
+        "timeout",
+        "--timeout",
+        _seconds,
+        "replace a worker whose event loop has made no progress for this long, after logging its stacks; 0 disables (default 30)",
+        "SECONDS",
+    ),
+    Setting(
+        "max_requests",
+        "--max-requests",
+        _count,
+        "replace a worker gracefully after it served this many requests; 0 disables",
+        "N",
+    ),
+    Setting(
+        "max_requests_jitter",
+        "--max-requests-jitter",
+        _count,
+        "add up to this many to each worker's --max-requests, so they do not all recycle at once",
+        "N",
+    ),
+    Setting(
+        "on_exhausted",
+        "--on-exhausted",
+        str,
+        "when the restart budget is spent: exit (stop, non-zero status) or degrade (keep the survivors serving)",
+        choices=ON_EXHAUSTED,
+    ),
+    Setting(
+        "reload_batch",
+        "--reload-batch",
+        _count,
+        "on reload (SIGHUP), replace this many workers at a time (default 1)",
+        "N",
+    ),
+    Setting(
+        "reuse_port",
+        "--reuse-port",
+        _switch,
+        "one SO_REUSEPORT socket per worker (better balance) instead of one shared socket",
+        switch=True,
+    ),
+    Setting(
+        "preload",
+        "--preload",
+        _switch,
+        "import the app once in the supervisor before forking (shares memory; reload does not re-import)",
+        switch=True,
+    ),
+    Setting(
+        "reload",
+        "--reload",
+        _switch,
+        "development: reload the workers when a source file under the working directory changes",
+        switch=True,
+    ),
+    Setting("threads", "--threads", _count, "WSGI: threads per worker (default 10)", "N"),
+    Setting(
+        "config",
+        "--config",
+        str,
+        "a Python file setting any of these options by name, and the hooks on_starting, post_fork, worker_exit, on_reload",
+        "FILE",
+    ),
 )
 
 
@@ -160,3 +274,17 @@ def from_environment(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
 
 def config_fields() -> set[str]:
     return {f.name for f in fields(Config)}
+
+
+def from_file(path: str) -> dict[str, Any]:
+    """Settings and hooks from a Python file: module-level names that match settings."""
+    import runpy
+
+    try:
+        namespace = runpy.run_path(path)
+    except FileNotFoundError:
+        raise UsageError(f"--config file {path!r} does not exist") from None
+    except Exception as exc:
+        raise UsageError(f"error in --config file {path!r}: {type(exc).__name__}: {exc}") from None
+    known = config_fields() - {"app", "config"}
+    return {name: value for name, value in namespace.items() if name in known}

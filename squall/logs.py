@@ -26,13 +26,36 @@ def make_handler() -> logging.Handler:
     return handler
 
 
-def configure(level: str = "info") -> None:
-    """The command line's logging: everything to stderr, tagged with the worker."""
+_log_file_handler: logging.FileHandler | None = None
+
+
+def configure(level: str = "info", log_file: str | None = None) -> None:
+    """The command line's logging: to stderr (or `log_file`), tagged with the worker."""
+    global _log_file_handler
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
-    root.addHandler(make_handler())
+    if log_file is not None:
+        _log_file_handler = logging.FileHandler(log_file)
+        handler: logging.Handler = _log_file_handler
+        handler.setFormatter(logging.Formatter(FORMAT))
+        handler.addFilter(WorkerTag())
+    else:
+        handler = make_handler()
+    root.addHandler(handler)
     root.setLevel(level.upper())
+
+
+def reopen_log_file() -> None:
+    """After logrotate moved the file away (SIGUSR1): write to a new one at the same path."""
+    handler = _log_file_handler
+    if handler is not None:
+        handler.acquire()
+        try:
+            handler.close()
+            handler.stream = handler._open()
+        finally:
+            handler.release()
 
 
 def ensure_logging() -> None:

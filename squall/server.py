@@ -33,8 +33,12 @@ class HTTPServer:
         keepalive_timeout: float = 5.0,
         limits: Limits = DEFAULT_LIMITS,
         root_path: str = "",
+        max_requests: int = 0,
+        threads: int = 10,
     ) -> None:
         self.app = app
+        self.max_requests = max_requests
+        self.threads = threads
         self.interface = interface
         self.keepalive_timeout = keepalive_timeout
         self.limits = limits
@@ -114,11 +118,17 @@ class HTTPServer:
         elif interface == "wsgi":
             from squall.wsgi import WSGIAdapter
 
-            adapter = WSGIAdapter(self.app, self.root_path, process.task_id())
+            adapter = WSGIAdapter(self.app, self.root_path, process.task_id(), self.threads)
         else:
             raise UsageError(f"unknown interface {interface!r}")
         self._adapter = adapter
-        self.state = ServerState(adapter, self.limits, self.keepalive_timeout)
+        self.state = ServerState(
+            adapter,
+            self.limits,
+            self.keepalive_timeout,
+            request_quota=self.max_requests,
+            on_quota=lambda: process.notify("retire"),
+        )
 
     async def start_serving(self, sockets: list[socket.socket] | None = None) -> None:
         loop = asyncio.get_running_loop()

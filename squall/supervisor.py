@@ -1,13 +1,18 @@
-"""The supervisor: forks workers, reaps them, restarts them by policy.
+"""The supervisor: forks workers, reaps them, replaces them, stops them.
 
 It is a classic pre-fork master: no event loop and no thread, ever, so that
 forking stays safe. It sleeps in a selector on one wake-up pipe (written by
-the signal handlers, which only queue the signal) and on one pipe per worker
-(on which the worker says `ready` or `booterror ...`). Everything happens in
-`run`'s loop, one `handle_<signal>` or reap at a time. It knows nothing of HTTP.
+the signal handlers, which only queue the signal) and on one pipe per worker,
+on which the worker says `ready`, `heartbeat`, `retire` (its request quota is
+spent) or `booterror <message>`. Everything happens in `run`'s loop, one
+`handle_<signal>`, message or reap at a time. It knows nothing of HTTP.
 
 `run` returns only in a child, with its task id, like the seed's
 `start_child`; the caller then becomes that worker.
+
+Replacing a worker (rolling reload, request quota) never leaves a slot
+empty: the successor, with the same task id, must report ready before the old
+worker is told to drain, so ids stay dense 0..n-1 and no request is refused.
 """
 
 from __future__ import annotations
@@ -18,11 +23,11 @@ import logging
 import os
 import selectors
 import signal
-import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import NoReturn
+from typing import NoReturn, Protocol
 
 from squall import process
 from squall.errors import SquallError
@@ -34,7 +39,20 @@ HANDLED_SIGNALS = (
     signal.SIGTERM,
     signal.SIGINT,
     signal.SIGQUIT,
+    signal.SIGHUP,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+    signal.SIGUSR1,
 )
+
+#: A worker that dies younger than this is restarted after a growing delay.
+STABLE_AGE = 2.0
+BACKOFF_FIRST = 0.1
+BACKOFF_CAP = 10.0
+#: A booting worker may be silent this long (or --timeout, if longer).
+BOOT_GRACE = 60.0
+#: After SIGABRT (stack dump), a hung worker gets this long before SIGKILL.
+ABORT_GRACE = 2.0
 
 
 class TooManyRestarts(SquallError, RuntimeError):
@@ -45,15 +63,46 @@ class WorkerBootError(SquallError):
     """A worker could not start (its app failed to import or to start up)."""
 
 
+class Listeners(Protocol):
+    """The listening sockets, as the supervisor sees them: per worker slot."""
+
+    def open_slot(self, task_id: int) -> None:
+        """Make sure the slot's sockets exist (before its worker is forked)."""
+
+    def keep_only(self, task_id: int) -> None:
+        """In a new worker: close every socket that is not the slot's."""
+
+    def close_slot(self, task_id: int) -> None:
+        """The slot is gone for good (scale-down)."""
+
+    def close_all(self) -> None:
+        """Stop: new connections are refused from now on."""
+
+
+@dataclass
+class Hooks:
+    """Plain callables the user may set; each runs in the process named."""
+
+    on_starting: Callable[[], object] | None = None  # supervisor, before the first fork
+    post_fork: Callable[[int], object] | None = None  # new worker, with its task id
+    worker_exit: Callable[[int, int], object] | None = None  # supervisor: task id, wait status
+    on_reload: Callable[[], object] | None = None  # supervisor, as a reload begins
+
+
 @dataclass
 class WorkerProcess:
     task_id: int
     pid: int
     channel: int  # read end of the worker's pipe
     started_at: float = field(default_factory=time.monotonic)
+    last_heartbeat: float = 0.0
     ready: bool = False
     boot_error: str | None = None
     buffer: bytes = b""
+    replaces: WorkerProcess | None = None  # the old worker this one takes over from
+    retiring: bool = False
+    kill_at: float = 0.0  # when a retiring or aborted worker gets SIGKILL
+    timed_out: bool = False
 
 
 class RestartBudget:
@@ -72,6 +121,38 @@ class RestartBudget:
         self._times.append(now)
         return len(self._times) <= self.max_restarts
 
+    def describe(self) -> str:
+        window = f" within {self.window:g} s" if self.window > 0 else ""
+        return f"more than {self.max_restarts}{window}"
+
+
+class Backoff:
+    """Delays before re-forking a slot whose workers keep dying young.
+
+    The first young death restarts at once; each further one in a row waits
+    twice as long, up to `BACKOFF_CAP`. A worker that lived `STABLE_AGE`
+    resets the slot's streak.
+    """
+
+    def __init__(self) -> None:
+        self._streaks: dict[int, int] = {}
+
+    def delay(self, task_id: int, age: float) -> float:
+        if age >= STABLE_AGE:
+            self._streaks.pop(task_id, None)
+            return 0.0
+        streak = self._streaks[task_id] = self._streaks.get(task_id, 0) + 1
+        if streak == 1:
+            return 0.0
+        return float(min(BACKOFF_CAP, BACKOFF_FIRST * 2 ** (streak - 2)))
+
+
+class _BecameWorker(BaseException):
+    """Unwinds a freshly forked child out of the supervisor's loop."""
+
+    def __init__(self, task_id: int) -> None:
+        self.task_id = task_id
+
 
 class Supervisor:
     def __init__(
@@ -81,12 +162,30 @@ class Supervisor:
         max_restarts: int = 100,
         restart_window: float = 0.0,
         graceful_timeout: float = 30.0,
+        timeout: float = 0.0,
+        on_exhausted: str = "exit",
+        reload_batch: int = 1,
+        listeners: Listeners | None = None,
+        hooks: Hooks | None = None,
+        on_log_reopen: Callable[[], object] | None = None,
     ) -> None:
         self.num_workers = num_workers
         self.budget = RestartBudget(max_restarts, restart_window)
+        self.backoff = Backoff()
         self.graceful_timeout = graceful_timeout
+        self.timeout = timeout
+        self.on_exhausted = on_exhausted
+        self.reload_batch = max(1, reload_batch)
+        self.listeners = listeners
+        self.hooks = hooks or Hooks()
+        self.on_log_reopen = on_log_reopen
         self.workers: dict[int, WorkerProcess] = {}
         self.pid = os.getpid()
+        self.degraded = False
+        self.restarts = 0
+        self._pending_spawns: dict[int, float] = {}  # task id -> when to fork it
+        self._reload_queue: deque[WorkerProcess] | None = None
+        self._reload_again = False
         self._signal_queue: deque[int] = deque()
         self._selector: selectors.BaseSelector | None = None
         self._wakeup_r = -1
@@ -99,44 +198,44 @@ class Supervisor:
 
     def run(self) -> int:
         """Fork the workers and supervise them. Returns only in a worker, its task id."""
-        self._setup()
-        for worker_id in range(self.num_workers):
-            if self._spawn(worker_id):
-                return worker_id
-        while True:
-            child_id = self._step()
-            if child_id is not None:
-                return child_id
-            if not self.workers:
-                self._exit()
+        try:
+            self._setup()
+            if self.hooks.on_starting is not None:
+                self.hooks.on_starting()
+            for worker_id in range(self.num_workers):
+                self._spawn(worker_id)
+            while True:
+                self._step()
+                if not self.workers and not self._pending_spawns:
+                    self._exit()
+        except _BecameWorker as child:
+            return child.task_id
 
-    def _step(self) -> int | None:
-        """Wait for something to happen and deal with it; a worker id in a new child."""
+    def _step(self) -> None:
+        """Wait for something to happen and deal with it."""
         assert self._selector is not None
-        timeout = 1.0
-        if self._stopping:
-            timeout = max(0.0, min(timeout, self._stop_deadline - time.monotonic()))
-        for key, _ in self._selector.select(timeout):
+        for key, _ in self._selector.select(self._next_timeout()):
             if key.fd == self._wakeup_r:
                 _drain_pipe(self._wakeup_r)
             else:
                 self._read_channel(key.data)
         while self._signal_queue:
             signum = self._signal_queue.popleft()
-            if signum == signal.SIGCHLD:
-                child_id = self._reap()
-                if child_id is not None:
-                    return child_id
-            else:
+            if signum != signal.SIGCHLD:
                 getattr(self, f"handle_{signal.Signals(signum).name.lower()}")()
-        child_id = self._reap()  # a SIGCHLD may have merged with another signal
-        if child_id is not None:
-            return child_id
-        if self._stopping and time.monotonic() >= self._stop_deadline and self.workers:
-            logger.warning("graceful timeout: killing %d worker(s)", len(self.workers))
-            self._signal_all(signal.SIGKILL)
-            self._stop_deadline = time.monotonic() + 5.0
-        return None
+        self._reap()  # every time: SIGCHLDs merge, and a pipe may close first
+        now = time.monotonic()
+        self._spawn_due(now)
+        self._enforce_deadlines(now)
+
+    def _next_timeout(self) -> float:
+        timeout = 1.0
+        now = time.monotonic()
+        for due in self._pending_spawns.values():
+            timeout = min(timeout, due - now)
+        if self._stopping:
+            timeout = min(timeout, self._stop_deadline - now)
+        return max(0.0, timeout)
 
     # -- signals ----------------------------------------------------------------
 
@@ -164,6 +263,23 @@ class Supervisor:
     def handle_sigquit(self) -> None:
         self.stop(graceful=False)
 
+    def handle_sighup(self) -> None:
+        self.reload()
+
+    def handle_sigttin(self) -> None:
+        self.scale(self.num_workers + 1)
+
+    def handle_sigttou(self) -> None:
+        self.scale(self.num_workers - 1)
+
+    def handle_sigusr1(self) -> None:
+        if self.on_log_reopen is not None:
+            self.on_log_reopen()
+        self._signal_all(signal.SIGUSR1)
+        logger.info("log files reopened")
+
+    # -- commands -----------------------------------------------------------------
+
     def stop(self, graceful: bool = True, error: SquallError | None = None) -> None:
         """Stop every worker: SIGTERM and a graceful timeout, or SIGKILL now."""
         if error is not None and self._exit_error is None:
@@ -171,10 +287,13 @@ class Supervisor:
         if self._stopping and graceful:
             return
         if not self._stopping:
-            logger.info(
-                "stopping %d worker(s)%s", len(self.workers), "" if graceful else " at once"
-            )
+            how = "gracefully" if graceful else "at once"
+            logger.info("stopping %d worker(s) %s", len(self.workers), how)
+            if self.listeners is not None:
+                self.listeners.close_all()
         self._stopping = True
+        self._pending_spawns.clear()
+        self._reload_queue = None
         if graceful:
             self._stop_deadline = time.monotonic() + self.graceful_timeout
             self._signal_all(signal.SIGTERM)
@@ -182,31 +301,69 @@ class Supervisor:
             self._stop_deadline = time.monotonic() + 5.0
             self._signal_all(signal.SIGKILL)
 
-    def _signal_all(self, signum: int) -> None:
-        for pid in list(self.workers):
-            _kill(pid, signum)
+    def reload(self) -> None:
+        """Replace every worker, `reload_batch` at a time, each successor ready first."""
+        if self._stopping:
+            return
+        if self._reload_queue is not None:
+            self._reload_again = True  # signals during a reload coalesce into one more
+            logger.info("reload requested while one runs; another will follow")
+            return
+        if self.hooks.on_reload is not None:
+            self.hooks.on_reload()
+        old = sorted(self._serving(), key=lambda w: w.task_id)
+        logger.info("reloading %d worker(s)", len(old))
+        self._reload_queue = deque(old)
+        self._advance_reload()
+
+    def scale(self, count: int) -> None:
+        """Run `count` workers (at least 1): fork new slots or retire the highest."""
+        if self._stopping:
+            return
+        count = max(1, count)
+        if count == self.num_workers:
+            return
+        logger.info("scaling from %d to %d worker(s)", self.num_workers, count)
+        previous, self.num_workers = self.num_workers, count
+        for task_id in range(previous, count):
+            self._spawn(task_id)
+        for task_id in range(count, previous):
+            self._pending_spawns.pop(task_id, None)
+            for worker in list(self.workers.values()):
+                if worker.task_id == task_id and not worker.retiring:
+                    self._retire(worker)
+            if self._reload_queue is not None:
+                self._reload_queue = deque(w for w in self._reload_queue if w.task_id < count)
 
     # -- workers ----------------------------------------------------------------
 
-    def _spawn(self, worker_id: int) -> bool:
-        """Fork one worker. True in the child, which must then return its id."""
+    def _serving(self) -> list[WorkerProcess]:
+        """Workers that are neither retiring nor a successor still booting."""
+        return [w for w in self.workers.values() if not w.retiring and w.replaces is None]
+
+    def _spawn(self, worker_id: int, replaces: WorkerProcess | None = None) -> WorkerProcess:
+        """Fork one worker; in the child, unwind to `run` with `_BecameWorker`."""
+        if self.listeners is not None:
+            self.listeners.open_slot(worker_id)
         read_fd, write_fd = os.pipe()
         pid = os.fork()
         if pid == 0:
             os.close(read_fd)
-            self._forget_in_child()
+            self._forget_in_child(worker_id)
             process.become_worker(worker_id, write_fd, self.pid)
-            return True
+            if self.hooks.post_fork is not None:
+                self.hooks.post_fork(worker_id)
+            raise _BecameWorker(worker_id)
         os.close(write_fd)
         os.set_blocking(read_fd, False)
-        worker = WorkerProcess(worker_id, pid, read_fd)
+        worker = WorkerProcess(worker_id, pid, read_fd, replaces=replaces)
         self.workers[pid] = worker
         assert self._selector is not None
         self._selector.register(read_fd, selectors.EVENT_READ, worker)
         logger.info("worker %d started (pid %d)", worker_id, pid)
-        return False
+        return worker
 
-    def _forget_in_child(self) -> None:
+    def _forget_in_child(self, worker_id: int) -> None:
         """Drop the supervisor's signal handling and file descriptors in a new child."""
         signal.set_wakeup_fd(-1)
         for signum in HANDLED_SIGNALS:
@@ -216,8 +373,20 @@ class Supervisor:
             self._selector = None
         for fd in (self._wakeup_r, self._wakeup_w, *(w.channel for w in self.workers.values())):
             _close(fd)
+        if self.listeners is not None:
+            self.listeners.keep_only(worker_id)
         self.workers.clear()
         self._signal_queue.clear()
+
+    def _retire(self, worker: WorkerProcess) -> None:
+        """Ask a worker to drain and exit; SIGKILL after the graceful timeout."""
+        worker.retiring = True
+        worker.kill_at = time.monotonic() + self.graceful_timeout
+        _kill(worker.pid, signal.SIGTERM)
+
+    def _replace(self, old: WorkerProcess) -> None:
+        """Fork a successor for `old`; `old` drains once the successor is ready."""
+        self._spawn(old.task_id, replaces=old)
 
     def _read_channel(self, worker: WorkerProcess) -> None:
         try:
@@ -236,10 +405,50 @@ class Supervisor:
 
     def _handle_message(self, worker: WorkerProcess, line: str) -> None:
         kind, _, detail = line.partition(" ")
+        worker.last_heartbeat = time.monotonic()
         if kind == "ready":
-            worker.ready = True
+            self._worker_ready(worker)
+        elif kind == "retire":
+            if not worker.retiring and not self._stopping and self._successor_of(worker) is None:
+                logger.info(
+                    "worker %d (pid %d) served its quota; replacing it", worker.task_id, worker.pid
+                )
+                self._replace(worker)
         elif kind == "booterror":
             worker.boot_error = detail or "worker failed to boot"
+
+    def _successor_of(self, worker: WorkerProcess) -> WorkerProcess | None:
+        for other in self.workers.values():
+            if other.replaces is worker:
+                return other
+        return None
+
+    def _worker_ready(self, worker: WorkerProcess) -> None:
+        worker.ready = True
+        old = worker.replaces
+        if old is None:
+            return
+        worker.replaces = None
+        if old.pid in self.workers and not old.retiring:
+            self._retire(old)
+        self._advance_reload()
+
+    def _advance_reload(self) -> None:
+        queue = self._reload_queue
+        if queue is None:
+            return
+        booting = sum(1 for w in self.workers.values() if w.replaces is not None)
+        while queue and booting < self.reload_batch:
+            old = queue.popleft()
+            if old.pid in self.workers and not old.retiring:
+                self._replace(old)
+                booting += 1
+        if not queue and booting == 0:
+            self._reload_queue = None
+            logger.info("reload complete")
+            if self._reload_again:
+                self._reload_again = False
+                self.reload()
 
     def _close_channel(self, worker: WorkerProcess) -> None:
         if worker.channel < 0:
@@ -249,51 +458,132 @@ class Supervisor:
         _close(worker.channel)
         worker.channel = -1
 
-    def _reap(self) -> int | None:
-        """Collect every exited worker; restart those the policy allows."""
+    # -- deaths -------------------------------------------------------------------
+
+    def _reap(self) -> None:
+        """Collect every exited worker and decide what follows."""
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                return None
+                return
             if pid == 0:
-                return None
+                return
             worker = self.workers.pop(pid, None)
             if worker is None:
                 continue
             if worker.channel >= 0:
                 self._read_channel(worker)  # a last message may be waiting
                 self._close_channel(worker)
-            if self._worker_exited(worker, status) and self._spawn(worker.task_id):
-                return worker.task_id
+            if self.hooks.worker_exit is not None:
+                self.hooks.worker_exit(worker.task_id, status)
+            self._worker_exited(worker, status)
 
-    def _worker_exited(self, worker: WorkerProcess, status: int) -> bool:
-        """Log how a worker ended; True if it should be replaced."""
+    def _worker_exited(self, worker: WorkerProcess, status: int) -> None:
         worker_id, pid = worker.task_id, worker.pid
+        how = _describe_status(status)
+        if worker.timed_out:
+            how = "was killed by the watchdog"
+        if worker.replaces is not None:
+            # A successor died before it was ready: the old worker keeps serving.
+            reason = worker.boot_error or how
+            logger.error(
+                "worker %d (pid %d) could not take over: %s; the old worker keeps serving",
+                worker_id,
+                pid,
+                reason,
+            )
+            self._reload_queue = None
+            self._reload_again = False
+            return
         if worker.boot_error is not None:
             logger.debug("worker %d (pid %d) failed to boot", worker_id, pid)
             self.stop(graceful=True, error=WorkerBootError(worker.boot_error))
-            return False
-        if os.WIFSIGNALED(status):
-            signum = os.WTERMSIG(status)
-            how = f"killed by signal {signum} ({_signal_name(signum)})"
-        elif os.WEXITSTATUS(status) != 0:
-            how = f"exited with status {os.WEXITSTATUS(status)}"
-        else:
-            logger.info("worker %d (pid %d) exited normally", worker_id, pid)
-            return False
-        if self._stopping:
+            return
+        if worker.retiring or self._stopping:
             logger.info("worker %d (pid %d) %s", worker_id, pid, how)
-            return False
-        if not self.budget.spend(time.monotonic()):
-            logger.warning("worker %d (pid %d) %s", worker_id, pid, how)
-            window = f" within {self.budget.window:g} s" if self.budget.window > 0 else ""
-            limit = self.budget.max_restarts
-            message = f"too many worker restarts (more than {limit}{window}), giving up"
-            self.stop(graceful=True, error=TooManyRestarts(message))
-            return False
-        logger.warning("worker %d (pid %d) %s, restarting", worker_id, pid, how)
-        return True
+            if worker_id >= self.num_workers and self.listeners is not None:
+                self.listeners.close_slot(worker_id)
+            self._advance_reload()
+            return
+        if how == "exited normally":
+            logger.info("worker %d (pid %d) exited normally", worker_id, pid)
+            return
+        successor = self._successor_of(worker)
+        if successor is not None:
+            # It died while its successor boots: the successor takes the slot.
+            logger.warning("worker %d (pid %d) %s; its successor takes over", worker_id, pid, how)
+            successor.replaces = None
+            return
+        if worker_id >= self.num_workers:
+            logger.info("worker %d (pid %d) %s; slot no longer wanted", worker_id, pid, how)
+            return
+        self.restarts += 1
+        if self.degraded or not self.budget.spend(time.monotonic()):
+            self._budget_spent(worker, how)
+            return
+        delay = self.backoff.delay(worker_id, time.monotonic() - worker.started_at)
+        if delay > 0:
+            logger.warning(
+                "worker %d (pid %d) %s, restarting in %.1f s", worker_id, pid, how, delay
+            )
+        else:
+            logger.warning("worker %d (pid %d) %s, restarting", worker_id, pid, how)
+        self._pending_spawns[worker_id] = time.monotonic() + delay
+        self._spawn_due(time.monotonic())
+
+    def _budget_spent(self, worker: WorkerProcess, how: str) -> None:
+        message = f"too many worker restarts ({self.budget.describe()}), giving up"
+        logger.warning("worker %d (pid %d) %s", worker.task_id, worker.pid, how)
+        if self.on_exhausted == "degrade":
+            if not self.degraded:
+                logger.error(
+                    "%s: no more restarts; %d worker(s) keep serving (degraded)",
+                    message.replace(", giving up", ""),
+                    len(self._serving()),
+                )
+            self.degraded = True
+            if not self._serving() and not self._pending_spawns:
+                self.stop(graceful=True, error=TooManyRestarts(message))
+            return
+        self.stop(graceful=True, error=TooManyRestarts(message))
+
+    def _spawn_due(self, now: float) -> None:
+        for task_id, due in sorted(self._pending_spawns.items()):
+            if due <= now:
+                del self._pending_spawns[task_id]
+                self._spawn(task_id)
+
+    def _enforce_deadlines(self, now: float) -> None:
+        """The watchdog, the retirement deadline, and the stop deadline."""
+        if self._stopping:
+            if now >= self._stop_deadline and self.workers:
+                logger.warning("graceful timeout: killing %d worker(s)", len(self.workers))
+                self._signal_all(signal.SIGKILL)
+                self._stop_deadline = now + 5.0
+            return
+        for worker in list(self.workers.values()):
+            if worker.kill_at and now >= worker.kill_at:
+                worker.kill_at = 0.0
+                _kill(worker.pid, signal.SIGKILL)
+            elif self.timeout > 0 and not worker.retiring and not worker.timed_out:
+                limit = self.timeout if worker.ready else max(self.timeout, BOOT_GRACE)
+                silent = now - (worker.last_heartbeat or worker.started_at)
+                if silent > limit:
+                    logger.error(
+                        "worker %d (pid %d) timed out: no heartbeat for %.1f s; "
+                        "dumping its stacks and replacing it",
+                        worker.task_id,
+                        worker.pid,
+                        silent,
+                    )
+                    worker.timed_out = True
+                    worker.kill_at = now + ABORT_GRACE
+                    _kill(worker.pid, signal.SIGABRT)  # faulthandler prints every stack
+
+    def _signal_all(self, signum: int) -> None:
+        for pid in list(self.workers):
+            _kill(pid, signum)
 
     def _exit(self) -> NoReturn:
         signal.set_wakeup_fd(-1)
@@ -303,10 +593,20 @@ class Supervisor:
             self._selector.close()
         _close(self._wakeup_r)
         _close(self._wakeup_w)
+        if self.listeners is not None:
+            self.listeners.close_all()
         if self._exit_error is not None:
             raise self._exit_error
         logger.info("all workers have exited; supervisor exits")
-        sys.exit(0)
+        raise SystemExit(0)
+
+
+def _describe_status(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        signum = os.WTERMSIG(status)
+        return f"killed by signal {signum} ({_signal_name(signum)})"
+    code = os.WEXITSTATUS(status)
+    return f"exited with status {code}" if code else "exited normally"
 
 
 def _drain_pipe(fd: int) -> None:

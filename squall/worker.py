@@ -8,6 +8,7 @@ flight, run the app's shutdown. A second SIGINT stops at once.
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import logging
 import signal
 import sys
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING
 from squall import process
 from squall.asgi import LifespanFailed
 from squall.errors import SquallError
+from squall.logs import reopen_log_file
 
 if TYPE_CHECKING:
     from squall.server import HTTPServer
@@ -78,6 +80,9 @@ class Worker:
         self._stop = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_stop_signal, signum)
+        loop.add_signal_handler(signal.SIGUSR1, reopen_log_file)
+        # A hung worker gets SIGABRT from the watchdog: print every thread's stack first.
+        faulthandler.enable(all_threads=True)
         try:
             for server in self.servers:
                 await server.startup()

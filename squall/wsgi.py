@@ -54,7 +54,9 @@ class WSGIAdapter:
         assert request is not None
         server = cycle.server or ("", 0)
         client = cycle.client
-        path = unquote(request.path.decode("latin-1"))
+        # PEP 3333: the percent-decoded bytes as latin-1 text, never decoded as UTF-8
+        # (apps and frameworks undo it with .encode("latin-1")).
+        path = unquote(request.path.decode("latin-1"), encoding="latin-1")
         root = self.root_path
         environ: dict[str, Any] = {
             "REQUEST_METHOD": request.method,
@@ -123,7 +125,8 @@ class WSGIAdapter:
                 loop.call_soon_threadsafe(cycle.respond, head[0], head[1], body)
                 return
             for chunk in result:
-                write(chunk)
+                if chunk:  # PEP 3333: the head waits for the first non-empty chunk
+                    write(chunk)
             if not head:
                 raise RuntimeError("WSGI app returned without calling start_response()")
             if not sent_head:

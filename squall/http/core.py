@@ -147,7 +147,9 @@ class ServerConnection:
         self._target = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_bytes = 0
+        self._head_fed = 0
         self._in_head = False
+        self._began = False
         self._body_bytes = 0
         self._broken = False
 
@@ -158,23 +160,26 @@ class ServerConnection:
         if self._broken:
             return []
         events = self._events = []
+        self._began = False
         try:
             self._parser.feed_data(data)
+            if self._in_head and not self._began:
+                # All of `data` went into a head that is still incomplete;
+                # httptools holds a partial header, so bound it here.
+                self._head_fed += len(data)
+                self._check_head_size()
         except httptools.HttpParserUpgrade:
-            # An Upgrade or CONNECT request: the head and message are already
-            # out as events. Anything after it is another protocol, which this
-            # connection does not speak, so it reads no further.
+            # An Upgrade or CONNECT request (its Request already says so): the
+            # head and message are already out as events. Anything after it is
+            # another protocol, which this connection does not speak, so it
+            # reads no further.
             self._broken = True
-            if events and isinstance(events[0], Request):
-                events[0].upgrade = True
         except httptools.HttpParserCallbackError as exc:
             self._fail(exc.__context__ if isinstance(exc.__context__, RequestError) else exc)
         except httptools.HttpParserError as exc:
             self._fail(exc)
-        else:
-            if self._in_head:
-                self._head_bytes += len(data)
-                self._check_head_size()
+        except RequestError as exc:
+            self._fail(exc)
         return events
 
     def _fail(self, exc: BaseException) -> None:
@@ -186,7 +191,7 @@ class ServerConnection:
             self._events.append(RequestError(400, f"malformed request: {reason}"))
 
     def _check_head_size(self) -> None:
-        if self._head_bytes <= self.limits.max_header_bytes:
+        if self._head_fed <= self.limits.max_header_bytes:
             return
         if not self._headers and len(self._target) >= self.limits.max_target_bytes:
             raise RequestError(414, "request target too long")
@@ -198,19 +203,29 @@ class ServerConnection:
         self._target = b""
         self._headers = []
         self._head_bytes = 0
+        self._head_fed = 0
         self._body_bytes = 0
         self._in_head = True
+        self._began = True
 
     def on_url(self, piece: bytes) -> None:
         self._target += piece
         if len(self._target) > self.limits.max_target_bytes:
             raise RequestError(414, "request target too long")
+        self._head_bytes += len(piece)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         headers = self._headers
         if len(headers) >= self.limits.max_header_count:
             raise RequestError(431, "too many request headers")
-        headers.append((name.lower(), value))
+        # Counted here too, so the limit holds however the head was split
+        # into reads (name, ": ", value, CRLF).
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > self.limits.max_header_bytes:
+            raise RequestError(431, "request header block too large")
+        if not self._in_head:
+            return  # a trailer field: never merged into the header section (RFC 9110 6.5.1)
+        headers.append((name.lower(), value.rstrip(b" \t")))  # trailing OWS (RFC 9112 5)
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -222,6 +237,7 @@ class ServerConnection:
             self._headers,
             parser.should_keep_alive(),
         )
+        request.upgrade = parser.should_upgrade()
         for name, value in self._headers:
             if name == b"content-length":
                 if not value.isdigit():

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from squall.http.core import (
@@ -48,13 +49,27 @@ class App(Protocol):
 class ServerState:
     """What all connections of one worker share."""
 
-    def __init__(self, app: App, limits: Limits, keepalive_timeout: float) -> None:
+    def __init__(
+        self,
+        app: App,
+        limits: Limits,
+        keepalive_timeout: float,
+        request_quota: int = 0,
+        on_quota: Callable[[], object] | None = None,
+    ) -> None:
         self.app = app
         self.limits = limits
         self.keepalive_timeout = keepalive_timeout
         self.connections: set[HTTPProtocol] = set()
         self.draining = False
         self.requests_served = 0
+        self.request_quota = request_quota  # 0: no quota
+        self.on_quota = on_quota
+
+    def count_request(self) -> None:
+        self.requests_served += 1
+        if self.requests_served == self.request_quota and self.on_quota is not None:
+            self.on_quota()
 
     def drain(self) -> None:
         """Close idle connections now and every other one after its response."""
@@ -247,6 +262,7 @@ class HTTPProtocol(asyncio.Protocol):
         self.receiving: RequestCycle | None = None
         self.queue: deque[RequestCycle] = deque()
         self.closing = False
+        self.fresh = True  # no request begun yet
         self.eof = False
         self._reading_paused = False
         self._write_paused = False
@@ -260,10 +276,7 @@ class HTTPProtocol(asyncio.Protocol):
         self.client = _address(transport.get_extra_info("peername"))
         self.server = _address(transport.get_extra_info("sockname"))
         self.state.connections.add(self)
-        if self.state.draining:
-            self.close()
-        else:
-            self._start_idle_timer()
+        self._start_idle_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
@@ -318,6 +331,7 @@ class HTTPProtocol(asyncio.Protocol):
     def _request_begun(self, request: Request) -> None:
         if self._idle_timer is not None:
             self._cancel_idle_timer()
+        self.fresh = False
         cycle = RequestCycle(self, request)
         self.receiving = cycle
         if self.current is None:
@@ -370,7 +384,7 @@ class HTTPProtocol(asyncio.Protocol):
 
     def cycle_done(self, cycle: RequestCycle) -> None:
         """The response to the current request is complete: go on to the next."""
-        self.state.requests_served += 1
+        self.state.count_request()
         request = cycle.request
         if request is None or not request.keep_alive or self.closing:
             self.close()
@@ -419,9 +433,17 @@ class HTTPProtocol(asyncio.Protocol):
             self.transport.resume_reading()
 
     def shutdown(self) -> None:
-        """Stop after the response in flight, or now if there is none."""
+        """Close after the response in flight; close an idle keep-alive connection now.
+
+        A connection that has not yet sent its first request stays open: its
+        client has sent or is sending a request that this worker accepted, and
+        it gets its answer (with `Connection: close`). Closing an idle
+        keep-alive connection is the race that RFC 9112 section 9.3.1 lets
+        clients retry.
+        """
         if self.current is None:
-            self.close()
+            if not self.fresh:
+                self.close()
         elif self.current.request is not None:
             self.current.request.keep_alive = False
 

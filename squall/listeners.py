@@ -1,0 +1,115 @@
+"""Which listening sockets each worker slot serves.
+
+Shared mode (the default): one set of sockets, bound once, served by every
+worker. A retiring worker just stops accepting; what is queued goes to the
+others.
+
+Reuse-port mode: each slot (task id) has its own SO_REUSEPORT sockets, and
+the kernel spreads new connections across them, which balances better. The
+supervisor holds every slot's sockets, and a successor inherits its slot's,
+so reloads, request quotas and watchdog restarts never close a listener
+(closing one resets what is queued on it). Only scale-down closes a slot;
+with `net.ipv4.tcp_migrate_req = 1` Linux moves its queue to the others.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import socket
+from collections.abc import Sequence
+from pathlib import Path
+
+from squall.sockets import BindSpec, open_binds
+
+logger = logging.getLogger("squall.listeners")
+
+MIGRATE_REQ = Path("/proc/sys/net/ipv4/tcp_migrate_req")
+
+
+class SharedListeners:
+    """One set of sockets for every worker."""
+
+    def __init__(self, sockets: list[socket.socket]) -> None:
+        self.sockets = sockets
+
+    def open_slot(self, task_id: int) -> None:
+        pass
+
+    def for_slot(self, task_id: int) -> list[socket.socket]:
+        return self.sockets
+
+    def keep_only(self, task_id: int) -> None:
+        pass
+
+    def close_slot(self, task_id: int) -> None:
+        pass
+
+    def close_all(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+
+    def describe(self) -> list[socket.socket]:
+        return self.sockets
+
+
+class ReusePortListeners:
+    """SO_REUSEPORT sockets per slot for TCP binds; Unix and inherited sockets stay shared."""
+
+    def __init__(self, specs: Sequence[BindSpec], backlog: int | None = None) -> None:
+        self.backlog = backlog
+        tcp = [spec for spec in specs if spec.kind == "tcp"]
+        self.shared = open_binds([spec for spec in specs if spec.kind != "tcp"], backlog=backlog)
+        self.slots: dict[int, list[socket.socket]] = {}
+        # Port 0 picks a port once; every further slot must bind that same port.
+        self.specs: list[BindSpec] = []
+        first: list[socket.socket] = []
+        try:
+            for spec in tcp:
+                opened = open_binds([spec], reuse_port=True, backlog=backlog)
+                first += opened
+                self.specs.append(dataclasses.replace(spec, port=opened[0].getsockname()[1]))
+        except BaseException:
+            for sock in first + self.shared:
+                sock.close()
+            raise
+        self.slots[0] = first
+        if not migrate_req_enabled():
+            logger.debug(
+                "net.ipv4.tcp_migrate_req is off: scaling down with --reuse-port "
+                "resets connections still queued on the retired worker's socket"
+            )
+
+    def open_slot(self, task_id: int) -> None:
+        if task_id not in self.slots:
+            self.slots[task_id] = open_binds(self.specs, reuse_port=True, backlog=self.backlog)
+
+    def for_slot(self, task_id: int) -> list[socket.socket]:
+        return self.slots[task_id] + self.shared
+
+    def keep_only(self, task_id: int) -> None:
+        for other, sockets in list(self.slots.items()):
+            if other != task_id:
+                for sock in sockets:
+                    sock.close()
+                del self.slots[other]
+
+    def close_slot(self, task_id: int) -> None:
+        for sock in self.slots.pop(task_id, []):
+            sock.close()
+
+    def close_all(self) -> None:
+        for task_id in list(self.slots):
+            self.close_slot(task_id)
+        for sock in self.shared:
+            sock.close()
+
+    def describe(self) -> list[socket.socket]:
+        return self.slots.get(0, []) + self.shared
+
+
+def migrate_req_enabled() -> bool:
+    try:
+        return MIGRATE_REQ.read_text().strip() == "1"
+    except OSError:
+        return False

@@ -1,0 +1,51 @@
+"""The app the supervision tests serve; tests copy it and change VERSION between reloads."""
+
+import asyncio
+import os
+import time
+
+from squall import task_id, web
+
+VERSION = "1"
+
+
+def block_the_loop() -> None:
+    time.sleep(60)
+
+
+class Version(web.RequestHandler):
+    def get(self) -> None:
+        self.write(VERSION)
+
+
+class Pid(web.RequestHandler):
+    def get(self) -> None:
+        self.write({"pid": os.getpid(), "task_id": task_id(), "version": VERSION})
+
+
+class Slow(web.RequestHandler):
+    async def get(self) -> None:
+        await asyncio.sleep(float(self.get_argument("s", "2")))
+        self.write("slow done")
+
+
+class Block(web.RequestHandler):
+    def get(self) -> None:
+        block_the_loop()
+
+
+class Crash(web.RequestHandler):
+    def get(self) -> None:
+        self.finish("bye")
+        asyncio.get_running_loop().call_later(0.05, os._exit, 1)
+
+
+app = web.Application(
+    [
+        (r"/", Version),
+        (r"/pid", Pid),
+        (r"/slow", Slow),
+        (r"/block", Block),
+        (r"/crash", Crash),
+    ]
+)

@@ -1,0 +1,217 @@
+"""Production supervision: graceful stop, rolling reload, watchdog, restart policy, scaling.
+
+Real supervisor and workers, real sockets on 127.0.0.1, real HTTP clients.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+import socket
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.load import Load
+from tests.service import Service, Services, alive, free_port, wait_until
+
+SCRIPTS = Path(__file__).parent / "scripts"
+
+
+def app_dir(tmp_path: Path, version: str = "1") -> Path:
+    """A copy of the supervised app that the test may rewrite."""
+    directory = tmp_path / "app"
+    directory.mkdir()
+    set_version(directory, version)
+    return directory
+
+
+def set_version(directory: Path, version: str) -> None:
+    source = (SCRIPTS / "supervised.py").read_text().replace('VERSION = "1"', f"VERSION = {version!r}")
+    (directory / "supervised_app.py").write_text(source)
+    # A rewrite within the same second must not be served from a stale .pyc.
+    shutil.rmtree(directory / "__pycache__", ignore_errors=True)
+
+
+def start(services: Services, directory: Path, *args: str) -> tuple[Service, int]:
+    port = free_port()
+    service = services.squall(
+        "supervised_app:app", "--bind", f"127.0.0.1:{port}", *args, cwd=directory
+    )
+    service.wait_for_port(port)
+    return service, port
+
+
+def get(port: int, path: str = "/", timeout: float = 5) -> httpx.Response:
+    return httpx.get(f"http://127.0.0.1:{port}{path}", timeout=timeout)
+
+
+def refused(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return False
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False
+
+
+def test_graceful_stop_finishes_the_request_in_flight(services: Services, tmp_path: Path) -> None:
+    service, port = start(services, app_dir(tmp_path), "--workers", "2")
+    workers = service.wait_for_workers(2)
+    answers: list[httpx.Response] = []
+    slow = threading.Thread(target=lambda: answers.append(get(port, "/slow?s=2", timeout=10)))
+    slow.start()
+    time.sleep(0.5)  # the request is in flight
+    service.send(signal.SIGTERM)
+    wait_until(lambda: refused(port), timeout=2)  # new connections refused once the stop began
+    slow.join(10)
+    assert [(r.status_code, r.text) for r in answers] == [(200, "slow done")]
+    assert answers[0].headers["connection"] == "close"
+    assert service.wait(timeout=10) == 0
+    assert all(not alive(pid) for pid in workers)
+
+
+@pytest.mark.parametrize("mode", ["shared", "reuse-port"])
+def test_rolling_reload_under_load_loses_nothing(services: Services, tmp_path: Path, mode: str) -> None:
+    directory = app_dir(tmp_path)
+    extra = ["--reuse-port"] if mode == "reuse-port" else []
+    service, port = start(services, directory, "--workers", "2", *extra)
+    old = set(service.wait_for_workers(2))
+    with Load(port) as load:
+        load.wait_for_requests(1500)
+        for version in ("2", "3"):
+            set_version(directory, version)
+            service.send(signal.SIGHUP)
+            count = 1 if version == "2" else 2
+            service.wait_for_log("reload complete", count=count, timeout=20)
+            wait_until(lambda v=version: get(port).text == v, timeout=10)
+        load.wait_for_requests(load.result.total + 1500)
+    result = load.result
+    assert result.failed == 0, result.errors
+    assert result.total >= 3000
+    assert result.bodies["1"] > 0 and result.bodies["3"] > 0
+    new = set(service.wait_for_workers(2))
+    assert not (new & old)  # every worker has a new pid
+    assert {get(port).text for _ in range(20)} == {"3"}
+    print(f"{mode}: {result.total} requests, {result.failed} failed, {result.retried} retried")
+
+
+def test_reload_with_broken_code_keeps_the_old_workers(services: Services, tmp_path: Path) -> None:
+    directory = app_dir(tmp_path)
+    service, port = start(services, directory, "--workers", "2")
+    old = set(service.wait_for_workers(2))
+    (directory / "supervised_app.py").write_text("def broken(:\n")
+    shutil.rmtree(directory / "__pycache__", ignore_errors=True)
+    service.send(signal.SIGHUP)
+    service.wait_for_log("could not take over", timeout=15)
+    assert "SyntaxError" in service.output()
+    assert get(port).text == "1"
+    assert set(service.workers()) == old
+    assert service.stop() == 0
+
+
+def test_watchdog_replaces_a_worker_whose_loop_is_blocked(services: Services, tmp_path: Path) -> None:
+    service, port = start(services, app_dir(tmp_path), "--workers", "1", "--timeout", "2")
+    (old,) = service.wait_for_workers(1)
+    blocked = threading.Thread(target=lambda: _ignore_errors(lambda: get(port, "/block", timeout=8)))
+    started = time.monotonic()
+    blocked.start()
+    wait_until(lambda: not alive(old), timeout=2 + 3)
+    replaced_after = time.monotonic() - started
+    wait_until(lambda: get(port, "/pid").json()["pid"] != old, timeout=5)
+    blocked.join(10)
+    output = service.output()
+    assert "timed out: no heartbeat" in output
+    assert "in block_the_loop" in output  # the stacks name the handler's blocking call
+    assert replaced_after < 2 + 3
+    print(f"blocked worker replaced after {replaced_after:.2f} s (timeout 2 s)")
+
+
+def _ignore_errors(call: object) -> None:
+    try:
+        call()  # type: ignore[operator]
+    except httpx.HTTPError:
+        pass
+
+
+def test_crash_loop_backs_off_then_stops(services: Services) -> None:
+    port = free_port()
+    service = services.squall(
+        "tests.scripts.crash_after_boot:app",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--max-restarts",
+        "5",
+    )
+    assert service.wait(timeout=30) == 1
+    output = service.output()
+    assert "squall: error: too many worker restarts (more than 5), giving up" in output
+    delays = [float(d) for d in re.findall(r"restarting in ([\d.]+) s", output)]
+    assert delays == sorted(delays) and len(delays) >= 3 and delays[-1] > delays[0]
+    starts = [
+        datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f")
+        for stamp in re.findall(r"^(\S+ \S+) .*worker 0 started", output, re.MULTILINE)
+    ]
+    gaps = [(b - a).total_seconds() for a, b in zip(starts, starts[1:])]
+    assert gaps[-1] > gaps[0] + 0.2  # the backoff shows in the timestamps
+
+
+def test_ttin_and_ttou_change_the_number_of_workers(services: Services, tmp_path: Path) -> None:
+    service, port = start(services, app_dir(tmp_path), "--workers", "2")
+    service.wait_for_workers(2)
+    service.send(signal.SIGTTIN)
+    service.wait_for_workers(3)
+    for expected in (2, 1, 1):  # never below one
+        service.send(signal.SIGTTOU)
+        service.wait_for_log(f"to {expected} worker(s)" if expected > 1 else "to 1 worker(s)")
+        service.wait_for_workers(expected)
+    assert get(port, "/pid").json()["task_id"] == 0
+
+
+def test_max_requests_recycles_without_failures(services: Services, tmp_path: Path) -> None:
+    service, port = start(
+        services, app_dir(tmp_path), "--workers", "2", "--max-requests", "200", "--max-requests-jitter", "50"
+    )
+    old = set(service.wait_for_workers(2))
+    with Load(port, keepalive=2, fresh=2) as load:
+        load.wait_for_requests(2000)
+    assert load.result.failed == 0, load.result.errors
+    assert "served its quota; replacing it" in service.output()
+    assert not (set(service.wait_for_workers(2)) & old)
+
+
+def test_signal_storm_coalesces_reloads_and_stop_wins(services: Services, tmp_path: Path) -> None:
+    service, port = start(services, app_dir(tmp_path), "--workers", "2")
+    workers = service.wait_for_workers(2)
+    for _ in range(3):
+        service.send(signal.SIGHUP)
+        time.sleep(0.002)
+    service.wait_for_log("reload complete", timeout=15)
+    time.sleep(0.5)
+    assert service.output().count("reloading 2 worker(s)") <= 2
+    service.send(signal.SIGHUP)
+    service.send(signal.SIGTERM)
+    assert service.wait(timeout=15) == 0
+    assert all(not alive(pid) for pid in workers + service.leftovers())
+
+
+def test_degrade_keeps_survivors_serving(services: Services, tmp_path: Path) -> None:
+    service, port = start(
+        services, app_dir(tmp_path), "--workers", "2", "--max-restarts", "1", "--on-exhausted", "degrade"
+    )
+    service.wait_for_workers(2)
+    get(port, "/crash")
+    service.wait_for_log("restarting")
+    service.wait_for_workers(2)
+    time.sleep(2.1)  # past the young-death window: the next crash is not backed off
+    get(port, "/crash")
+    service.wait_for_log("(degraded)")
+    assert len(service.wait_for_workers(1)) == 1
+    assert get(port).text == "1"
+    assert service.stop() == 0
