@@ -25,6 +25,10 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
 
 
+class ClientDisconnected(OSError):
+    """`send` was called after the client closed the connection (ASGI HTTP spec 2.4)."""
+
+
 class ASGIAdapter:
     """Serves an ASGI 3 app; each request runs as a task."""
 
@@ -35,6 +39,7 @@ class ASGIAdapter:
         self.root_path = root_path
         self.state: dict[str, Any] = {"worker_id": worker_id}
         self.lifespan = Lifespan(app, self.state)
+        self._tasks: set[asyncio.Task[None]] = set()  # the loop keeps only weak references
 
     def handle(self, cycle: RequestCycle) -> None:
         request = cycle.request
@@ -58,12 +63,17 @@ class ASGIAdapter:
         }
         exchange = _Exchange(cycle)
         task = cycle.loop.create_task(self._run(scope, exchange))
-        exchange.task = task
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _run(self, scope: Scope, exchange: _Exchange) -> None:
         cycle = exchange.cycle
         try:
             await self.app(scope, exchange.receive, exchange.send)
+        except ClientDisconnected:
+            # Raised by our own send(); the spec says not to log it as an error.
+            logger.debug("client disconnected during %s %s", scope["method"], scope["path"])
+            return
         except Exception:
             logger.exception("exception in ASGI app for %s %s", scope["method"], scope["path"])
             exchange.fail()
@@ -86,14 +96,13 @@ class ASGIAdapter:
 class _Exchange:
     """`receive` and `send` for one request."""
 
-    __slots__ = ("body_done", "cycle", "headers", "status", "task")
+    __slots__ = ("body_done", "cycle", "headers", "status")
 
     def __init__(self, cycle: RequestCycle) -> None:
         self.cycle = cycle
         self.status: int | None = None
         self.headers: list[tuple[bytes, bytes]] = []
         self.body_done = False
-        self.task: asyncio.Task[None] | None = None
 
     async def receive(self) -> Message:
         cycle = self.cycle
@@ -109,7 +118,9 @@ class _Exchange:
         cycle = self.cycle
         kind = message["type"]
         if cycle.disconnected:
-            return  # the client is gone; the app learns it from receive()
+            # The client is gone: spec 2.4 (which ASGI_VERSION announces) has send()
+            # raise an OSError, so that a streaming app stops instead of running on.
+            raise ClientDisconnected("the client has disconnected")
         if kind == "http.response.start":
             if self.status is not None or cycle.response_started:
                 raise RuntimeError("ASGI app sent 'http.response.start' twice")

@@ -346,14 +346,24 @@ class Supervisor:
         if self.listeners is not None:
             self.listeners.open_slot(worker_id)
         read_fd, write_fd = os.pipe()
-        pid = os.fork()
+        # A signal sent to the child before it drops the supervisor's handlers
+        # would be queued in its copy of this object and lost: block them
+        # across fork(); the child unblocks once its handlers are the defaults.
+        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+        try:
+            pid = os.fork()
+        except BaseException:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+            raise
         if pid == 0:
             os.close(read_fd)
             self._forget_in_child(worker_id)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
             process.become_worker(worker_id, write_fd, self.pid)
             if self.hooks.post_fork is not None:
                 self.hooks.post_fork(worker_id)
             raise _BecameWorker(worker_id)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
         os.close(write_fd)
         os.set_blocking(read_fd, False)
         worker = WorkerProcess(worker_id, pid, read_fd, replaces=replaces)

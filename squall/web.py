@@ -22,6 +22,7 @@ from squall.http.status import reason_phrase
 logger = logging.getLogger("squall.web")
 
 _NO_DEFAULT: Any = object()
+_running: set[asyncio.Future[Any]] = set()
 
 
 class HTTPError(Exception):
@@ -272,6 +273,7 @@ class RequestHandler:
         body = b"".join(self._chunks) if len(self._chunks) != 1 else self._chunks[0]
         if self._status in (204, 304) or 100 <= self._status < 200:
             body = b""
+            headers = [h for h in headers if h[0].lower() != b"content-type"]
         self._cycle.respond(self._status, headers, body)
         self.on_finish()
 
@@ -324,6 +326,8 @@ class RequestHandler:
 
     def _continue_async(self, coroutine: Any) -> None:
         task = asyncio.ensure_future(coroutine)
+        _running.add(task)  # the loop keeps only weak references to tasks
+        task.add_done_callback(_running.discard)
         task.add_done_callback(self._async_done)
 
     def _async_done(self, task: asyncio.Future[Any]) -> None:

@@ -5,12 +5,15 @@ Real supervisor and workers, real sockets on 127.0.0.1, real HTTP clients.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import re
 import shutil
 import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -32,7 +35,9 @@ def app_dir(tmp_path: Path, version: str = "1") -> Path:
 
 
 def set_version(directory: Path, version: str) -> None:
-    source = (SCRIPTS / "supervised.py").read_text().replace('VERSION = "1"', f"VERSION = {version!r}")
+    source = (
+        (SCRIPTS / "supervised.py").read_text().replace('VERSION = "1"', f"VERSION = {version!r}")
+    )
     (directory / "supervised_app.py").write_text(source)
     # A rewrite within the same second must not be served from a stale .pyc.
     shutil.rmtree(directory / "__pycache__", ignore_errors=True)
@@ -78,7 +83,9 @@ def test_graceful_stop_finishes_the_request_in_flight(services: Services, tmp_pa
 
 
 @pytest.mark.parametrize("mode", ["shared", "reuse-port"])
-def test_rolling_reload_under_load_loses_nothing(services: Services, tmp_path: Path, mode: str) -> None:
+def test_rolling_reload_under_load_loses_nothing(
+    services: Services, tmp_path: Path, mode: str
+) -> None:
     directory = app_dir(tmp_path)
     extra = ["--reuse-port"] if mode == "reuse-port" else []
     service, port = start(services, directory, "--workers", "2", *extra)
@@ -116,10 +123,14 @@ def test_reload_with_broken_code_keeps_the_old_workers(services: Services, tmp_p
     assert service.stop() == 0
 
 
-def test_watchdog_replaces_a_worker_whose_loop_is_blocked(services: Services, tmp_path: Path) -> None:
+def test_watchdog_replaces_a_worker_whose_loop_is_blocked(
+    services: Services, tmp_path: Path
+) -> None:
     service, port = start(services, app_dir(tmp_path), "--workers", "1", "--timeout", "2")
     (old,) = service.wait_for_workers(1)
-    blocked = threading.Thread(target=lambda: _ignore_errors(lambda: get(port, "/block", timeout=8)))
+    blocked = threading.Thread(
+        target=lambda: _ignore_errors(lambda: get(port, "/block", timeout=8))
+    )
     started = time.monotonic()
     blocked.start()
     wait_until(lambda: not alive(old), timeout=2 + 3)
@@ -133,11 +144,9 @@ def test_watchdog_replaces_a_worker_whose_loop_is_blocked(services: Services, tm
     print(f"blocked worker replaced after {replaced_after:.2f} s (timeout 2 s)")
 
 
-def _ignore_errors(call: object) -> None:
-    try:
-        call()  # type: ignore[operator]
-    except httpx.HTTPError:
-        pass
+def _ignore_errors(call: Callable[[], object]) -> None:
+    with contextlib.suppress(httpx.HTTPError):
+        call()
 
 
 def test_crash_loop_backs_off_then_stops(services: Services) -> None:
@@ -158,7 +167,7 @@ def test_crash_loop_backs_off_then_stops(services: Services) -> None:
         datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f")
         for stamp in re.findall(r"^(\S+ \S+) .*worker 0 started", output, re.MULTILINE)
     ]
-    gaps = [(b - a).total_seconds() for a, b in zip(starts, starts[1:])]
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(starts)]
     assert gaps[-1] > gaps[0] + 0.2  # the backoff shows in the timestamps
 
 
@@ -176,7 +185,14 @@ def test_ttin_and_ttou_change_the_number_of_workers(services: Services, tmp_path
 
 def test_max_requests_recycles_without_failures(services: Services, tmp_path: Path) -> None:
     service, port = start(
-        services, app_dir(tmp_path), "--workers", "2", "--max-requests", "200", "--max-requests-jitter", "50"
+        services,
+        app_dir(tmp_path),
+        "--workers",
+        "2",
+        "--max-requests",
+        "200",
+        "--max-requests-jitter",
+        "50",
     )
     old = set(service.wait_for_workers(2))
     with Load(port, keepalive=2, fresh=2) as load:
@@ -187,7 +203,7 @@ def test_max_requests_recycles_without_failures(services: Services, tmp_path: Pa
 
 
 def test_signal_storm_coalesces_reloads_and_stop_wins(services: Services, tmp_path: Path) -> None:
-    service, port = start(services, app_dir(tmp_path), "--workers", "2")
+    service, _port = start(services, app_dir(tmp_path), "--workers", "2")
     workers = service.wait_for_workers(2)
     for _ in range(3):
         service.send(signal.SIGHUP)
@@ -203,7 +219,14 @@ def test_signal_storm_coalesces_reloads_and_stop_wins(services: Services, tmp_pa
 
 def test_degrade_keeps_survivors_serving(services: Services, tmp_path: Path) -> None:
     service, port = start(
-        services, app_dir(tmp_path), "--workers", "2", "--max-restarts", "1", "--on-exhausted", "degrade"
+        services,
+        app_dir(tmp_path),
+        "--workers",
+        "2",
+        "--max-restarts",
+        "1",
+        "--on-exhausted",
+        "degrade",
     )
     service.wait_for_workers(2)
     get(port, "/crash")

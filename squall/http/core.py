@@ -68,7 +68,9 @@ class Request:
     ) -> None:
         self.method = method
         self.target = target
-        url = httptools.parse_url(target) if target[:1] == b"/" else None
+        url = None
+        if target[:1] == b"/" or b"://" in target[:12]:  # origin-form or absolute-form
+            url = httptools.parse_url(target)
         self.path: bytes = (url.path or b"/") if url is not None else target
         self.query: bytes = (url.query or b"") if url is not None else b""
         self.http_version = http_version
@@ -238,6 +240,9 @@ class ServerConnection:
             parser.should_keep_alive(),
         )
         request.upgrade = parser.should_upgrade()
+        if request.http_version not in ("1.0", "1.1"):
+            raise RequestError(400, f"unsupported HTTP version {request.http_version}")
+        hosts = 0
         for name, value in self._headers:
             if name == b"content-length":
                 if not value.isdigit():
@@ -247,8 +252,17 @@ class ServerConnection:
                 request.body_expected = value != b"0"
             elif name == b"transfer-encoding":
                 request.body_expected = True
+                if request.http_version == "1.0":
+                    # RFC 9112 section 6.1: HTTP/1.0 framed by Transfer-Encoding is faulty.
+                    raise RequestError(400, "Transfer-Encoding in an HTTP/1.0 request")
             elif name == b"expect" and value.lower() == b"100-continue":
                 request.expect_continue = request.http_version == "1.1"
+            elif name == b"host":
+                hosts += 1
+        if hosts > 1:
+            raise RequestError(400, "more than one Host header")  # RFC 9112 section 3.2
+        if hosts == 0 and request.http_version == "1.1":
+            raise RequestError(400, "missing Host header")
         self._events.append(request)
 
     def on_body(self, body: bytes) -> None:
@@ -316,8 +330,11 @@ class ServerConnection:
             lname = name.lower()
             if lname in _FRAMING_HEADERS:
                 continue  # framing is this module's job, decided below
-            if lname == b"connection" and b"close" in value.lower():
-                keep_alive = False
+            if lname == b"connection":
+                # This module writes the one Connection header; the app may only ask to close.
+                if b"close" in value.lower():
+                    keep_alive = False
+                continue
             parts.append(b"%b: %b\r\n" % (name, value))
         if length is not None:
             parts.append(b"content-length: %d\r\n" % length)

@@ -135,7 +135,10 @@ class RequestCycle:
     def _feed(self, data: bytes) -> None:
         self._chunks.append(data)
         self._buffered += len(data)
-        if self._buffered > BODY_BUFFER_HIGH:
+        # Only a streaming app reads the body as it comes (`receive_body` resumes
+        # reading); any other app runs once the body is whole, so pausing here
+        # would wait forever. Its body is bounded by `Limits.max_body_bytes`.
+        if self._buffered > BODY_BUFFER_HIGH and self._protocol.app.streaming:
             self._protocol.pause_reading()
         self._wake_body_reader()
 
@@ -227,6 +230,7 @@ class RequestCycle:
 
     def _finish(self) -> None:
         self.complete = True
+        self._wake_disconnect_waiter()  # a receive() pending on an answered request returns
         self._protocol.cycle_done(self)
 
     # -- disconnect ---------------------------------------------------------------
@@ -234,6 +238,9 @@ class RequestCycle:
     def _disconnect(self) -> None:
         self.disconnected = True
         self._wake_body_reader()
+        self._wake_disconnect_waiter()
+
+    def _wake_disconnect_waiter(self) -> None:
         waiter = self._disconnect_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -312,6 +319,9 @@ class HTTPProtocol(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         # The client will send nothing more; answer what it asked, then close.
+        if self.receiving is not None:
+            # A request whose body was cut off can never be complete.
+            self._request_failed(RequestError(400, "request body incomplete"))
         if self.current is None and not self.queue:
             return False
         self.eof = True
@@ -332,6 +342,10 @@ class HTTPProtocol(asyncio.Protocol):
         if self._idle_timer is not None:
             self._cancel_idle_timer()
         self.fresh = False
+        if request.upgrade:
+            # The parser reads nothing after an Upgrade or CONNECT request and
+            # no other protocol is spoken here: the connection ends with its response.
+            request.keep_alive = False
         cycle = RequestCycle(self, request)
         self.receiving = cycle
         if self.current is None:
@@ -408,7 +422,15 @@ class HTTPProtocol(asyncio.Protocol):
         if nxt.error is not None:
             self._reject(nxt)
         elif self.app.streaming or nxt.body_complete:
-            self._run(nxt)
+            # From the loop, not from inside this response's call stack: a
+            # pipeline of synchronous handlers would recurse once per request.
+            self.loop.call_soon(self._run_current, nxt)
+        elif not nxt.continue_sent:
+            nxt._send_continue()  # its body waits for the 100 (Expect: 100-continue)
+
+    def _run_current(self, cycle: RequestCycle) -> None:
+        if cycle is self.current and not cycle.started and not self.closing:
+            self._run(cycle)
 
     # -- output and flow control ------------------------------------------------
 

@@ -1,0 +1,1 @@
+"""Small apps that the tests serve with real squall processes."""
