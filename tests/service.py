@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -21,10 +22,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A free port below the ephemeral range, where client sockets never take it meanwhile."""
+    for _ in range(200):
+        port = random.randrange(20000, 32000)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port found")
 
 
 def wait_until(
@@ -116,11 +123,20 @@ class Service:
             raise AssertionError(f"service exited with {self.proc.returncode}:\n{self.output()}")
 
     def wait_for_workers(self, count: int, timeout: float = 15.0) -> list[int]:
-        wait_until(lambda: len(self.workers()) == count, timeout)
+        try:
+            wait_until(lambda: len(self.workers()) == count, timeout)
+        except AssertionError:
+            raise AssertionError(
+                f"wanted {count} workers, have {self.workers()} "
+                f"(exit status {self.proc.poll()}):\n{self.output()}"
+            ) from None
         return self.workers()
 
     def wait_for_log(self, text: str, timeout: float = 15.0, count: int = 1) -> None:
-        wait_until(lambda: self.output().count(text) >= count, timeout)
+        try:
+            wait_until(lambda: self.output().count(text) >= count, timeout)
+        except AssertionError:
+            raise AssertionError(f"{text!r} x{count} not in the log:\n{self.output()}") from None
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -113,19 +113,19 @@ def test_sigkilled_worker_is_replaced_fast(services: Services) -> None:
 
 
 def test_start_zero_forks_cpu_count_workers(services: Services) -> None:
-    port = free_port()
-    service = services.python(SCRIPTS / "start_n.py", str(port), "0")
+    port, second = free_port(), free_port()
+    service = services.python(SCRIPTS / "start_n.py", str(port), str(second), "0")
     service.wait_for_port(port)
     workers = service.wait_for_workers(cpu_count())
     assert len(workers) == cpu_count()
-    info = get_json(port + 1)  # the second bind() serves too
+    info = get_json(second)  # the second bind() serves too
     assert info["env"] == str(info["task_id"])  # SQUALL_WORKER_ID matches task_id()
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs to restrict to 1")
 def test_start_zero_honours_cpu_affinity(services: Services) -> None:
     port = free_port()
-    service = services.python(SCRIPTS / "start_n.py", str(port), "0", "0")
+    service = services.python(SCRIPTS / "start_n.py", str(port), str(free_port()), "0", "0")
     service.wait_for_port(port)
     time.sleep(0.3)  # give a wrongly forked second worker the time to show up
     assert len(service.wait_for_workers(1)) == 1
@@ -133,7 +133,7 @@ def test_start_zero_honours_cpu_affinity(services: Services) -> None:
 
 def test_start_one_serves_in_process_with_no_task_id(services: Services) -> None:
     port = free_port()
-    service = services.python(SCRIPTS / "start_n.py", str(port), "1")
+    service = services.python(SCRIPTS / "start_n.py", str(port), str(free_port()), "1")
     service.wait_for_port(port)
     info = get_json(port)
     assert info["pid"] == service.pid

@@ -1,4 +1,4 @@
-"""`bind` + `start(n)` with n from argv; an optional CPU list restricts affinity first."""
+"""`bind` (twice) + `start(n)`: argv is PORT SECOND_PORT N [CPU,CPU...] (restricts affinity first)."""
 
 import os
 import sys
@@ -13,11 +13,11 @@ class PidHandler(web.RequestHandler):
         )
 
 
-port, count = int(sys.argv[1]), int(sys.argv[2])
-if len(sys.argv) > 3:
-    os.sched_setaffinity(0, {int(cpu) for cpu in sys.argv[3].split(",")})
+port, second_port, count = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+if len(sys.argv) > 4:
+    os.sched_setaffinity(0, {int(cpu) for cpu in sys.argv[4].split(",")})
 server = HTTPServer(web.Application([(r"/", PidHandler)]))
 server.bind(port, "127.0.0.1")
-server.bind(port + 1, "127.0.0.1")  # several binds before start
+server.bind(second_port, "127.0.0.1")  # several binds before start
 server.start(count)
 run_forever()
