@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from squall.http.protocol import RequestCycle
+from squall.websocket import WebSocketOptions
 
 logger = logging.getLogger("squall.asgi")
 
@@ -34,9 +35,16 @@ class ASGIAdapter:
 
     streaming = True
 
-    def __init__(self, app: ASGIApp, root_path: str = "", worker_id: int | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        root_path: str = "",
+        worker_id: int | None = None,
+        websocket: WebSocketOptions | None = None,
+    ) -> None:
         self.app = app
         self.root_path = root_path
+        self.websocket = websocket or WebSocketOptions()
         self.state: dict[str, Any] = {"worker_id": worker_id}
         self.lifespan = Lifespan(app, self.state)
         self._tasks: set[asyncio.Task[None]] = set()  # the loop keeps only weak references

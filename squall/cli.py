@@ -111,6 +111,10 @@ def run(config: Config) -> NoReturn:
         raise UsageError(
             f"app must be given as MODULE:ATTR (for example 'app:app'), not {config.app!r}"
         )
+    if config.certfile:
+        from squall.tls import server_context
+
+        server_context(config.certfile, config.keyfile)  # a bad file is one clear error, now
     app = import_app(config.app) if config.preload else None
     specs = [parse_bind(spec) for spec in config.bind]
     listeners: SharedListeners | ReusePortListeners
@@ -159,6 +163,8 @@ def run(config: Config) -> NoReturn:
 
 def serve_worker(config: Config, sockets: list[socket.socket], app: Any = None) -> NoReturn:
     from squall.server import HTTPServer
+    from squall.tls import server_context
+    from squall.websocket import WebSocketOptions
     from squall.worker import BOOT_FAILURE_EXIT, run_forever
 
     if app is None:
@@ -167,6 +173,7 @@ def serve_worker(config: Config, sockets: list[socket.socket], app: Any = None) 
         except SquallError as exc:
             process.notify(f"booterror {exc}")
             sys.exit(BOOT_FAILURE_EXIT)
+    tls = server_context(config.certfile, config.keyfile) if config.certfile else None
     quota = 0
     if config.max_requests:
         quota = config.max_requests + random.randint(0, config.max_requests_jitter)
@@ -177,6 +184,15 @@ def serve_worker(config: Config, sockets: list[socket.socket], app: Any = None) 
         root_path=config.root_path,
         max_requests=quota,
         threads=config.threads,
+        header_timeout=config.header_timeout,
+        body_timeout=config.body_timeout,
+        access_log=config.access_log,
+        forwarded_allow_ips=config.forwarded_allow_ips,
+        proxy_protocol=config.proxy_protocol,
+        ssl_context=tls,
+        websocket=WebSocketOptions(
+            config.ws_max_size, config.ws_ping_interval, config.ws_ping_timeout
+        ),
     )
     server.add_sockets(sockets)
     run_forever(graceful_timeout=config.graceful_timeout)

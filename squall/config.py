@@ -17,6 +17,7 @@ from squall.errors import UsageError
 ENV_PREFIX = "SQUALL_"
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 ON_EXHAUSTED = ("exit", "degrade")
+ACCESS_LOG_FORMATS = ("off", "common", "combined", "json")
 HOOKS = ("on_starting", "post_fork", "worker_exit", "on_reload")
 
 
@@ -59,6 +60,16 @@ class Config:
     preload: bool = False
     reload: bool = False
     threads: int = 10
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    access_log: str = "off"
+    forwarded_allow_ips: str = ""
+    proxy_protocol: bool = False
+    certfile: str | None = None
+    keyfile: str | None = None
+    ws_max_size: int = 16 * 1024 * 1024
+    ws_ping_interval: float = 20.0
+    ws_ping_timeout: float = 20.0
     config: str | None = None
     # Hooks: plain callables, set from a --config file or the Python API.
     on_starting: Callable[[], object] | None = None
@@ -73,7 +84,15 @@ class Config:
             raise UsageError(f"--workers must be 0 (one per CPU) or more, not {self.workers}")
         if self.max_restarts < 0:
             raise UsageError(f"--max-restarts must be 0 or more, not {self.max_restarts}")
-        for name in ("restart_window", "graceful_timeout", "keepalive_timeout"):
+        for name in (
+            "restart_window",
+            "graceful_timeout",
+            "keepalive_timeout",
+            "header_timeout",
+            "body_timeout",
+            "ws_ping_interval",
+            "ws_ping_timeout",
+        ):
             if getattr(self, name) < 0:
                 flag = "--" + name.replace("_", "-")
                 raise UsageError(f"{flag} must be 0 or more, not {getattr(self, name)}")
@@ -89,6 +108,12 @@ class Config:
             raise UsageError(f"--timeout must be 0 (off) or more, not {self.timeout}")
         if self.reload_batch < 1:
             raise UsageError(f"--reload-batch must be 1 or more, not {self.reload_batch}")
+        if self.keyfile is not None and self.certfile is None:
+            raise UsageError("--keyfile needs --certfile")
+        if self.ws_max_size < 1:
+            raise UsageError(f"--ws-max-size must be 1 or more, not {self.ws_max_size}")
+        if self.access_log not in ACCESS_LOG_FORMATS:
+            raise UsageError(f"--access-log must be one of {', '.join(ACCESS_LOG_FORMATS)}")
         if self.threads < 1:
             raise UsageError(f"--threads must be 1 or more, not {self.threads}")
         if self.on_exhausted not in ON_EXHAUSTED:
@@ -247,6 +272,70 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("threads", "--threads", _count, "WSGI: threads per worker (default 10)", "N"),
     Setting(
+        "header_timeout",
+        "--header-timeout",
+        _seconds,
+        "a request head must arrive within this long once begun, else 408 and close (default 10)",
+        "SECONDS",
+    ),
+    Setting(
+        "body_timeout",
+        "--body-timeout",
+        _seconds,
+        "the longest silence while a request body is read, else 408 and close (default 30)",
+        "SECONDS",
+    ),
+    Setting(
+        "access_log",
+        "--access-log",
+        str,
+        "access log format (default off)",
+        choices=ACCESS_LOG_FORMATS,
+    ),
+    Setting(
+        "forwarded_allow_ips",
+        "--forwarded-allow-ips",
+        str,
+        "trust X-Forwarded-For/-Proto/-Host and Forwarded from these addresses or networks (comma-separated, * for all; default none)",
+        "IPS",
+    ),
+    Setting(
+        "proxy_protocol",
+        "--proxy-protocol",
+        _switch,
+        "expect a PROXY protocol (v1 or v2) header on every connection",
+        switch=True,
+    ),
+    Setting(
+        "certfile",
+        "--certfile",
+        str,
+        "serve TLS with this certificate (PEM, chain allowed)",
+        "PATH",
+    ),
+    Setting("keyfile", "--keyfile", str, "the TLS private key (if not in --certfile)", "PATH"),
+    Setting(
+        "ws_max_size",
+        "--ws-max-size",
+        _count,
+        "the largest WebSocket message accepted, in bytes (default 16 MiB)",
+        "BYTES",
+    ),
+    Setting(
+        "ws_ping_interval",
+        "--ws-ping-interval",
+        _seconds,
+        "send a WebSocket ping this often; 0 disables (default 20)",
+        "SECONDS",
+    ),
+    Setting(
+        "ws_ping_timeout",
+        "--ws-ping-timeout",
+        _seconds,
+        "close a WebSocket whose pong does not come within this long (default 20)",
+        "SECONDS",
+    ),
+    Setting(
         "config",
         "--config",
         str,
@@ -284,7 +373,41 @@ def from_file(path: str) -> dict[str, Any]:
         namespace = runpy.run_path(path)
     except FileNotFoundError:
         raise UsageError(f"--config file {path!r} does not exist") from None
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         raise UsageError(f"error in --config file {path!r}: {type(exc).__name__}: {exc}") from None
     known = config_fields() - {"app", "config"}
-    return {name: value for name, value in namespace.items() if name in known}
+    settings = {setting.name: setting for setting in SETTINGS}
+    values: dict[str, Any] = {}
+    for name, value in namespace.items():
+        if name not in known or value is None:
+            continue
+        setting = settings.get(name)
+        if setting is not None:  # hooks are checked by `Config.validate`
+            value = _from_python(path, setting, value)
+        values[name] = value
+    return values
+
+
+def _from_python(path: str, setting: Setting, value: Any) -> Any:
+    """A file's value, checked and parsed as on the command line: `workers = "3"` is an error."""
+    if setting.repeated and isinstance(value, str):
+        value = [value]  # bind = "127.0.0.1:8000" is one address, not one per character
+    items = value if setting.repeated and isinstance(value, (list, tuple)) else [value]
+    types, expected = _FILE_TYPES.get(setting.parse, ((str,), "a string"))
+    try:
+        for item in items:
+            if not isinstance(item, types) or isinstance(item, bool) != (types == (bool,)):
+                raise ValueError(item)
+        parsed = [setting.parse(str(item)) for item in items]
+    except ValueError:
+        raise UsageError(
+            f"{setting.name} in --config file {path!r} must be {expected}, not {value!r}"
+        ) from None
+    return parsed if setting.repeated else parsed[0]
+
+
+_FILE_TYPES: dict[Callable[[str], Any], tuple[tuple[type, ...], str]] = {
+    _count: ((int,), "a whole number"),
+    _seconds: ((int, float), "a number of seconds"),
+    _switch: ((bool,), "True or False"),
+}

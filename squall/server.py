@@ -5,14 +5,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 from typing import Any
 
 from squall import process
+from squall.accesslog import make_access_log
 from squall.appload import detect_interface
 from squall.errors import UsageError
 from squall.http.core import DEFAULT_LIMITS, Limits
 from squall.http.protocol import App, HTTPProtocol, ServerState
+from squall.http.proxy_headers import make_forwarded
 from squall.sockets import bind_sockets, default_backlog, describe_socket
+from squall.websocket import WebSocketOptions
 
 logger = logging.getLogger("squall.server")
 
@@ -35,10 +39,24 @@ class HTTPServer:
         root_path: str = "",
         max_requests: int = 0,
         threads: int = 10,
+        header_timeout: float = 10.0,
+        body_timeout: float = 30.0,
+        access_log: str = "off",
+        forwarded_allow_ips: str = "",
+        proxy_protocol: bool = False,
+        ssl_context: ssl.SSLContext | None = None,
+        websocket: WebSocketOptions | None = None,
     ) -> None:
         self.app = app
         self.max_requests = max_requests
         self.threads = threads
+        self.header_timeout = header_timeout
+        self.body_timeout = body_timeout
+        self.access_log = access_log
+        self.forwarded_allow_ips = forwarded_allow_ips
+        self.proxy_protocol = proxy_protocol
+        self.ssl_context = ssl_context
+        self.websocket = websocket or WebSocketOptions()
         self.interface = interface
         self.keepalive_timeout = keepalive_timeout
         self.limits = limits
@@ -113,7 +131,7 @@ class HTTPServer:
         if interface == "squall":
             adapter = self.app
         elif interface == "asgi":
-            adapter = ASGIAdapter(self.app, self.root_path, process.task_id())
+            adapter = ASGIAdapter(self.app, self.root_path, process.task_id(), self.websocket)
             await adapter.lifespan.startup()
         elif interface == "wsgi":
             from squall.wsgi import WSGIAdapter
@@ -128,6 +146,10 @@ class HTTPServer:
             self.keepalive_timeout,
             request_quota=self.max_requests,
             on_quota=lambda: process.notify("retire"),
+            header_timeout=self.header_timeout,
+            body_timeout=self.body_timeout,
+            access_log=make_access_log(self.access_log),
+            forwarded=make_forwarded(self.forwarded_allow_ips),
         )
 
     async def start_serving(self, sockets: list[socket.socket] | None = None) -> None:
@@ -136,14 +158,17 @@ class HTTPServer:
         assert state is not None, "startup() first"
         backlog = self._backlog or default_backlog()
 
-        def factory() -> HTTPProtocol:
-            return HTTPProtocol(state)
+        proxy_protocol = self.proxy_protocol
 
+        def factory() -> HTTPProtocol:
+            return HTTPProtocol(state, proxy_protocol=proxy_protocol)
+
+        tls = self.ssl_context
         for sock in self._sockets if sockets is None else sockets:
             if sock.family == getattr(socket, "AF_UNIX", None):
-                server = await loop.create_unix_server(factory, sock=sock, backlog=backlog)
+                server = await loop.create_unix_server(factory, sock=sock, backlog=backlog, ssl=tls)
             else:
-                server = await loop.create_server(factory, sock=sock, backlog=backlog)
+                server = await loop.create_server(factory, sock=sock, backlog=backlog, ssl=tls)
             self._servers.append(server)
             logger.debug("serving on %s", describe_socket(sock))
 

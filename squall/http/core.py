@@ -154,6 +154,8 @@ class ServerConnection:
         self._began = False
         self._body_bytes = 0
         self._broken = False
+        #: After an Upgrade request: the bytes that followed its head (the new protocol's).
+        self.trailing_data = b""
 
     # -- parsing -----------------------------------------------------------
 
@@ -170,7 +172,9 @@ class ServerConnection:
                 # httptools holds a partial header, so bound it here.
                 self._head_fed += len(data)
                 self._check_head_size()
-        except httptools.HttpParserUpgrade:
+        except httptools.HttpParserUpgrade as exc:
+            offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
+            self.trailing_data = data[offset:]
             # An Upgrade or CONNECT request (its Request already says so): the
             # head and message are already out as events. Anything after it is
             # another protocol, which this connection does not speak, so it
@@ -183,6 +187,11 @@ class ServerConnection:
         except RequestError as exc:
             self._fail(exc)
         return events
+
+    @property
+    def in_head(self) -> bool:
+        """A request head has begun and is not complete yet."""
+        return self._in_head
 
     def _fail(self, exc: BaseException) -> None:
         self._broken = True

@@ -46,6 +46,26 @@ class App(Protocol):
         """Start answering `cycle`; the answer ends with `respond` or `end`."""
 
 
+class Upgraded(Protocol):
+    """The protocol a connection speaks after an accepted Upgrade (WebSocket)."""
+
+    def data_received(self, data: bytes) -> None: ...
+
+    def eof_received(self) -> None: ...
+
+    def connection_lost(self, exc: Exception | None) -> None: ...
+
+    def pause_writing(self) -> None: ...
+
+    def resume_writing(self) -> None: ...
+
+
+#: An app interface may take over a connection that asks for an Upgrade: it
+#: gets the cycle and the bytes that followed the head, and returns the
+#: protocol that now owns the connection, or None to answer in HTTP.
+Upgrader = Callable[["RequestCycle", bytes], "Upgraded | None"]
+
+
 class ServerState:
     """What all connections of one worker share."""
 
@@ -56,10 +76,19 @@ class ServerState:
         keepalive_timeout: float,
         request_quota: int = 0,
         on_quota: Callable[[], object] | None = None,
+        header_timeout: float = 10.0,
+        body_timeout: float = 30.0,
+        access_log: Callable[[RequestCycle], object] | None = None,
+        forwarded: Callable[[RequestCycle], object] | None = None,
     ) -> None:
         self.app = app
+        self.upgrade: Upgrader | None = getattr(app, "upgrade", None)
         self.limits = limits
         self.keepalive_timeout = keepalive_timeout
+        self.header_timeout = header_timeout  # a head begun must be complete within this
+        self.body_timeout = body_timeout  # the longest silence while a body is read
+        self.access_log = access_log  # called once per finished request
+        self.forwarded = forwarded  # rewrites client/scheme from trusted proxy headers
         self.connections: set[HTTPProtocol] = set()
         self.draining = False
         self.requests_served = 0
@@ -88,13 +117,18 @@ class RequestCycle:
         "_disconnect_waiter",
         "_protocol",
         "body_complete",
+        "bytes_sent",
+        "client",
         "complete",
         "continue_sent",
         "disconnected",
         "error",
         "request",
         "response_started",
+        "scheme",
         "started",
+        "started_at",
+        "status",
     )
 
     def __init__(self, protocol: HTTPProtocol, request: Request | None) -> None:
@@ -111,20 +145,23 @@ class RequestCycle:
         self.complete = False
         self.disconnected = False
         self.continue_sent = False
+        # Where the request came from; a trusted proxy's headers may rewrite both.
+        self.client = protocol.client
+        self.scheme = protocol.scheme
+        # For the access log.
+        self.status = 0
+        self.bytes_sent = 0
+        self.started_at = 0.0
 
     # -- facts about the connection ---------------------------------------------
-
-    @property
-    def client(self) -> tuple[str, int] | None:
-        return self._protocol.client
 
     @property
     def server(self) -> tuple[str, int] | None:
         return self._protocol.server
 
     @property
-    def scheme(self) -> str:
-        return self._protocol.scheme
+    def transport(self) -> asyncio.Transport | None:
+        return self._protocol.transport
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -187,6 +224,8 @@ class RequestCycle:
         if self.response_started or self.request is None:
             raise RuntimeError("response already started")
         self.response_started = True
+        self.status = status
+        self.bytes_sent = len(body)
         protocol = self._protocol
         if protocol.state.draining:
             self.request.keep_alive = False
@@ -198,6 +237,7 @@ class RequestCycle:
         if self.response_started or self.request is None:
             raise RuntimeError("response already started")
         self.response_started = True
+        self.status = status
         protocol = self._protocol
         if protocol.state.draining:
             self.request.keep_alive = False
@@ -207,6 +247,7 @@ class RequestCycle:
         if not self.response_started or self.complete or self.request is None:
             raise RuntimeError("write() outside a started response")
         if data:
+            self.bytes_sent += len(data)
             protocol = self._protocol
             protocol.write(protocol.conn.encode_body(self.request, data))
 
@@ -256,8 +297,12 @@ class RequestCycle:
 class HTTPProtocol(asyncio.Protocol):
     """An HTTP/1.1 server connection on an asyncio transport."""
 
-    def __init__(self, state: ServerState, scheme: str = "http") -> None:
+    def __init__(
+        self, state: ServerState, scheme: str = "http", proxy_protocol: bool = False
+    ) -> None:
         self.state = state
+        # With the PROXY protocol, the first bytes say who the client really is.
+        self._proxy_header: bytes | None = b"" if proxy_protocol else None
         self.app = state.app
         self.scheme = scheme
         self.loop = asyncio.get_running_loop()
@@ -274,7 +319,9 @@ class HTTPProtocol(asyncio.Protocol):
         self._reading_paused = False
         self._write_paused = False
         self._writable: asyncio.Future[None] | None = None
-        self._idle_timer: asyncio.TimerHandle | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None  # keep-alive, then the head's deadline
+        self._body_timer: asyncio.TimerHandle | None = None
+        self.upgraded: Upgraded | None = None
 
     # -- transport events ---------------------------------------------------
 
@@ -282,6 +329,8 @@ class HTTPProtocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's are not subclasses
         self.client = _address(transport.get_extra_info("peername"))
         self.server = _address(transport.get_extra_info("sockname"))
+        if transport.get_extra_info("sslcontext") is not None:
+            self.scheme = "https"
         self.state.connections.add(self)
         self._start_idle_timer()
 
@@ -289,6 +338,9 @@ class HTTPProtocol(asyncio.Protocol):
         self.closing = True
         self.state.connections.discard(self)
         self._cancel_idle_timer()
+        self._cancel_body_timer()
+        if self.upgraded is not None:
+            self.upgraded.connection_lost(exc)
         for cycle in (self.current, *self.queue):
             if cycle is not None:
                 cycle._disconnect()
@@ -298,6 +350,16 @@ class HTTPProtocol(asyncio.Protocol):
             waiter.set_result(None)
 
     def data_received(self, data: bytes) -> None:
+        if self.upgraded is not None:
+            self.upgraded.data_received(data)
+            return
+        if self._proxy_header is not None:
+            rest = self._read_proxy_header(data)
+            if not rest:
+                return
+            data = rest
+        if self._idle_timer is not None and not self.conn.in_head:
+            self._cancel_idle_timer()  # a new head begins: its own deadline follows
         for event in self.conn.receive_data(data):
             kind = type(event)
             if kind is Request:
@@ -306,19 +368,64 @@ class HTTPProtocol(asyncio.Protocol):
             elif kind is Data:
                 assert isinstance(event, Data) and self.receiving is not None
                 self.receiving._feed(event.data)
+                if self._body_timer is not None:
+                    self._restart_body_timer()
             elif event is END_OF_MESSAGE:
                 receiving = self.receiving
                 assert receiving is not None
                 self.receiving = None
+                self._cancel_body_timer()
                 receiving._end_body()
                 if receiving is self.current and not receiving.started:
+                    request = receiving.request
+                    if request is not None and request.upgrade and self._try_upgrade(receiving):
+                        return
                     self._run(receiving)
             else:
                 assert isinstance(event, RequestError)
                 self._request_failed(event)
+        if self.conn.in_head and self._idle_timer is None and not self.closing:
+            self._start_head_timer()
+
+    def _read_proxy_header(self, data: bytes) -> bytes:
+        """Consume the PROXY protocol header; what follows it is HTTP."""
+        from squall.http.proxy_protocol import ProxyProtocolError, parse_proxy_header
+
+        buffered = (self._proxy_header or b"") + data
+        try:
+            header = parse_proxy_header(buffered)
+        except ProxyProtocolError as exc:
+            logger.warning("closing connection from %s: %s", self.client, exc)
+            self.close()
+            return b""
+        if header is None:
+            self._proxy_header = buffered  # incomplete; the parser bounds its size
+            return b""
+        self._proxy_header = None
+        if header.client is not None:
+            self.client = header.client
+        if header.server is not None:
+            self.server = header.server
+        return buffered[header.consumed :]
+
+    def _try_upgrade(self, cycle: RequestCycle) -> bool:
+        """Hand the connection to the app's upgraded protocol, if it takes it."""
+        upgrade = self.state.upgrade
+        if upgrade is None or self.queue:
+            return False
+        upgraded = upgrade(cycle, self.conn.trailing_data)
+        if upgraded is None:
+            return False
+        cycle.started = True
+        self.upgraded = upgraded
+        self.state.connections.discard(self)  # it drains by its own rules
+        return True
 
     def eof_received(self) -> bool | None:
         # The client will send nothing more; answer what it asked, then close.
+        if self.upgraded is not None:
+            self.upgraded.eof_received()
+            return True
         if self.receiving is not None:
             # A request whose body was cut off can never be complete.
             self._request_failed(RequestError(400, "request body incomplete"))
@@ -329,9 +436,13 @@ class HTTPProtocol(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._write_paused = True
+        if self.upgraded is not None:
+            self.upgraded.pause_writing()
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        if self.upgraded is not None:
+            self.upgraded.resume_writing()
         waiter = self._writable
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -347,6 +458,12 @@ class HTTPProtocol(asyncio.Protocol):
             # no other protocol is spoken here: the connection ends with its response.
             request.keep_alive = False
         cycle = RequestCycle(self, request)
+        if self.state.forwarded is not None:
+            self.state.forwarded(cycle)
+        if self.state.access_log is not None:
+            cycle.started_at = self.loop.time()
+        if request.body_expected and self.state.body_timeout > 0:
+            self._restart_body_timer()
         self.receiving = cycle
         if self.current is None:
             self.current = cycle
@@ -380,8 +497,11 @@ class HTTPProtocol(asyncio.Protocol):
         assert error is not None
         if not cycle.response_started:
             cycle.response_started = True
+            cycle.status = error.status
             self.write(error_response(error.status, error.reason))
         cycle.complete = True
+        if self.state.access_log is not None and cycle.request is not None:
+            self.state.access_log(cycle)
         self.close()
 
     def _run(self, cycle: RequestCycle) -> None:
@@ -399,6 +519,8 @@ class HTTPProtocol(asyncio.Protocol):
     def cycle_done(self, cycle: RequestCycle) -> None:
         """The response to the current request is complete: go on to the next."""
         self.state.count_request()
+        if self.state.access_log is not None:
+            self.state.access_log(cycle)
         request = cycle.request
         if request is None or not request.keep_alive or self.closing:
             self.close()
@@ -473,6 +595,7 @@ class HTTPProtocol(asyncio.Protocol):
         if not self.closing:
             self.closing = True
             self._cancel_idle_timer()
+            self._cancel_body_timer()
             if self.transport is not None:
                 self.transport.close()
 
@@ -490,6 +613,44 @@ class HTTPProtocol(asyncio.Protocol):
         self._idle_timer = None
         if self.current is None:
             self.close()
+
+    def _start_head_timer(self) -> None:
+        """A head has begun: it must be complete within the header timeout (slowloris)."""
+        timeout = self.state.header_timeout
+        if timeout > 0:
+            self._idle_timer = self.loop.call_later(timeout, self._head_timeout)
+
+    def _head_timeout(self) -> None:
+        self._idle_timer = None
+        if self.current is not None:
+            self._start_head_timer()  # a pipelined head waits behind a response in progress
+        elif self.conn.in_head and not self.closing:
+            self._time_out("request header timeout")
+
+    def _restart_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+        self._body_timer = self.loop.call_later(self.state.body_timeout, self._body_timeout)
+
+    def _cancel_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _body_timeout(self) -> None:
+        self._body_timer = None
+        if self.receiving is not None and not self.closing:
+            self._time_out("request body timeout")
+
+    def _time_out(self, reason: str) -> None:
+        """408 for the request being read (unless its response began), then close."""
+        receiving = self.receiving
+        if receiving is not None:
+            receiving._disconnect()
+        current = self.current
+        if current is None or (current is receiving and not current.response_started):
+            self.write(error_response(408, reason))
+        self.close()
 
 
 def _address(info: Any) -> tuple[str, int] | None:

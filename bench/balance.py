@@ -1,0 +1,306 @@
+"""How evenly connections spread across the workers: shared socket vs --reuse-port.
+
+    python bench/balance.py [--bursts 10] [--connections 64] [--keepalive-seconds 3]
+
+Serves tests.scripts.asgi_basic:app (it answers with its worker id and pid)
+with `--workers 2`, once on one shared listening socket (the default) and
+once with --reuse-port (one SO_REUSEPORT socket per worker), and measures:
+
+- Bursts: open `--connections` connections at once, all connected before any
+  request is sent, then each sends one `GET / HTTP/1.1` with `Connection:
+  close` and reads which worker answered. `--bursts` bursts per mode, with a
+  short pause between them. Per burst: the share of the busiest worker; per
+  mode: the median and max of that share, and how many bursts gave one
+  worker more than 70% of the connections.
+- Keep-alive: `--keepalive-connections` keep-alive connections (8), each
+  sending requests back to back for `--keepalive-seconds` (3): the requests
+  (and connections) each worker answered.
+
+The client is one asyncio loop on raw non-blocking sockets in this process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = "tests.scripts.asgi_basic:app"
+WORKERS = 2
+BUSY = 0.70
+MODES = (("shared socket", []), ("--reuse-port", ["--reuse-port"]))
+REQUEST_CLOSE = b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
+REQUEST_KEEP = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def start_time(pid: int) -> str | None:
+    """The start time in clock ticks of a live process (tells it from a reused pid); None if gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+def worker_of(body: bytes) -> int:
+    return int(json.loads(body)["worker_id"])
+
+
+async def read_response(sock: socket.socket, buffer: bytearray) -> bytes:
+    """Read one Content-Length response from `sock`; return its body, keep the rest in buffer."""
+    loop = asyncio.get_running_loop()
+    while b"\r\n\r\n" not in buffer:
+        chunk = await loop.sock_recv(sock, 65536)
+        if not chunk:
+            raise ConnectionError(f"connection closed mid-response: {bytes(buffer)[:200]!r}")
+        buffer += chunk
+    head, _, _ = bytes(buffer).partition(b"\r\n\r\n")
+    start = len(head) + 4
+    length = None
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    if length is None:
+        raise ConnectionError(f"no content-length in {head!r}")
+    while len(buffer) < start + length:
+        chunk = await loop.sock_recv(sock, 65536)
+        if not chunk:
+            raise ConnectionError("connection closed mid-body")
+        buffer += chunk
+    body = bytes(buffer[start : start + length])
+    del buffer[: start + length]
+    return body
+
+
+async def connect(port: int) -> socket.socket:
+    sock = socket.socket()
+    sock.setblocking(False)
+    try:
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def burst(port: int, count: int) -> Counter[int]:
+    """Connect `count` sockets, then send one request on each: connections per worker id."""
+    loop = asyncio.get_running_loop()
+    socks = await asyncio.gather(*(connect(port) for _ in range(count)), return_exceptions=True)
+    try:
+        failed = [s for s in socks if isinstance(s, BaseException)]
+        if failed:
+            raise ConnectionError(f"{len(failed)} of {count} connects failed: {failed[0]!r}")
+
+        async def ask(sock: socket.socket) -> int:
+            await loop.sock_sendall(sock, REQUEST_CLOSE)
+            return worker_of(await read_response(sock, bytearray()))
+
+        answers = await asyncio.gather(*(ask(s) for s in socks))  # type: ignore[arg-type]
+    finally:
+        for sock in socks:
+            if isinstance(sock, socket.socket):
+                sock.close()
+    return Counter(answers)
+
+
+async def keepalive(port: int, count: int, seconds: float) -> tuple[Counter[int], Counter[int]]:
+    """`count` keep-alive connections, requests back to back: (requests, connections) per worker."""
+    loop = asyncio.get_running_loop()
+    requests: Counter[int] = Counter()
+    connections: Counter[int] = Counter()
+    socks = [await connect(port) for _ in range(count)]
+    deadline = loop.time() + seconds
+
+    async def run(sock: socket.socket) -> None:
+        buffer = bytearray()
+        first = True
+        while loop.time() < deadline:
+            await loop.sock_sendall(sock, REQUEST_KEEP)
+            worker = worker_of(await read_response(sock, buffer))
+            requests[worker] += 1
+            if first:
+                connections[worker] += 1
+                first = False
+
+    try:
+        await asyncio.gather(*(run(s) for s in socks))
+    finally:
+        for sock in socks:
+            sock.close()
+    return requests, connections
+
+
+def ask_worker(port: int) -> int:
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as conn:
+        conn.sendall(REQUEST_CLOSE)
+        data = b""
+        while chunk := conn.recv(65536):
+            data += chunk
+    return worker_of(data.split(b"\r\n\r\n", 1)[1])
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the supervisor, wait, then SIGKILL whatever of it and its workers is left."""
+    known = {pid: start_time(pid) for pid in children(proc.pid)}
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    deadline = time.monotonic() + 5
+    for pid, started in known.items():
+        while started is not None and start_time(pid) == started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if started is not None and start_time(pid) == started:
+            print(f"  (worker pid {pid} outlived the supervisor: SIGKILL)", file=sys.stderr)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def run_mode(flags: list[str], args: argparse.Namespace) -> dict[str, object]:
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "squall",
+        APP,
+        "--workers",
+        str(WORKERS),
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--log-level",
+        "warning",
+        *flags,
+    ]
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
+        try:
+            # Ready once every worker has answered (bounded).
+            seen: set[int] = set()
+            deadline = time.monotonic() + 30
+            while len(seen) < WORKERS:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    log.seek(0)
+                    raise SystemExit(
+                        f"squall did not start ({len(seen)}/{WORKERS} workers answered):\n"
+                        + log.read().decode(errors="replace")
+                    )
+                try:
+                    seen.add(ask_worker(port))
+                except OSError:
+                    time.sleep(0.05)
+            time.sleep(0.3)
+            bursts = []
+            for _ in range(args.bursts):
+                counts = asyncio.run(asyncio.wait_for(burst(port, args.connections), 30))
+                bursts.append(counts)
+                time.sleep(args.pause)
+            requests, connections = asyncio.run(
+                asyncio.wait_for(
+                    keepalive(port, args.keepalive_connections, args.keepalive_seconds),
+                    args.keepalive_seconds + 30,
+                )
+            )
+            if proc.poll() is not None:
+                raise SystemExit(f"squall exited early with status {proc.returncode}")
+        finally:
+            stop(proc)
+    return {"bursts": bursts, "requests": requests, "connections": connections}
+
+
+def share(counts: Counter[int]) -> float:
+    return max(counts.values()) / sum(counts.values())
+
+
+def split(counts: Counter[int]) -> str:
+    return " / ".join(str(counts.get(w, 0)) for w in range(WORKERS))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bursts", type=int, default=10, help="bursts per mode (default 10)")
+    parser.add_argument("--connections", type=int, default=64, help="per burst (default 64)")
+    parser.add_argument("--pause", type=float, default=0.2, help="seconds between bursts")
+    parser.add_argument("--keepalive-connections", type=int, default=8)
+    parser.add_argument("--keepalive-seconds", type=float, default=3.0)
+    args = parser.parse_args()
+    print(
+        f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, {WORKERS} workers, app {APP}",
+        flush=True,
+    )
+    results = {mode: run_mode(flags, args) for mode, flags in MODES}
+
+    workers = " / ".join(f"w{w}" for w in range(WORKERS))
+    print(f"\n### Bursts of {args.connections} connections: connections per worker ({workers})\n")
+    header = "| burst | " + " | ".join(f"{m}: split | {m}: busiest" for m, _ in MODES) + " |"
+    print(header)
+    print("|---:|" + "---:|---:|" * len(MODES))
+    for i in range(args.bursts):
+        cells = []
+        for mode, _ in MODES:
+            counts = results[mode]["bursts"][i]  # type: ignore[index]
+            cells += [split(counts), f"{share(counts):.0%}"]
+        print(f"| {i + 1} | " + " | ".join(cells) + " |")
+
+    print("\n### Bursts: summary of the busiest worker's share\n")
+    print(f"| mode | bursts | median share | max share | bursts > {BUSY:.0%} |")
+    print("|---|---:|---:|---:|---:|")
+    for mode, _ in MODES:
+        shares = [share(c) for c in results[mode]["bursts"]]  # type: ignore[attr-defined]
+        over = sum(s > BUSY for s in shares)
+        print(
+            f"| {mode} | {len(shares)} | {statistics.median(shares):.0%} | "
+            f"{max(shares):.0%} | {over} |"
+        )
+
+    print(
+        f"\n### Keep-alive: {args.keepalive_connections} connections, "
+        f"requests back to back for {args.keepalive_seconds:g} s\n"
+    )
+    print(
+        f"| mode | connections per worker ({workers}) | requests per worker ({workers}) "
+        "| busiest worker's share of requests | requests/s |"
+    )
+    print("|---|---:|---:|---:|---:|")
+    for mode, _ in MODES:
+        requests: Counter[int] = results[mode]["requests"]  # type: ignore[assignment]
+        connections: Counter[int] = results[mode]["connections"]  # type: ignore[assignment]
+        rate = sum(requests.values()) / args.keepalive_seconds
+        print(
+            f"| {mode} | {split(connections)} | {split(requests)} | "
+            f"{share(requests):.0%} | {rate:.0f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,25 @@
+"""TLS on a listener: a server context from a certificate and key, speaking http/1.1."""
+
+from __future__ import annotations
+
+import ssl
+
+from squall.errors import UsageError
+
+
+def server_context(
+    certfile: str, keyfile: str | None = None, password: str | None = None
+) -> ssl.SSLContext:
+    """A TLS server context (TLS 1.2 or newer) with ALPN `http/1.1`; clear errors for bad files."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(certfile, keyfile, password)
+    except FileNotFoundError as exc:
+        raise UsageError(
+            f"cannot read TLS certificate or key: {exc.filename}: no such file"
+        ) from None
+    except ssl.SSLError as exc:
+        raise UsageError(f"cannot load TLS certificate {certfile!r}: {exc.reason or exc}") from None
+    context.set_alpn_protocols(["http/1.1"])
+    return context
