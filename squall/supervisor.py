@@ -49,6 +49,7 @@ HANDLED_SIGNALS = (
 STABLE_AGE = 2.0
 BACKOFF_FIRST = 0.1
 BACKOFF_CAP = 10.0
+_MAX_STREAK = 64  # far past the cap; keeps 2**streak finite in a crash loop of years
 #: A booting worker may be silent this long (or --timeout, if longer).
 BOOT_GRACE = 60.0
 #: After SIGABRT (stack dump), a hung worker gets this long before SIGKILL.
@@ -141,7 +142,7 @@ class Backoff:
         if age >= STABLE_AGE:
             self._streaks.pop(task_id, None)
             return 0.0
-        streak = self._streaks[task_id] = self._streaks.get(task_id, 0) + 1
+        streak = self._streaks[task_id] = min(self._streaks.get(task_id, 0) + 1, _MAX_STREAK)
         if streak == 1:
             return 0.0
         return float(min(BACKOFF_CAP, BACKOFF_FIRST * 2 ** (streak - 2)))
@@ -378,6 +379,12 @@ class Supervisor:
         signal.set_wakeup_fd(-1)
         for signum in HANDLED_SIGNALS:
             signal.signal(signum, signal.SIG_DFL)
+        # Until the worker's loop takes over: the supervisor's own signals must
+        # not kill a booting worker (their default is to terminate or stop it).
+        for signum in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
+            signal.signal(signum, signal.SIG_IGN)
+        reopen = self.on_log_reopen
+        signal.signal(signal.SIGUSR1, (lambda *_: reopen()) if reopen else signal.SIG_IGN)
         if self._selector is not None:
             self._selector.close()
             self._selector = None
