@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import ssl
 
 from squall.errors import UsageError
@@ -11,15 +12,16 @@ def server_context(
     certfile: str, keyfile: str | None = None, password: str | None = None
 ) -> ssl.SSLContext:
     """A TLS server context (TLS 1.2 or newer) with ALPN `http/1.1`; clear errors for bad files."""
+    for path in (certfile, keyfile):
+        if path is not None and not os.path.isfile(path):
+            raise UsageError(f"cannot read TLS file {path!r}: no such file")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
         context.load_cert_chain(certfile, keyfile, password)
-    except FileNotFoundError as exc:
-        raise UsageError(
-            f"cannot read TLS certificate or key: {exc.filename}: no such file"
-        ) from None
     except ssl.SSLError as exc:
         raise UsageError(f"cannot load TLS certificate {certfile!r}: {exc.reason or exc}") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read TLS certificate or key: {exc.strerror or exc}") from None
     context.set_alpn_protocols(["http/1.1"])
     return context

@@ -320,6 +320,7 @@ class HTTPProtocol(asyncio.Protocol):
         self._write_paused = False
         self._writable: asyncio.Future[None] | None = None
         self._idle_timer: asyncio.TimerHandle | None = None  # keep-alive, then the head's deadline
+        self._head_deadline = False  # _idle_timer is the deadline of a head in progress
         self._body_timer: asyncio.TimerHandle | None = None
         self.upgraded: Upgraded | None = None
 
@@ -358,8 +359,6 @@ class HTTPProtocol(asyncio.Protocol):
             if not rest:
                 return
             data = rest
-        if self._idle_timer is not None and not self.conn.in_head:
-            self._cancel_idle_timer()  # a new head begins: its own deadline follows
         for event in self.conn.receive_data(data):
             kind = type(event)
             if kind is Request:
@@ -384,8 +383,8 @@ class HTTPProtocol(asyncio.Protocol):
             else:
                 assert isinstance(event, RequestError)
                 self._request_failed(event)
-        if self.conn.in_head and self._idle_timer is None and not self.closing:
-            self._start_head_timer()
+        if self.conn.in_head and not self._head_deadline and not self.closing:
+            self._start_head_timer()  # a head has begun: its own deadline replaces keep-alive's
 
     def _read_proxy_header(self, data: bytes) -> bytes:
         """Consume the PROXY protocol header; what follows it is HTTP."""
@@ -452,6 +451,7 @@ class HTTPProtocol(asyncio.Protocol):
     def _request_begun(self, request: Request) -> None:
         if self._idle_timer is not None:
             self._cancel_idle_timer()
+        self._head_deadline = False
         self.fresh = False
         if request.upgrade:
             # The parser reads nothing after an Upgrade or CONNECT request and
@@ -616,6 +616,8 @@ class HTTPProtocol(asyncio.Protocol):
 
     def _start_head_timer(self) -> None:
         """A head has begun: it must be complete within the header timeout (slowloris)."""
+        self._cancel_idle_timer()
+        self._head_deadline = True
         timeout = self.state.header_timeout
         if timeout > 0:
             self._idle_timer = self.loop.call_later(timeout, self._head_timeout)

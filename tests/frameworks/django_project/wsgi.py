@@ -1,0 +1,11 @@
+"""The project's WSGI entry point: `squall tests.frameworks.django_project.wsgi:application`."""
+
+from __future__ import annotations
+
+import os
+
+from django.core.wsgi import get_wsgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.frameworks.django_project.settings")
+
+application = get_wsgi_application()
