@@ -108,6 +108,10 @@ class Config:
             raise UsageError(f"--timeout must be 0 (off) or more, not {self.timeout}")
         if self.reload_batch < 1:
             raise UsageError(f"--reload-batch must be 1 or more, not {self.reload_batch}")
+        if self.forwarded_allow_ips.strip():
+            from squall.http.proxy_headers import TrustedProxies
+
+            TrustedProxies(self.forwarded_allow_ips)  # a bad entry is a UsageError now
         if self.keyfile is not None and self.certfile is None:
             raise UsageError("--keyfile needs --certfile")
         if self.ws_max_size < 1:

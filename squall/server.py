@@ -124,6 +124,8 @@ class HTTPServer:
         """Make the app interface for this worker and run the app's startup."""
         from squall.asgi import ASGIAdapter
 
+        access_log = make_access_log(self.access_log)
+        forwarded = make_forwarded(self.forwarded_allow_ips)
         interface = self.interface
         if interface == "auto":
             interface = detect_interface(self.app)
@@ -148,8 +150,8 @@ class HTTPServer:
             on_quota=lambda: process.notify("retire"),
             header_timeout=self.header_timeout,
             body_timeout=self.body_timeout,
-            access_log=make_access_log(self.access_log),
-            forwarded=make_forwarded(self.forwarded_allow_ips),
+            access_log=access_log,
+            forwarded=forwarded,
         )
 
     async def start_serving(self, sockets: list[socket.socket] | None = None) -> None:

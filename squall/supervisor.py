@@ -442,6 +442,7 @@ class Supervisor:
 
     def _worker_ready(self, worker: WorkerProcess) -> None:
         worker.ready = True
+        logger.info("worker %d (pid %d) is ready", worker.task_id, worker.pid)
         old = worker.replaces
         if old is None:
             return

@@ -49,6 +49,8 @@ def start(services: Services, directory: Path, *args: str) -> tuple[Service, int
         "supervised_app:app", "--bind", f"127.0.0.1:{port}", *args, cwd=directory
     )
     service.wait_for_port(port)
+    workers = int(args[args.index("--workers") + 1]) if "--workers" in args else 1
+    service.wait_for_log("is ready", count=workers)  # signals before then hit booting workers
     return service, port
 
 
