@@ -1,4 +1,4 @@
-"""ASGI 3 on squall's request cycle: the `http` scope and `lifespan`.
+"""ASGI 3 on squall's request cycle: the `http` and `websocket` scopes and `lifespan`.
 
 The response head is held back until the first body message, so a response
 whose body comes in one message leaves in one write with a Content-Length.
@@ -12,8 +12,8 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import unquote
 
-from squall.http.protocol import RequestCycle
-from squall.websocket import WebSocketOptions
+from squall.http.protocol import RequestCycle, Upgraded
+from squall.websocket import WebSocketOptions, is_websocket_request, upgrade_asgi
 
 logger = logging.getLogger("squall.asgi")
 
@@ -52,6 +52,12 @@ class ASGIAdapter:
     def handle(self, cycle: RequestCycle) -> None:
         request = cycle.request
         assert request is not None
+        if request.upgrade and not cycle.body_complete and is_websocket_request(request):
+            # A WebSocket handshake: hand it back to the connection, which offers
+            # it to `upgrade` when its message ends (a few lines further into the
+            # same data_received) and calls `handle` again if that declines.
+            cycle.started = False
+            return
         raw_path = request.path
         scope: Scope = {
             "type": "http",
@@ -59,7 +65,7 @@ class ASGIAdapter:
             "http_version": request.http_version,
             "method": request.method,
             "scheme": cycle.scheme,
-            "path": unquote(raw_path.decode("latin-1")),
+            "path": self.root_path + unquote(raw_path.decode("latin-1")),
             "raw_path": raw_path,
             "query_string": request.query,
             "root_path": self.root_path,
@@ -74,15 +80,20 @@ class ASGIAdapter:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def upgrade(self, cycle: RequestCycle, trailing: bytes) -> Upgraded | None:
+        """A WebSocket handshake becomes a `websocket` scope; any other Upgrade stays HTTP."""
+        return upgrade_asgi(self.app, cycle, trailing, self.websocket, self.root_path, self.state)
+
     async def _run(self, scope: Scope, exchange: _Exchange) -> None:
         cycle = exchange.cycle
         try:
             await self.app(scope, exchange.receive, exchange.send)
-        except ClientDisconnected:
-            # Raised by our own send(); the spec says not to log it as an error.
-            logger.debug("client disconnected during %s %s", scope["method"], scope["path"])
-            return
-        except Exception:
+        except Exception as exc:
+            if cycle.disconnected or _caused_by_disconnect(exc):
+                # Our send() raised ClientDisconnected, which frameworks may wrap
+                # in their own exception: a client leaving is not an app error.
+                logger.debug("client disconnected during %s %s", scope["method"], scope["path"])
+                return
             logger.exception("exception in ASGI app for %s %s", scope["method"], scope["path"])
             exchange.fail()
             return
@@ -99,6 +110,16 @@ class ASGIAdapter:
         elif not cycle.complete and not cycle.disconnected:
             logger.error("ASGI app returned before its response was complete")
             cycle.abort()
+
+
+def _caused_by_disconnect(exc: BaseException | None) -> bool:
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, ClientDisconnected):
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
 
 
 class _Exchange:

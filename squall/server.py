@@ -8,7 +8,7 @@ import socket
 import ssl
 from typing import Any
 
-from squall import process
+from squall import process, websocket
 from squall.accesslog import make_access_log
 from squall.appload import detect_interface
 from squall.errors import UsageError
@@ -132,6 +132,7 @@ class HTTPServer:
         adapter: App
         if interface == "squall":
             adapter = self.app
+            self.app.settings.setdefault("websocket_options", self.websocket)
         elif interface == "asgi":
             adapter = ASGIAdapter(self.app, self.root_path, process.task_id(), self.websocket)
             await adapter.lifespan.startup()
@@ -186,11 +187,14 @@ class HTTPServer:
         if state is None:
             return True
         state.drain()
+        websocket.close_all()  # 1001 (going away) to open WebSockets; new handshakes get 503
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while state.connections and loop.time() < deadline:
             await asyncio.sleep(0.02)
-        return not state.connections
+        # Upgraded connections are not in state.connections: they close by their own handshake.
+        closed = await websocket.wait_all_closed(max(0.0, deadline - loop.time()))
+        return not state.connections and closed
 
     async def shutdown(self) -> None:
         """The app's shutdown (ASGI lifespan)."""

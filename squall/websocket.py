@@ -1,12 +1,1033 @@
-"""WebSocket (RFC 6455) on an upgraded squall connection, for ASGI apps and squall handlers."""
+"""WebSocket (RFC 6455) on an upgraded squall connection, for ASGI apps and squall handlers.
+
+Three layers, the lowest shared:
+
+- `WebSocketSession` is the protocol that owns a connection once the HTTP
+  layer hands it over (`squall.http.protocol.Upgraded`). wsproto does the
+  framing (sans-IO); the session adds what wsproto leaves to its user:
+  answering pings, reassembling fragments under `max_size`, server pings with
+  a pong deadline, the closing handshake with a deadline, flow control in
+  both directions, and the HTTP answer when the handshake is refused (that
+  one goes through the request cycle, so it is framed, dated and logged like
+  any response).
+- `ASGIWebSocket` speaks the ASGI `websocket` scope (spec 2.4, with the
+  `websocket.http.response` denial extension) over a session.
+- `WebSocketHandler` is squall's own, tornado-like API, routed by an
+  `Application` through `upgrade_application`.
+
+Every live session of the process is in a registry, so a worker that drains
+can end them with 1001 (going away): `close_all` starts the closing
+handshakes, `wait_all_closed` waits for them (and aborts what is left).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import enum
+import inspect
+import json
+import logging
+import os
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, MutableMapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlparse
+
+import h11
+from wsproto import WSConnection
+from wsproto.connection import ConnectionState, ConnectionType
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Ping,
+    Pong,
+    TextMessage,
+)
+from wsproto.events import Request as HandshakeRequest
+from wsproto.utilities import ProtocolError
+
+from squall.web import Application, HTTPServerRequest, RequestHandler
+
+if TYPE_CHECKING:
+    from squall.http.core import Request
+    from squall.http.protocol import RequestCycle
+
+logger = logging.getLogger("squall.websocket")
 
 
 @dataclass(frozen=True)
 class WebSocketOptions:
+    #: The largest message accepted, in bytes (UTF-8 bytes for text); more closes with 1009.
     max_size: int = 16 * 1024 * 1024
+    #: Send a ping this often, in seconds; 0 sends none.
     ping_interval: float = 20.0
+    #: Close with 1011 when the pong does not come within this long; 0 waits forever.
     ping_timeout: float = 20.0
+    #: After sending a close frame, how long to wait for the client's before closing TCP.
+    close_timeout: float = 5.0
+
+
+DEFAULT_OPTIONS = WebSocketOptions()
+
+# Receive-side flow control: past either mark, the socket stops being read
+# until the app has taken messages off the queue.
+MAX_QUEUED_MESSAGES = 32
+MAX_QUEUED_BYTES = 1024 * 1024
+# Bytes a client may send after its handshake, before the server has answered it.
+MAX_EARLY_BYTES = 64 * 1024
+
+WEBSOCKET_VERSION = b"13"
+
+
+class WebSocketClosedError(OSError):
+    """Sending on a WebSocket that is closed (or closing, or never opened).
+
+    An OSError, as ASGI spec 2.4 asks of `send` on a closed connection.
+    """
+
+
+@dataclass(frozen=True)
+class Closed:
+    """What `WebSocketSession.receive` returns once the connection is over."""
+
+    code: int
+    reason: str = ""
+
+
+class State(enum.Enum):
+    CONNECTING = 0  # the handshake waits for the app's answer
+    OPEN = 1
+    CLOSING = 2  # our close frame is sent; the client's is awaited
+    CLOSED = 3
+    REJECTED = 4  # the handshake was answered in HTTP
+
+
+# -- the registry of live sessions (one per process) ---------------------------------
+
+_live: set[WebSocketSession] = set()
+_tasks: set[asyncio.Task[None]] = set()  # the loop keeps only weak references
+_refusing = False  # set by close_all: new handshakes get 503
+
+
+def open_sessions() -> int:
+    """How many WebSocket connections this process holds."""
+    return len(_live)
+
+
+def close_all(code: int = 1001, reason: str = "server shutting down") -> int:
+    """Start closing every WebSocket of this process; refuse new ones (503).
+
+    Open connections get a close frame with `code`; handshakes still waiting
+    for their app are refused with 503. Returns how many were live.
+    """
+    global _refusing
+    _refusing = True
+    sessions = list(_live)
+    for session in sessions:
+        session.going_away(code, reason)
+    return len(sessions)
+
+
+async def wait_all_closed(timeout: float) -> bool:
+    """Wait until every WebSocket is closed; abort what is left after `timeout`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while _live and loop.time() < deadline:
+        await asyncio.sleep(0.02)
+    if not _live:
+        return True
+    for session in list(_live):
+        session.abort()
+    return False
+
+
+def _spawn(
+    coroutine: Coroutine[Any, Any, None], loop: asyncio.AbstractEventLoop
+) -> asyncio.Task[None]:
+    task = loop.create_task(coroutine)
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)
+    return task
+
+
+# -- handshake --------------------------------------------------------------------
+
+
+def is_websocket_request(request: Request) -> bool:
+    """A GET/1.1 without a body asking for `Upgrade: websocket` (its headers not yet checked)."""
+    if request.method != "GET" or request.http_version != "1.1" or request.body_expected:
+        return False
+    upgrade = request.header(b"upgrade")
+    if upgrade is None:
+        return False
+    return any(token.strip().lower() == b"websocket" for token in upgrade.split(b","))
+
+
+_HANDSHAKE_FIELDS = frozenset(
+    {
+        b"connection",
+        b"upgrade",
+        b"sec-websocket-key",
+        b"sec-websocket-version",
+        b"sec-websocket-protocol",
+        b"sec-websocket-extensions",
+    }
+)
+
+
+def _handshake(request: Request) -> tuple[WSConnection, HandshakeRequest] | int | None:
+    """wsproto's server side of the handshake in `request`.
+
+    None when the request is no WebSocket handshake at all (HTTP answers
+    it); a status (426 for an unknown version) when it is a broken one that
+    the server must refuse itself.
+    """
+    if not is_websocket_request(request):
+        return None
+    version = request.header(b"sec-websocket-version")
+    if version is not None and version.strip() != WEBSOCKET_VERSION:
+        return 426
+    # wsproto re-reads the head through h11; it gets only the fields it checks.
+    # Host and target are ours already (and h11 would refuse a head over
+    # 16 KiB, which squall's limits allow), so placeholders stand in for them.
+    headers = [(b"host", b"squall")]
+    headers.extend((name, value) for name, value in request.headers if name in _HANDSHAKE_FIELDS)
+    connection = WSConnection(ConnectionType.SERVER)
+    try:
+        connection.initiate_upgrade_connection(headers, b"/")
+        events = list(connection.events())
+    except (ProtocolError, h11.ProtocolError, ValueError) as exc:  # UnicodeError too
+        logger.debug("not a valid WebSocket handshake: %s", exc)
+        return None
+    if len(events) != 1 or not isinstance(events[0], HandshakeRequest):
+        return None
+    return connection, events[0]
+
+
+def _refuse(cycle: RequestCycle, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+    headers = [*headers, (b"content-type", b"text/plain; charset=utf-8")]
+    body = {426: b"Upgrade Required", 503: b"Service Unavailable"}.get(status, b"")
+    cycle.respond(status, headers, body)
+
+
+def _refused_session(cycle: RequestCycle, status: int) -> WebSocketSession:
+    headers = [(b"sec-websocket-version", WEBSOCKET_VERSION)] if status == 426 else []
+    _refuse(cycle, status, headers)
+    return WebSocketSession(cycle, None, None, DEFAULT_OPTIONS, b"")
+
+
+def start_session(
+    cycle: RequestCycle, trailing: bytes, options: WebSocketOptions | None = None
+) -> WebSocketSession | None:
+    """A session for the handshake in `cycle`, or None when it is none (answer in HTTP).
+
+    A broken handshake (unknown version) or one arriving while the worker
+    drains is refused here, in HTTP; the session returned is then already
+    rejected and only waits for the connection to end.
+    """
+    request = cycle.request
+    if request is None or cycle.transport is None:
+        return None
+    found = _handshake(request)
+    if found is None:
+        return None
+    if isinstance(found, int):
+        return _refused_session(cycle, found)
+    if _refusing:
+        return _refused_session(cycle, 503)
+    connection, handshake = found
+    return WebSocketSession(cycle, connection, handshake, options or DEFAULT_OPTIONS, trailing)
+
+
+# -- the session ------------------------------------------------------------------
+
+
+class WebSocketSession:
+    """One WebSocket connection: wsproto framing on the upgraded transport.
+
+    It implements `squall.http.protocol.Upgraded`; the app side uses
+    `accept`/`reject`, `receive`, `send`, `close`.
+    """
+
+    def __init__(
+        self,
+        cycle: RequestCycle,
+        connection: WSConnection | None,
+        handshake: HandshakeRequest | None,
+        options: WebSocketOptions,
+        trailing: bytes,
+    ) -> None:
+        self.cycle = cycle
+        self.loop = cycle.loop
+        self.transport = cycle.transport
+        self.options = options
+        self._ws = connection
+        self.subprotocols: list[str] = list(handshake.subprotocols) if handshake else []
+        self.subprotocol: str | None = None
+        self.state = State.CONNECTING if connection is not None else State.REJECTED
+        #: The code and reason that ended the connection, once it has ended.
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self._early = bytearray(trailing)
+        self._inbox: deque[str | bytes | Closed] = deque()
+        self._inbox_bytes = 0
+        self._receiver: asyncio.Future[None] | None = None
+        self._parts: list[Any] = []  # the pieces of a fragmented message, all str or all bytes
+        self._part_bytes = 0
+        self._failed = False  # closed by us for a protocol reason: ignore what follows
+        self._reading_paused = False
+        self._write_paused = False
+        self._write_waiters: list[asyncio.Future[None]] = []
+        self._lost = False
+        self._closed_waiter: asyncio.Future[None] | None = None
+        self._ping_handle: asyncio.TimerHandle | None = None
+        self._pong_handle: asyncio.TimerHandle | None = None
+        self._ping_payload: bytes | None = None
+        self._close_handle: asyncio.TimerHandle | None = None
+        if connection is not None:
+            _live.add(self)
+            if len(self._early) > MAX_EARLY_BYTES:
+                self._pause_reading()
+
+    # -- facts -------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        """The transport is still up."""
+        return not self._lost
+
+    # -- handshake answers ----------------------------------------------------------
+
+    def accept(
+        self, subprotocol: str | None = None, headers: Iterable[tuple[bytes, bytes]] = ()
+    ) -> None:
+        """Complete the handshake: 101 Switching Protocols."""
+        if self.state is not State.CONNECTING:
+            raise RuntimeError(f"cannot accept a WebSocket in state {self.state.name}")
+        if self._lost:
+            raise WebSocketClosedError("the client disconnected before the handshake completed")
+        ws = self._ws
+        assert ws is not None
+        if subprotocol is not None and subprotocol not in self.subprotocols:
+            raise ValueError(f"subprotocol {subprotocol!r} was not offered by the client")
+        extra = [(bytes(name), bytes(value)) for name, value in headers]
+        try:
+            data = ws.send(AcceptConnection(subprotocol=subprotocol, extra_headers=extra))
+        except (ProtocolError, h11.ProtocolError) as exc:
+            raise ValueError(f"invalid handshake response: {exc}") from None
+        self.subprotocol = subprotocol
+        self.state = State.OPEN
+        self._write(data)
+        self._schedule_ping()
+        early, self._early = bytes(self._early), bytearray()
+        if self._reading_paused:
+            self._resume_reading()
+        if early:
+            self._feed(early)
+
+    def reject(
+        self, status: int = 403, headers: list[tuple[bytes, bytes]] | None = None, body: bytes = b""
+    ) -> None:
+        """Refuse the handshake with a whole HTTP response; the connection then closes."""
+        if self.state is not State.CONNECTING:
+            raise RuntimeError(f"cannot reject a WebSocket in state {self.state.name}")
+        self.state = State.REJECTED
+        self._early.clear()
+        self.cycle.respond(status, headers or [], body)
+
+    def start_response(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        """Refuse the handshake with a streamed HTTP response (`write_response`, `end_response`)."""
+        if self.state is not State.CONNECTING:
+            raise RuntimeError(f"cannot reject a WebSocket in state {self.state.name}")
+        self.state = State.REJECTED
+        self._early.clear()
+        self.cycle.start(status, headers)
+
+    def write_response(self, data: bytes) -> None:
+        self.cycle.write(data)
+
+    def end_response(self) -> None:
+        self.cycle.end()
+
+    async def drain_response(self) -> None:
+        await self.cycle.drain()
+
+    # -- receiving -------------------------------------------------------------------
+
+    async def receive(self) -> str | bytes | Closed:
+        """The next whole message, or `Closed` once the connection is over (again and again)."""
+        while not self._inbox:
+            if self.state is State.REJECTED:
+                return Closed(self.close_code or 1006, self.close_reason)
+            waiter = self._receiver = self.loop.create_future()
+            try:
+                await waiter
+            finally:
+                self._receiver = None
+        item = self._inbox.popleft()
+        if isinstance(item, Closed):
+            self._inbox.appendleft(item)  # the end stays the answer
+            return item
+        self._inbox_bytes -= len(item)
+        if (
+            self._reading_paused
+            and len(self._inbox) <= MAX_QUEUED_MESSAGES // 2
+            and self._inbox_bytes <= MAX_QUEUED_BYTES // 2
+        ):
+            self._resume_reading()
+        return item
+
+    def _deliver(self, item: str | bytes | Closed) -> None:
+        self._inbox.append(item)
+        if not isinstance(item, Closed):
+            self._inbox_bytes += len(item)
+            if len(self._inbox) >= MAX_QUEUED_MESSAGES or self._inbox_bytes >= MAX_QUEUED_BYTES:
+                self._pause_reading()
+        self._wake_receiver()
+
+    def _wake_receiver(self) -> None:
+        waiter = self._receiver
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _end(self, code: int, reason: str) -> None:
+        """The connection is over for the app: `receive` returns Closed from now on."""
+        if self.close_code is None:
+            self.close_code = code
+            self.close_reason = reason
+            self._inbox.append(Closed(code, reason))
+            self._wake_receiver()
+
+    # -- sending ---------------------------------------------------------------------
+
+    def send_nowait(self, data: str | bytes) -> bool:
+        """Send one message; False when the client reads slower than we write (see `drain`)."""
+        if self.state is not State.OPEN or self._lost:
+            raise WebSocketClosedError("the WebSocket is closed")
+        ws = self._ws
+        assert ws is not None
+        if isinstance(data, str):
+            frame = ws.send(TextMessage(data=data))
+        else:
+            frame = ws.send(BytesMessage(data=bytes(data)))
+        self._write(frame)
+        return not self._write_paused
+
+    async def send(self, data: str | bytes) -> None:
+        """Send one message, then wait while the transport's buffer is full."""
+        if not self.send_nowait(data):
+            await self.drain()
+
+    async def drain(self) -> None:
+        """Wait until the transport takes more (or the connection is gone)."""
+        while self._write_paused and not self._lost:
+            await self.writable()
+
+    def writable(self) -> asyncio.Future[None]:
+        """A future done once the transport takes more (or the connection is gone)."""
+        waiter: asyncio.Future[None] = self.loop.create_future()
+        if self._write_paused and not self._lost:
+            self._write_waiters.append(waiter)
+        else:
+            waiter.set_result(None)
+        return waiter
+
+    def ping(self, payload: bytes = b"") -> None:
+        if self.state is not State.OPEN or self._lost:
+            raise WebSocketClosedError("the WebSocket is closed")
+        assert self._ws is not None
+        self._write(self._ws.send(Ping(payload=payload)))
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Start the closing handshake; before `accept`, refuse the handshake with 403."""
+        if self.state is State.CONNECTING:
+            if not self._lost:
+                self.reject(403)
+            else:
+                self.state = State.REJECTED
+            return
+        if self.state is not State.OPEN:
+            return
+        if not 1000 <= code <= 4999:
+            raise ValueError(f"invalid WebSocket close code {code}")
+        self._send_close(code, reason)
+
+    def _send_close(self, code: int, reason: str) -> None:
+        ws = self._ws
+        assert ws is not None
+        self.state = State.CLOSING
+        self._cancel_ping()
+        if not self._lost and ws.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
+            self._write(ws.send(CloseConnection(code=code, reason=reason or None)))
+        if self._lost:
+            return
+        timeout = self.options.close_timeout
+        if timeout > 0:
+            self._close_handle = self.loop.call_later(timeout, self._close_timed_out)
+        else:
+            self._close_transport()
+
+    def _close_timed_out(self) -> None:
+        self._close_handle = None
+        logger.debug("no close frame from the client within %.1f s", self.options.close_timeout)
+        self._close_transport()
+
+    def _fail(self, code: int, reason: str) -> None:
+        """Close for a reason of ours (too big, protocol error, no pong): the app learns at once."""
+        self._failed = True
+        self._end(code, reason)
+        if self.state is State.OPEN:
+            self._send_close(code, reason)
+
+    def going_away(self, code: int = 1001, reason: str = "") -> None:
+        """The worker stops: close an open connection, refuse a pending handshake."""
+        if self.state is State.OPEN:
+            self._send_close(code, reason)
+        elif self.state is State.CONNECTING and not self._lost:
+            self.state = State.REJECTED
+            _refuse(self.cycle, 503, [])
+
+    def abort(self) -> None:
+        """Drop the connection without a closing handshake."""
+        if self.transport is not None and not self._lost:
+            self.transport.abort()
+
+    async def wait_closed(self) -> None:
+        """Return once the transport is gone."""
+        if self._lost:
+            return
+        if self._closed_waiter is None:
+            self._closed_waiter = self.loop.create_future()
+        await asyncio.shield(self._closed_waiter)
+
+    # -- Upgraded: transport events ------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        state = self.state
+        if state is State.CONNECTING:
+            self._early += data
+            if len(self._early) > MAX_EARLY_BYTES:
+                self._pause_reading()
+        elif state is State.OPEN or state is State.CLOSING:
+            try:
+                self._feed(data)
+            except Exception:  # a bug here must not leave the connection half-dead
+                logger.exception("WebSocket connection failed")
+                self._end(1011, "internal error")
+                self.abort()
+
+    def eof_received(self) -> None:
+        # A WebSocket ends with a close frame; a half-close without one is abnormal.
+        self._close_transport()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        _live.discard(self)
+        self._cancel_ping()
+        if self._close_handle is not None:
+            self._close_handle.cancel()
+            self._close_handle = None
+        if self.state is not State.REJECTED:
+            self._end(1006, "")
+            if self.state is not State.CONNECTING:
+                self.state = State.CLOSED
+        self._early.clear()
+        self._wake_receiver()
+        self._wake_writers()
+        closed = self._closed_waiter
+        if closed is not None and not closed.done():
+            closed.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._wake_writers()
+
+    def _wake_writers(self) -> None:
+        waiters, self._write_waiters = self._write_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # -- frames in -------------------------------------------------------------------
+
+    def _feed(self, data: bytes) -> None:
+        ws = self._ws
+        assert ws is not None
+        if ws.state is ConnectionState.CLOSED:
+            return
+        ws.receive_data(data)
+        for event in ws.events():
+            if isinstance(event, TextMessage | BytesMessage):
+                if not self._failed:
+                    self._message_part(event.data, event.message_finished)
+            elif isinstance(event, Ping):
+                if ws.state is ConnectionState.OPEN:
+                    self._write(ws.send(event.response()))
+            elif isinstance(event, Pong):
+                self._pong_received(event.payload)
+            elif isinstance(event, CloseConnection):
+                self._close_received(event)
+                return
+
+    def _message_part(self, data: str | bytes | bytearray, finished: bool) -> None:
+        if isinstance(data, str):
+            size = len(data) if data.isascii() else len(data.encode("utf-8"))
+        else:
+            size = len(data)
+            data = bytes(data)
+        self._part_bytes += size
+        if self._part_bytes > self.options.max_size:
+            self._parts.clear()
+            self._part_bytes = 0
+            self._fail(1009, "message too big")
+            return
+        if not finished:
+            if data:
+                self._parts.append(data)
+            return
+        parts = self._parts
+        if parts:
+            parts.append(data)
+            message: str | bytes = "".join(parts) if isinstance(data, str) else b"".join(parts)
+            parts.clear()
+        else:
+            message = data
+        self._part_bytes = 0
+        if self.state is State.OPEN:
+            self._deliver(message)
+
+    def _close_received(self, event: CloseConnection) -> None:
+        ws = self._ws
+        assert ws is not None
+        if ws.state is ConnectionState.REMOTE_CLOSING:
+            # The client begins the closing handshake: answer it, then end TCP
+            # (RFC 6455 section 7.1.1: the server closes the connection first).
+            self._write(ws.send(event.response()))
+            self._end(int(event.code), event.reason or "")
+            self.state = State.CLOSED
+            self._close_transport()
+        elif ws.state is ConnectionState.CLOSED:
+            # The answer to our close frame.
+            self._end(int(event.code), event.reason or "")
+            self.state = State.CLOSED
+            self._close_transport()
+        else:
+            # wsproto could not parse what came (its state is unchanged): fail with its code.
+            logger.debug("WebSocket protocol error: %s", event.reason)
+            self._fail(int(event.code), event.reason or "")
+            self._close_transport()
+
+    # -- keepalive pings ----------------------------------------------------------------
+
+    def _schedule_ping(self) -> None:
+        interval = self.options.ping_interval
+        if interval > 0 and self.state is State.OPEN and not self._lost:
+            self._ping_handle = self.loop.call_later(interval, self._send_ping)
+
+    def _send_ping(self) -> None:
+        self._ping_handle = None
+        if self.state is not State.OPEN or self._lost:
+            return
+        assert self._ws is not None
+        payload = self._ping_payload = os.urandom(4)
+        self._write(self._ws.send(Ping(payload=payload)))
+        timeout = self.options.ping_timeout
+        if timeout > 0:
+            self._pong_handle = self.loop.call_later(timeout, self._pong_timed_out)
+
+    def _pong_received(self, payload: bytes) -> None:
+        if self._ping_payload is None or bytes(payload) != self._ping_payload:
+            return  # unsolicited, or for an earlier ping
+        self._ping_payload = None
+        if self._pong_handle is not None:
+            self._pong_handle.cancel()
+            self._pong_handle = None
+        self._schedule_ping()
+
+    def _pong_timed_out(self) -> None:
+        self._pong_handle = None
+        if self._reading_paused and self.state is State.OPEN:
+            # The pong may be waiting behind messages the app has not read
+            # yet: our own backpressure, no sign of a dead client. Wait on.
+            self._pong_handle = self.loop.call_later(
+                self.options.ping_timeout, self._pong_timed_out
+            )
+            return
+        if self.state is State.OPEN:
+            logger.info("closing a WebSocket: no pong within %.1f s", self.options.ping_timeout)
+            self._fail(1011, "keepalive ping timeout")
+            self._close_transport()
+
+    def _cancel_ping(self) -> None:
+        for handle in (self._ping_handle, self._pong_handle):
+            if handle is not None:
+                handle.cancel()
+        self._ping_handle = self._pong_handle = None
+
+    # -- transport -------------------------------------------------------------------
+
+    def _write(self, data: bytes | bytearray) -> None:
+        transport = self.transport
+        if transport is not None and not self._lost and not transport.is_closing():
+            transport.write(data)
+
+    def _close_transport(self) -> None:
+        if self.transport is not None and not self._lost:
+            self.transport.close()
+
+    def _pause_reading(self) -> None:
+        if not self._reading_paused and self.transport is not None and not self._lost:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._reading_paused and self.transport is not None and not self._lost:
+            self._reading_paused = False
+            self.transport.resume_reading()
+
+
+# -- ASGI ----------------------------------------------------------------------------
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+ASGIApp = Callable[
+    [Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]],
+    Awaitable[None],
+]
+
+ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
+
+
+def upgrade_asgi(
+    app: ASGIApp,
+    cycle: RequestCycle,
+    trailing: bytes,
+    options: WebSocketOptions,
+    root_path: str = "",
+    state: dict[str, Any] | None = None,
+) -> WebSocketSession | None:
+    """Take over `cycle`'s connection for an ASGI `websocket` scope, if it is a handshake."""
+    session = start_session(cycle, trailing, options)
+    if session is None or session.state is not State.CONNECTING:
+        return session
+    request = cycle.request
+    assert request is not None
+    raw_path = request.path
+    scope: Scope = {
+        "type": "websocket",
+        "asgi": ASGI_VERSION,
+        "http_version": request.http_version,
+        "scheme": "wss" if cycle.scheme == "https" else "ws",
+        "path": root_path + unquote(raw_path.decode("latin-1")),
+        "raw_path": raw_path,
+        "query_string": request.query,
+        "root_path": root_path,
+        "headers": request.headers,
+        "client": cycle.client,
+        "server": cycle.server,
+        "subprotocols": list(session.subprotocols),
+        "state": dict(state) if state is not None else {},
+        "extensions": {"websocket.http.response": {}},
+    }
+    exchange = ASGIWebSocket(app, scope, session)
+    _spawn(exchange.run(), cycle.loop)
+    return session
+
+
+class ASGIWebSocket:
+    """`receive` and `send` of one ASGI `websocket` scope."""
+
+    def __init__(self, app: ASGIApp, scope: Scope, session: WebSocketSession) -> None:
+        self.app = app
+        self.scope = scope
+        self.session = session
+        self._connect_sent = False
+        self._response_status: int | None = None
+        self._response_done = False
+
+    async def run(self) -> None:
+        session = self.session
+        try:
+            await self.app(self.scope, self.receive, self.send)
+        except Exception as exc:
+            if isinstance(exc, WebSocketClosedError) or (
+                isinstance(exc, OSError) and not session.connected
+            ):
+                logger.debug("WebSocket client gone: %r", exc)
+            else:
+                logger.exception("exception in ASGI app for WebSocket %s", self.scope["path"])
+            self._failed()
+            return
+        if session.state is State.CONNECTING:
+            if session.connected:
+                logger.error(
+                    "ASGI app returned without accepting or closing the WebSocket %s",
+                    self.scope["path"],
+                )
+            self._failed()
+        elif session.state is State.OPEN:
+            session.close(1000)
+        elif self._response_status is not None and not self._response_done:
+            logger.error("ASGI app returned before its denial response was complete")
+            session.cycle.abort()
+
+    def _failed(self) -> None:
+        session = self.session
+        if session.state is State.CONNECTING:
+            if session.connected:
+                session.reject(
+                    500,
+                    [(b"content-type", b"text/plain; charset=utf-8")],
+                    b"Internal Server Error",
+                )
+            else:
+                session.state = State.REJECTED
+        elif session.state is State.OPEN:
+            session.close(1011, "internal error")
+        elif self._response_status is not None and not self._response_done:
+            session.cycle.abort()
+
+    async def receive(self) -> Message:
+        if not self._connect_sent:
+            self._connect_sent = True
+            return {"type": "websocket.connect"}
+        item = await self.session.receive()
+        if isinstance(item, Closed):
+            return {"type": "websocket.disconnect", "code": item.code, "reason": item.reason}
+        if isinstance(item, str):
+            return {"type": "websocket.receive", "text": item}
+        return {"type": "websocket.receive", "bytes": item}
+
+    async def send(self, message: Message) -> None:
+        session = self.session
+        kind = message["type"]
+        if kind == "websocket.send":
+            text = message.get("text")
+            data = message.get("bytes")
+            payload: str | bytes
+            if text is not None and data is None:
+                payload = str(text)
+            elif data is not None and text is None:
+                payload = bytes(data)
+            else:
+                raise RuntimeError("'websocket.send' needs exactly one of 'bytes' and 'text'")
+            if session.state is not State.OPEN or not session.connected:
+                raise WebSocketClosedError("the WebSocket is closed")
+            await session.send(payload)
+        elif kind == "websocket.accept":
+            if session.state is State.REJECTED or not session.connected:
+                raise WebSocketClosedError("the WebSocket handshake was refused or abandoned")
+            if session.state is not State.CONNECTING:
+                raise RuntimeError(f"'websocket.accept' in state {session.state.name}")
+            headers = [(bytes(k), bytes(v)) for k, v in message.get("headers") or ()]
+            _check_headers(headers)
+            session.accept(message.get("subprotocol"), headers)
+        elif kind == "websocket.close":
+            if session.state is State.REJECTED and self._response_status is not None:
+                raise RuntimeError("'websocket.close' after 'websocket.http.response.start'")
+            code = message.get("code")
+            session.close(1000 if code is None else int(code), message.get("reason") or "")
+        elif kind == "websocket.http.response.start":
+            if session.state is not State.CONNECTING:
+                raise RuntimeError(f"'websocket.http.response.start' in state {session.state.name}")
+            if not session.connected:
+                raise WebSocketClosedError("the client disconnected")
+            self._response_status = int(message["status"])
+            headers = [(bytes(k), bytes(v)) for k, v in message.get("headers") or ()]
+            _check_headers(headers)
+            session.start_response(self._response_status, headers)
+        elif kind == "websocket.http.response.body":
+            if self._response_status is None or self._response_done:
+                raise RuntimeError("'websocket.http.response.body' outside a denial response")
+            if not session.connected:
+                raise WebSocketClosedError("the client disconnected")
+            body = bytes(message.get("body", b""))
+            if body:
+                session.write_response(body)
+            if message.get("more_body", False):
+                await session.drain_response()
+            else:
+                self._response_done = True
+                session.end_response()
+        else:
+            raise RuntimeError(f"unexpected ASGI message type {kind!r} in a websocket scope")
+
+
+def _check_headers(headers: list[tuple[bytes, bytes]]) -> None:
+    for name, value in headers:
+        if b"\r" in value or b"\n" in value or b"\r" in name or b"\n" in name or b":" in name:
+            raise RuntimeError(f"invalid response header {name!r}: {value!r}")
+
+
+# -- squall's own API ------------------------------------------------------------------
+
+
+class WebSocketHandler(RequestHandler):
+    """A WebSocket endpoint in an `Application`, in the manner of tornado's.
+
+    Route it like any handler; override `open`, `on_message` and `on_close`
+    (plain or `async def`; an async `open` or `on_message` is awaited before
+    the next message is delivered). `check_origin` and `select_subprotocol`
+    decide the handshake; `prepare` runs before it and may answer in HTTP.
+    A request to the route that is no WebSocket handshake gets 400.
+    """
+
+    close_code: int | None = None
+    close_reason: str | None = None
+    _session: WebSocketSession | None = None
+
+    def get(self, *args: Any, **kwargs: Any) -> None:
+        """Reached only by a request that is no WebSocket handshake."""
+        self.set_status(400)
+        self.finish('Can "Upgrade" only to "WebSocket".')
+
+    # -- hooks -----------------------------------------------------------------------
+
+    def check_origin(self, origin: str) -> bool:
+        """Whether a browser page from `origin` may connect; by default, same host only."""
+        netloc = urlparse(origin).netloc.lower()
+        host = (self.request.headers.get("Host") or "").lower()
+        return netloc == host
+
+    def select_subprotocol(self, subprotocols: list[str]) -> str | None:
+        """Pick one of the client's subprotocols, or None for none."""
+        return None
+
+    def open(self, *args: Any, **kwargs: Any) -> Awaitable[None] | None:
+        """The connection is open; the route's groups are the arguments."""
+        return None
+
+    def on_message(self, message: str | bytes) -> Awaitable[None] | None:
+        raise NotImplementedError
+
+    def on_close(self) -> None:
+        """The connection is closed (`close_code`, `close_reason` say how)."""
+
+    # -- actions ---------------------------------------------------------------------
+
+    @property
+    def selected_subprotocol(self) -> str | None:
+        return self._session.subprotocol if self._session is not None else None
+
+    def write_message(
+        self, message: str | bytes | dict[str, Any], binary: bool = False
+    ) -> Awaitable[None]:
+        """Send a message (a dict as JSON); await the result to wait for a slow client."""
+        session = self._session
+        if session is None or session.state is not State.OPEN or not session.connected:
+            raise WebSocketClosedError("the WebSocket is closed")
+        if isinstance(message, dict):
+            message = json.dumps(message)
+        if binary and isinstance(message, str):
+            message = message.encode("utf-8")
+        elif not binary and not isinstance(message, str):
+            message = bytes(message)
+        session.send_nowait(message)
+        return session.writable()
+
+    def ping(self, data: bytes = b"") -> None:
+        if self._session is None:
+            raise WebSocketClosedError("the WebSocket is not open")
+        self._session.ping(data)
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Start the closing handshake (or, before it is open, refuse with 403)."""
+        if self._session is not None:
+            self._session.close(code, reason)
+
+    # -- execution ---------------------------------------------------------------------
+
+    async def _serve_websocket(
+        self, session: WebSocketSession, args: list[str], kwargs: dict[str, str]
+    ) -> None:
+        try:
+            prepared = self.prepare()
+            if prepared is not None and inspect.isawaitable(prepared):
+                await prepared
+            if self._finished or session.state is not State.CONNECTING:
+                session.state = State.REJECTED
+                return  # prepare answered in HTTP, or the client left
+            origin = self.request.headers.get("Origin")
+            if origin is not None and not self.check_origin(origin):
+                logger.info("refused a cross-origin WebSocket from %s", origin)
+                session.state = State.REJECTED
+                self.set_status(403)
+                self.finish("Cross origin websockets not allowed")
+                return
+            subprotocol = self.select_subprotocol(list(session.subprotocols))
+            if not session.connected:
+                return
+            session.accept(subprotocol)
+        except Exception as exc:
+            if session.state is State.CONNECTING and session.connected:
+                session.state = State.REJECTED  # the HTTP error page answers now
+                self._handle_exception(exc)
+            return
+        try:
+            opened = self.open(*args, **kwargs)
+            if opened is not None and inspect.isawaitable(opened):
+                await opened
+            while True:
+                item = await session.receive()
+                if isinstance(item, Closed):
+                    break
+                result = self.on_message(item)
+                if result is not None and inspect.isawaitable(result):
+                    await result
+        except WebSocketClosedError:
+            pass  # the handler wrote to a connection that had ended
+        except Exception:
+            logger.exception("uncaught exception in %s", self._summary())
+            session.close(1011, "internal error")
+        await session.wait_closed()
+        self.close_code = session.close_code
+        self.close_reason = session.close_reason
+        try:
+            self.on_close()
+        except Exception:
+            logger.exception("uncaught exception in on_close of %s", self._summary())
+
+
+def upgrade_application(
+    application: Application,
+    cycle: RequestCycle,
+    trailing: bytes,
+    options: WebSocketOptions | None = None,
+) -> WebSocketSession | None:
+    """`Application.upgrade`: a handshake routed to a `WebSocketHandler` takes the connection.
+
+    Any other request (another route, no valid handshake) returns None and
+    is answered in HTTP. Options come from `options`, else the application's
+    `websocket_options` setting, else the defaults.
+    """
+    request = cycle.request
+    if request is None or not is_websocket_request(request):
+        return None
+    found = application.find_handler(unquote(request.path.decode("latin-1")))
+    if found is None:
+        return None
+    handler_class, kwargs, args, path_kwargs = found
+    if not (isinstance(handler_class, type) and issubclass(handler_class, WebSocketHandler)):
+        return None
+    if options is None:
+        options = application.settings.get("websocket_options") or DEFAULT_OPTIONS
+    session = start_session(cycle, trailing, options)
+    if session is None or session.state is not State.CONNECTING:
+        return session  # None: HTTP answers (the handler's `get` says 400)
+    try:
+        handler = handler_class(application, HTTPServerRequest(cycle), **kwargs)
+    except Exception:
+        logger.exception("could not create %s for %r", handler_class.__name__, request)
+        session.reject(500)
+        return session
+    handler._cycle = cycle
+    handler.path_args = list(args)
+    handler.path_kwargs = path_kwargs
+    handler._session = session
+    _spawn(handler._serve_websocket(session, args, path_kwargs), cycle.loop)
+    return session

@@ -262,11 +262,6 @@ def test_fastapi_request_client(fastapi_server: Served) -> None:
     assert isinstance(data["port"], int) and data["port"] > 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="squall bug: asgi.py _run logs Starlette's ClientDisconnect (raised from squall's "
-    "own ClientDisconnected OSError) as 'exception in ASGI app' with a traceback",
-)
 def test_fastapi_stream_client_disconnect_is_not_an_error(fastapi_server: Served) -> None:
     params = {"n": "500", "delay": "0.02", "token": "cut"}
     with (
@@ -288,7 +283,6 @@ def test_fastapi_stream_client_disconnect_is_not_an_error(fastapi_server: Served
     assert "exception in ASGI app" not in fastapi_server.service.output()
 
 
-@pytest.mark.xfail(strict=False, reason="websocket support lands with the WebSocket work")
 def test_fastapi_websocket_echo(fastapi_server: Served) -> None:
     from websockets.sync.client import connect
 
