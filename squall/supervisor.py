@@ -80,6 +80,59 @@ class Listeners(Protocol):
         """Stop: new connections are refused from now on."""
 
 
+class Plugin(Protocol):
+    """Something that runs inside the supervisor's loop: metrics, control, systemd.
+
+    It may watch file descriptors (register them with `selector`, data = itself),
+    and hears the supervisor's lifecycle. It must never block: the supervisor
+    is single-threaded and keeps the workers alive.
+    """
+
+    def attach(self, supervisor: Supervisor, selector: selectors.BaseSelector) -> None: ...
+
+    def on_readable(self, key: selectors.SelectorKey, mask: int) -> None: ...
+
+    def on_event(self, event: str) -> None:
+        """`ready` (every worker up, first time), `reloading`, `reloaded`, `stopping`, `tick`."""
+
+    def close(self) -> None:
+        """In the supervisor at exit, and in every new worker (which must not keep its fds)."""
+
+    def before_spawn(self, task_id: int) -> None:
+        """Just before a fork; what is set here, the child inherits."""
+
+    def after_spawn(self, worker: WorkerProcess) -> None:
+        """In the supervisor, once the child exists."""
+
+    def after_exit(self, worker: WorkerProcess, status: int) -> None:
+        """In the supervisor, once the child is reaped."""
+
+
+class PluginBase:
+    """A plugin that does nothing; subclass and override what you need."""
+
+    def attach(self, supervisor: Supervisor, selector: selectors.BaseSelector) -> None:
+        pass
+
+    def on_readable(self, key: selectors.SelectorKey, mask: int) -> None:
+        pass
+
+    def on_event(self, event: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def before_spawn(self, task_id: int) -> None:
+        pass
+
+    def after_spawn(self, worker: WorkerProcess) -> None:
+        pass
+
+    def after_exit(self, worker: WorkerProcess, status: int) -> None:
+        pass
+
+
 @dataclass
 class Hooks:
     """Plain callables the user may set; each runs in the process named."""
@@ -102,6 +155,7 @@ class WorkerProcess:
     buffer: bytes = b""
     replaces: WorkerProcess | None = None  # the old worker this one takes over from
     retiring: bool = False
+    started_wall: float = field(default_factory=time.time)
     kill_at: float = 0.0  # when a retiring or aborted worker gets SIGKILL
     timed_out: bool = False
 
@@ -169,6 +223,7 @@ class Supervisor:
         listeners: Listeners | None = None,
         hooks: Hooks | None = None,
         on_log_reopen: Callable[[], object] | None = None,
+        plugins: list[Plugin] | None = None,
     ) -> None:
         self.num_workers = num_workers
         self.budget = RestartBudget(max_restarts, restart_window)
@@ -184,6 +239,10 @@ class Supervisor:
         self.pid = os.getpid()
         self.degraded = False
         self.restarts = 0
+        self.restart_causes: dict[str, int] = {}  # signal, exit, watchdog, recycle, reload
+        self.plugins = list(plugins or [])
+        self.started_at = time.time()
+        self._announced_ready = False
         self._pending_spawns: dict[int, float] = {}  # task id -> when to fork it
         self._reload_queue: deque[WorkerProcess] | None = None
         self._reload_again = False
@@ -215,11 +274,13 @@ class Supervisor:
     def _step(self) -> None:
         """Wait for something to happen and deal with it."""
         assert self._selector is not None
-        for key, _ in self._selector.select(self._next_timeout()):
+        for key, mask in self._selector.select(self._next_timeout()):
             if key.fd == self._wakeup_r:
                 _drain_pipe(self._wakeup_r)
-            else:
+            elif isinstance(key.data, WorkerProcess):
                 self._read_channel(key.data)
+            else:
+                key.data.on_readable(key, mask)
         while self._signal_queue:
             signum = self._signal_queue.popleft()
             if signum != signal.SIGCHLD:
@@ -228,6 +289,7 @@ class Supervisor:
         now = time.monotonic()
         self._spawn_due(now)
         self._enforce_deadlines(now)
+        self._emit("tick")
 
     def _next_timeout(self) -> float:
         timeout = 1.0
@@ -250,6 +312,8 @@ class Supervisor:
         signal.set_wakeup_fd(self._wakeup_w, warn_on_full_buffer=False)
         for signum in HANDLED_SIGNALS:
             signal.signal(signum, self._queue_signal)
+        for plugin in self.plugins:
+            plugin.attach(self, self._selector)
 
     def _queue_signal(self, signum: int, frame: object) -> None:
         self._signal_queue.append(signum)
@@ -292,6 +356,8 @@ class Supervisor:
             logger.info("stopping %d worker(s) %s", len(self.workers), how)
             if self.listeners is not None:
                 self.listeners.close_all()
+        if not self._stopping:
+            self._emit("stopping")
         self._stopping = True
         self._pending_spawns.clear()
         self._reload_queue = None
@@ -314,6 +380,7 @@ class Supervisor:
             self.hooks.on_reload()
         old = sorted(self._serving(), key=lambda w: w.task_id)
         logger.info("reloading %d worker(s)", len(old))
+        self._emit("reloading")
         self._reload_queue = deque(old)
         self._advance_reload()
 
@@ -346,6 +413,8 @@ class Supervisor:
         """Fork one worker; in the child, unwind to `run` with `_BecameWorker`."""
         if self.listeners is not None:
             self.listeners.open_slot(worker_id)
+        for plugin in self.plugins:
+            plugin.before_spawn(worker_id)
         read_fd, write_fd = os.pipe()
         # A signal sent to the child before it drops the supervisor's handlers
         # would be queued in its copy of this object and lost: block them
@@ -372,6 +441,8 @@ class Supervisor:
         assert self._selector is not None
         self._selector.register(read_fd, selectors.EVENT_READ, worker)
         logger.info("worker %d started (pid %d)", worker_id, pid)
+        for plugin in self.plugins:
+            plugin.after_spawn(worker)
         return worker
 
     def _forget_in_child(self, worker_id: int) -> None:
@@ -392,6 +463,9 @@ class Supervisor:
             _close(fd)
         if self.listeners is not None:
             self.listeners.keep_only(worker_id)
+        for plugin in self.plugins:
+            plugin.close()
+        self.plugins.clear()
         self.workers.clear()
         self._signal_queue.clear()
 
@@ -401,9 +475,63 @@ class Supervisor:
         worker.kill_at = time.monotonic() + self.graceful_timeout
         _kill(worker.pid, signal.SIGTERM)
 
-    def _replace(self, old: WorkerProcess) -> None:
+    def _replace(self, old: WorkerProcess, cause: str) -> None:
         """Fork a successor for `old`; `old` drains once the successor is ready."""
+        self._count_restart(cause)
         self._spawn(old.task_id, replaces=old)
+
+    def restart_worker(self, task_id: int) -> bool:
+        """Replace worker `task_id` gracefully (its successor ready first); False if none."""
+        if self._stopping:
+            return False
+        for worker in self._serving():
+            if worker.task_id == task_id and self._successor_of(worker) is None:
+                logger.info("restarting worker %d (pid %d) on request", task_id, worker.pid)
+                self._replace(worker, "manual")
+                return True
+        return False
+
+    def _count_restart(self, cause: str) -> None:
+        self.restart_causes[cause] = self.restart_causes.get(cause, 0) + 1
+
+    def _emit(self, event: str) -> None:
+        for plugin in self.plugins:
+            try:
+                plugin.on_event(event)
+            except Exception:  # a plugin must never take the supervisor down
+                logger.exception("supervisor plugin %r failed on %s", plugin, event)
+
+    def snapshot(self) -> dict[str, object]:
+        """The supervisor's state, for status pages and the control command."""
+        now = time.monotonic()
+        workers = []
+        for worker in sorted(self.workers.values(), key=lambda w: (w.task_id, w.started_at)):
+            if worker.retiring:
+                state = "draining"
+            elif worker.replaces is not None:
+                state = "replacing"
+            else:
+                state = "ready" if worker.ready else "booting"
+            workers.append(
+                {
+                    "task_id": worker.task_id,
+                    "pid": worker.pid,
+                    "state": state,
+                    "started_at": worker.started_wall,
+                    "heartbeat_age": now - worker.last_heartbeat if worker.last_heartbeat else None,
+                }
+            )
+        return {
+            "pid": self.pid,
+            "started_at": self.started_at,
+            "workers_wanted": self.num_workers,
+            "degraded": self.degraded,
+            "stopping": self._stopping,
+            "reloading": self._reload_queue is not None,
+            "restarts": self.restarts,
+            "restart_causes": dict(self.restart_causes),
+            "workers": workers,
+        }
 
     def _read_channel(self, worker: WorkerProcess) -> None:
         try:
@@ -430,7 +558,7 @@ class Supervisor:
                 logger.info(
                     "worker %d (pid %d) served its quota; replacing it", worker.task_id, worker.pid
                 )
-                self._replace(worker)
+                self._replace(worker, "recycle")
         elif kind == "booterror":
             worker.boot_error = detail or "worker failed to boot"
 
@@ -443,6 +571,9 @@ class Supervisor:
     def _worker_ready(self, worker: WorkerProcess) -> None:
         worker.ready = True
         logger.info("worker %d (pid %d) is ready", worker.task_id, worker.pid)
+        if not self._announced_ready and sum(w.ready for w in self._serving()) >= self.num_workers:
+            self._announced_ready = True
+            self._emit("ready")
         old = worker.replaces
         if old is None:
             return
@@ -459,11 +590,12 @@ class Supervisor:
         while queue and booting < self.reload_batch:
             old = queue.popleft()
             if old.pid in self.workers and not old.retiring:
-                self._replace(old)
+                self._replace(old, "reload")
                 booting += 1
         if not queue and booting == 0:
             self._reload_queue = None
             logger.info("reload complete")
+            self._emit("reloaded")
             if self._reload_again:
                 self._reload_again = False
                 self.reload()
@@ -495,6 +627,8 @@ class Supervisor:
                 self._close_channel(worker)
             if self.hooks.worker_exit is not None:
                 self.hooks.worker_exit(worker.task_id, status)
+            for plugin in self.plugins:
+                plugin.after_exit(worker, status)
             self._worker_exited(worker, status)
 
     def _worker_exited(self, worker: WorkerProcess, status: int) -> None:
@@ -511,7 +645,9 @@ class Supervisor:
                 pid,
                 reason,
             )
-            self._reload_queue = None
+            if self._reload_queue is not None:
+                self._reload_queue = None
+                self._emit("reloaded")
             self._reload_again = False
             return
         if worker.boot_error is not None:
@@ -537,6 +673,9 @@ class Supervisor:
             logger.info("worker %d (pid %d) %s; slot no longer wanted", worker_id, pid, how)
             return
         self.restarts += 1
+        self._count_restart(
+            "watchdog" if worker.timed_out else "signal" if os.WIFSIGNALED(status) else "exit"
+        )
         if self.degraded or not self.budget.spend(time.monotonic()):
             self._budget_spent(worker, how)
             return
@@ -613,6 +752,8 @@ class Supervisor:
         _close(self._wakeup_w)
         if self.listeners is not None:
             self.listeners.close_all()
+        for plugin in self.plugins:
+            plugin.close()
         if self._exit_error is not None:
             raise self._exit_error
         logger.info("all workers have exited; supervisor exits")

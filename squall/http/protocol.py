@@ -66,6 +66,19 @@ class Upgraded(Protocol):
 Upgrader = Callable[["RequestCycle", bytes], "Upgraded | None"]
 
 
+class Metrics(Protocol):
+    """Counts what a worker does (`--metrics`); absent, the protocol counts nothing."""
+
+    def connection_opened(self) -> None: ...
+
+    def connection_closed(self) -> None: ...
+
+    def request_started(self) -> None: ...
+
+    def request_finished(self, cycle: RequestCycle) -> None:
+        """`cycle.status`, `cycle.bytes_sent`, `cycle.started_at` (set when metrics are on)."""
+
+
 class ServerState:
     """What all connections of one worker share."""
 
@@ -80,6 +93,7 @@ class ServerState:
         body_timeout: float = 30.0,
         access_log: Callable[[RequestCycle], object] | None = None,
         forwarded: Callable[[RequestCycle], object] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.app = app
         self.upgrade: Upgrader | None = getattr(app, "upgrade", None)
@@ -89,6 +103,8 @@ class ServerState:
         self.body_timeout = body_timeout  # the longest silence while a body is read
         self.access_log = access_log  # called once per finished request
         self.forwarded = forwarded  # rewrites client/scheme from trusted proxy headers
+        self.metrics = metrics
+        self.timed = access_log is not None or metrics is not None  # stamp started_at
         self.connections: set[HTTPProtocol] = set()
         self.draining = False
         self.requests_served = 0
@@ -333,11 +349,19 @@ class HTTPProtocol(asyncio.Protocol):
         if transport.get_extra_info("sslcontext") is not None:
             self.scheme = "https"
         self.state.connections.add(self)
+        if self.state.metrics is not None:
+            self.state.metrics.connection_opened()
         self._start_idle_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
         self.state.connections.discard(self)
+        metrics = self.state.metrics
+        if metrics is not None:
+            current = self.current
+            if current is not None and current.request is not None and not current.complete:
+                metrics.request_finished(current)  # unanswered: its status stays 0
+            metrics.connection_closed()
         self._cancel_idle_timer()
         self._cancel_body_timer()
         if self.upgraded is not None:
@@ -460,8 +484,10 @@ class HTTPProtocol(asyncio.Protocol):
         cycle = RequestCycle(self, request)
         if self.state.forwarded is not None:
             self.state.forwarded(cycle)
-        if self.state.access_log is not None:
+        if self.state.timed:
             cycle.started_at = self.loop.time()
+            if self.state.metrics is not None:
+                self.state.metrics.request_started()
         if request.body_expected and self.state.body_timeout > 0:
             self._restart_body_timer()
         self.receiving = cycle
@@ -502,6 +528,8 @@ class HTTPProtocol(asyncio.Protocol):
         cycle.complete = True
         if self.state.access_log is not None and cycle.request is not None:
             self.state.access_log(cycle)
+        if self.state.metrics is not None and cycle.request is not None:
+            self.state.metrics.request_finished(cycle)
         self.close()
 
     def _run(self, cycle: RequestCycle) -> None:
@@ -518,9 +546,13 @@ class HTTPProtocol(asyncio.Protocol):
 
     def cycle_done(self, cycle: RequestCycle) -> None:
         """The response to the current request is complete: go on to the next."""
-        self.state.count_request()
-        if self.state.access_log is not None:
-            self.state.access_log(cycle)
+        state = self.state
+        state.count_request()
+        if state.timed:
+            if state.access_log is not None:
+                state.access_log(cycle)
+            if state.metrics is not None:
+                state.metrics.request_finished(cycle)
         request = cycle.request
         if request is None or not request.keep_alive or self.closing:
             self.close()
