@@ -25,6 +25,8 @@ from squall.errors import SquallError, UsageError
 from squall.listeners import ReusePortListeners, SharedListeners
 from squall.logs import configure, reopen_log_file
 from squall.sockets import describe_socket, open_binds, parse_bind
+from squall.supervisor import Plugin
+from squall.systemd import SystemdPlugin, listen_fds
 from squall.watch import start_watcher
 
 logger = logging.getLogger("squall")
@@ -92,6 +94,11 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] == ["ctl"]:
+        from squall.control import ctl_main
+
+        sys.exit(ctl_main(args[1:]))
     try:
         config = parse_config(argv)
         run(config)
@@ -116,9 +123,12 @@ def run(config: Config) -> NoReturn:
 
         server_context(config.certfile, config.keyfile)  # a bad file is one clear error, now
     app = import_app(config.app) if config.preload else None
+    activated = listen_fds()  # systemd socket activation
     specs = [parse_bind(spec) for spec in config.bind]
     listeners: SharedListeners | ReusePortListeners
-    if config.reuse_port:
+    if activated and not config.bind_given:
+        listeners = SharedListeners(activated)
+    elif config.reuse_port:
         listeners = ReusePortListeners(specs, backlog=config.backlog)
     else:
         listeners = SharedListeners(open_binds(specs, backlog=config.backlog))
@@ -146,6 +156,7 @@ def run(config: Config) -> NoReturn:
         listeners=listeners,
         hooks=Hooks(config.on_starting, config.post_fork, config.worker_exit, config.on_reload),
         on_log_reopen=reopen_log_file,
+        plugins=make_plugins(config),
     )
     watcher = None
     if config.reload:
@@ -161,7 +172,25 @@ def run(config: Config) -> NoReturn:
     serve_worker(config, listeners.for_slot(task_id), app)
 
 
+def make_plugins(config: Config) -> list[Plugin]:
+    """What runs in the supervisor's loop besides the workers."""
+    plugins: list[Plugin] = []
+    if config.metrics:
+        from squall.metrics import MetricsPlugin
+
+        plugins.append(MetricsPlugin(config.metrics))
+    if config.control:
+        from squall.control import ControlPlugin
+
+        plugins.append(ControlPlugin(config.control))
+    systemd = SystemdPlugin.from_environment()
+    if systemd is not None:
+        plugins.append(systemd)
+    return plugins
+
+
 def serve_worker(config: Config, sockets: list[socket.socket], app: Any = None) -> NoReturn:
+    from squall.metrics import worker_recorder
     from squall.server import HTTPServer
     from squall.tls import server_context
     from squall.websocket import WebSocketOptions
@@ -193,6 +222,7 @@ def serve_worker(config: Config, sockets: list[socket.socket], app: Any = None) 
         websocket=WebSocketOptions(
             config.ws_max_size, config.ws_ping_interval, config.ws_ping_timeout
         ),
+        metrics=worker_recorder(),
     )
     server.add_sockets(sockets)
     run_forever(graceful_timeout=config.graceful_timeout)

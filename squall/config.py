@@ -70,6 +70,8 @@ class Config:
     ws_max_size: int = 16 * 1024 * 1024
     ws_ping_interval: float = 20.0
     ws_ping_timeout: float = 20.0
+    metrics: str | None = None
+    control: str | None = None
     config: str | None = None
     # Hooks: plain callables, set from a --config file or the Python API.
     on_starting: Callable[[], object] | None = None
@@ -78,6 +80,7 @@ class Config:
     on_reload: Callable[[], object] | None = None
 
     DEFAULT_BIND = "127.0.0.1:8000"
+    bind_given: bool = field(default=False, init=False, repr=False)
 
     def validate(self) -> None:
         if self.workers < 0:
@@ -128,6 +131,7 @@ class Config:
                 raise UsageError(f"hook {hook} must be a callable, not {value!r}")
         if self.log_level not in LOG_LEVELS:
             raise UsageError(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
+        self.bind_given = bool(self.bind)  # without it, systemd's sockets (if any) are used
         if not self.bind:
             self.bind = [self.DEFAULT_BIND]
 
@@ -319,6 +323,20 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("keyfile", "--keyfile", str, "the TLS private key (if not in --certfile)", "PATH"),
     Setting(
+        "metrics",
+        "--metrics",
+        str,
+        "serve /metrics (Prometheus), /healthz, /readyz and a live status page at HOST:PORT or unix:PATH, from the supervisor",
+        "ADDRESS",
+    ),
+    Setting(
+        "control",
+        "--control",
+        str,
+        "accept `squall ctl` commands on this unix socket (mode 0600)",
+        "PATH",
+    ),
+    Setting(
         "ws_max_size",
         "--ws-max-size",
         _count,
@@ -366,7 +384,7 @@ def from_environment(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
 
 
 def config_fields() -> set[str]:
-    return {f.name for f in fields(Config)}
+    return {f.name for f in fields(Config) if f.init}
 
 
 def from_file(path: str) -> dict[str, Any]:

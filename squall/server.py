@@ -13,7 +13,7 @@ from squall.accesslog import make_access_log
 from squall.appload import detect_interface
 from squall.errors import UsageError
 from squall.http.core import DEFAULT_LIMITS, Limits
-from squall.http.protocol import App, HTTPProtocol, ServerState
+from squall.http.protocol import App, HTTPProtocol, Metrics, ServerState
 from squall.http.proxy_headers import make_forwarded
 from squall.sockets import bind_sockets, default_backlog, describe_socket
 from squall.websocket import WebSocketOptions
@@ -46,6 +46,7 @@ class HTTPServer:
         proxy_protocol: bool = False,
         ssl_context: ssl.SSLContext | None = None,
         websocket: WebSocketOptions | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.app = app
         self.max_requests = max_requests
@@ -57,6 +58,7 @@ class HTTPServer:
         self.proxy_protocol = proxy_protocol
         self.ssl_context = ssl_context
         self.websocket = websocket or WebSocketOptions()
+        self.metrics = metrics
         self.interface = interface
         self.keepalive_timeout = keepalive_timeout
         self.limits = limits
@@ -153,6 +155,7 @@ class HTTPServer:
             body_timeout=self.body_timeout,
             access_log=access_log,
             forwarded=forwarded,
+            metrics=self.metrics,
         )
 
     async def start_serving(self, sockets: list[socket.socket] | None = None) -> None:

@@ -2,7 +2,22 @@
 
 A handler whose method is a plain function runs to completion inside the
 connection's `data_received`, with no task and no await; an `async def`
-method runs as a task. Either way the whole response leaves in one write.
+method runs as a task. Unless the handler calls `flush()`, the whole response
+leaves in one write with a Content-Length.
+
+Streaming, as in tornado:
+- `flush()` sends what was written so far (the first one sends the head, with
+  chunked framing); `await self.flush()` waits while the client reads slower
+  than the handler writes.
+- A handler class decorated with `@stream_request_body` runs at the request's
+  head: `prepare()`, then `data_received(chunk)` for each piece of body as it
+  arrives (reading pauses while it works), then the method.
+
+Every other handler runs once its body is complete. The Application is a
+streaming adapter (it is called at each request's head) and decides per
+request: a request without a body, or with a small one, is handed back to the
+connection to run when its message ends, inside `data_received` as before;
+a larger body is read by a task, bounded by `Limits.max_body_bytes`.
 """
 
 from __future__ import annotations
@@ -12,11 +27,11 @@ import inspect
 import json
 import logging
 import re
-from collections.abc import Awaitable, Iterator, Sequence
-from typing import Any, ClassVar
+from collections.abc import Awaitable, Generator, Iterator, Sequence
+from typing import Any, ClassVar, TypeVar
 from urllib.parse import parse_qs, unquote, urljoin
 
-from squall.http.protocol import RequestCycle
+from squall.http.protocol import BODY_BUFFER_HIGH, RequestCycle
 from squall.http.status import reason_phrase
 
 logger = logging.getLogger("squall.web")
@@ -32,6 +47,10 @@ class HTTPError(Exception):
         super().__init__(status_code, log_message)
         self.status_code = status_code
         self.log_message = log_message % args if log_message and args else log_message
+
+
+class StreamClosedError(OSError):
+    """`await self.flush()` after the client has gone: stop producing the response."""
 
 
 class MissingArgumentError(HTTPError):
@@ -81,7 +100,7 @@ class Headers:
 class HTTPServerRequest:
     """The request as a handler sees it (`self.request`)."""
 
-    def __init__(self, cycle: RequestCycle) -> None:
+    def __init__(self, cycle: RequestCycle, body: bytes | None = None) -> None:
         request = cycle.request
         assert request is not None
         self.method = request.method
@@ -90,7 +109,8 @@ class HTTPServerRequest:
         self.query = request.query.decode("latin-1")
         self.version = f"HTTP/{request.http_version}"
         self.headers = Headers(request.headers)
-        self.body = cycle.body
+        # The whole body; b"" for a @stream_request_body handler (it gets data_received).
+        self.body = cycle.body if body is None else body
         self.protocol = cycle.scheme
         client = cycle.client
         self.remote_ip = client[0] if client else ""
@@ -144,6 +164,9 @@ class RequestHandler:
         "OPTIONS",
     )
 
+    #: Set by `@stream_request_body`: run at the head, body through `data_received`.
+    _stream_request_body: ClassVar[bool] = False
+
     def __init__(self, application: Application, request: HTTPServerRequest, **kwargs: Any) -> None:
         self.application = application
         self.request = request
@@ -155,6 +178,7 @@ class RequestHandler:
         self._extra_headers: list[tuple[str, str]] = []
         self._chunks: list[bytes] = []
         self._finished = False
+        self._headers_written = False  # flush() has sent the head
         self.initialize(**kwargs)
 
     def initialize(self, **kwargs: Any) -> None:
@@ -166,6 +190,13 @@ class RequestHandler:
 
     def on_finish(self) -> None:
         """Called after the response has been sent."""
+
+    def data_received(self, chunk: bytes) -> Awaitable[None] | None:
+        """With `@stream_request_body`: one piece of the request body; may be async."""
+        raise NotImplementedError(f"{type(self).__name__} must define data_received()")
+
+    def on_connection_close(self) -> None:
+        """With `@stream_request_body`: the request broke off before its body was complete."""
 
     # -- arguments ----------------------------------------------------------------
 
@@ -244,6 +275,11 @@ class RequestHandler:
 
     def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
         """Replace whatever was written with an error page."""
+        if self._headers_written:
+            # Part of the response is out: all that is left is to cut it off.
+            logger.error("cannot send error %d after flush() for %s", status_code, self._summary())
+            self._abort()
+            return
         self._chunks.clear()
         self._headers = {"Content-Type": "text/html; charset=UTF-8"}
         self._extra_headers.clear()
@@ -260,6 +296,27 @@ class RequestHandler:
             f"<body>{status_code}: {reason}</body></html>"
         )
 
+    def flush(self) -> Awaitable[None]:
+        """Send what was written so far; the first flush sends the head (chunked).
+
+        The write happens at once. The returned awaitable waits while the
+        client reads slower than the handler writes (`await self.flush()` in
+        an async handler); a plain handler may ignore it. Awaiting it after
+        the client has gone raises `StreamClosedError`.
+        """
+        if self._finished:
+            raise RuntimeError("cannot flush() after finish()")
+        cycle = self._cycle
+        if not self._headers_written:
+            self._headers_written = True
+            cycle.start(self._status, self._encoded_headers())
+        if self._chunks:
+            data = b"".join(self._chunks) if len(self._chunks) != 1 else self._chunks[0]
+            self._chunks.clear()
+            if not cycle.complete:
+                cycle.write(data)
+        return _Drained(cycle)
+
     def finish(self, chunk: str | bytes | dict[str, Any] | None = None) -> None:
         """Send the response; the handler is done."""
         if self._finished:
@@ -267,15 +324,36 @@ class RequestHandler:
         if chunk is not None:
             self.write(chunk)
         self._finished = True
+        cycle = self._cycle
+        if self._headers_written:
+            if not cycle.complete:
+                if self._chunks:
+                    cycle.write(b"".join(self._chunks))
+                    self._chunks.clear()
+                cycle.end()
+            self.on_finish()
+            return
+        body = b"".join(self._chunks) if len(self._chunks) != 1 else self._chunks[0]
         headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in self._headers.items()]
         for name, value in self._extra_headers:
             headers.append((name.encode("latin-1"), value.encode("latin-1")))
-        body = b"".join(self._chunks) if len(self._chunks) != 1 else self._chunks[0]
         if self._status in (204, 304) or 100 <= self._status < 200:
             body = b""
             headers = [h for h in headers if h[0].lower() != b"content-type"]
-        self._cycle.respond(self._status, headers, body)
+        cycle.respond(self._status, headers, body)
         self.on_finish()
+
+    def _encoded_headers(self) -> list[tuple[bytes, bytes]]:
+        headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in self._headers.items()]
+        for name, value in self._extra_headers:
+            headers.append((name.encode("latin-1"), value.encode("latin-1")))
+        return headers
+
+    def _abort(self) -> None:
+        """Give up on a response whose head is out: the connection closes."""
+        self._finished = True
+        if not self._cycle.complete:
+            self._cycle.abort()
 
     # -- execution ----------------------------------------------------------------
 
@@ -295,6 +373,10 @@ class RequestHandler:
                 method = getattr(self, "get", None)  # GET's response, the body left out
             if method is None:
                 raise HTTPError(405)
+            if self._stream_request_body:
+                self.request.body = b""  # the body comes through data_received
+                self._continue_async(self._run_streaming(method, args, kwargs))
+                return
             prepared = self.prepare()
             if prepared is not None and inspect.isawaitable(prepared):
                 self._continue_async(self._run_async(prepared, method, args, kwargs))
@@ -315,6 +397,34 @@ class RequestHandler:
         self, prepared: Awaitable[None], method: Any, args: Sequence[str], kwargs: dict[str, str]
     ) -> None:
         await prepared
+        if self._finished:
+            return
+        result = method(*args, **kwargs)
+        if result is not None and inspect.isawaitable(result):
+            await result
+
+    async def _run_streaming(
+        self, method: Any, args: Sequence[str], kwargs: dict[str, str]
+    ) -> None:
+        """@stream_request_body: prepare, data_received for each piece, then the method."""
+        prepared = self.prepare()
+        if prepared is not None and inspect.isawaitable(prepared):
+            await prepared
+        cycle = self._cycle
+        more = True
+        while more and not self._finished:
+            # The connection reads on only as this loop takes what it has read.
+            data, more = await cycle.receive_body()
+            if cycle.disconnected and not cycle.body_complete:
+                # The client left, or the body broke a rule (413, 408, 400) and
+                # the connection has already answered: the method never runs.
+                self._finished = True
+                self.on_connection_close()
+                return
+            if data:
+                received = self.data_received(data)
+                if received is not None and inspect.isawaitable(received):
+                    await received
         if self._finished:
             return
         result = method(*args, **kwargs)
@@ -342,7 +452,10 @@ class RequestHandler:
             self.finish()
 
     def _handle_exception(self, exc: BaseException) -> None:
-        if isinstance(exc, HTTPError):
+        if isinstance(exc, StreamClosedError):
+            logger.debug("client disconnected during %s", self._summary())
+            status = 0
+        elif isinstance(exc, HTTPError):
             if exc.log_message:
                 logger.warning("%d %s: %s", exc.status_code, self._summary(), exc.log_message)
             status = exc.status_code
@@ -350,6 +463,9 @@ class RequestHandler:
             logger.error("uncaught exception in %s", self._summary(), exc_info=exc)
             status = 500
         if self._finished:
+            return
+        if self._headers_written or status == 0:
+            self._abort()  # part of the response is out (or nobody is listening)
             return
         try:
             self.send_error(status)
@@ -362,6 +478,40 @@ class RequestHandler:
         return f"{self.request.method} {self.request.uri} ({self.request.remote_ip})"
 
 
+class _Drained:
+    """What `flush()` returns: awaiting it waits until the client has caught up.
+
+    Nothing is created unless it is awaited, so a plain handler may drop it.
+    """
+
+    __slots__ = ("_cycle",)
+
+    def __init__(self, cycle: RequestCycle) -> None:
+        self._cycle = cycle
+
+    def __await__(self) -> Generator[Any, None, None]:
+        cycle = self._cycle
+        yield from cycle.drain().__await__()
+        if cycle.disconnected and not cycle.complete:
+            raise StreamClosedError("the client has disconnected")
+
+
+_Handler = TypeVar("_Handler", bound=type[RequestHandler])
+
+
+def stream_request_body(cls: _Handler) -> _Handler:
+    """Class decorator: the handler reads its body as it arrives, as in tornado.
+
+    `prepare()` runs at the request's head, then `data_received(chunk)` (plain
+    or async) for each piece of body, then the method (`post`, `put`, ...)
+    once the body is complete. `self.request.body` stays empty.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, RequestHandler)):
+        raise TypeError("@stream_request_body decorates a RequestHandler subclass")
+    cls._stream_request_body = True
+    return cls
+
+
 def _header_value(value: Any) -> str:
     text = value if isinstance(value, str) else str(value)
     if "\r" in text or "\n" in text:
@@ -370,6 +520,8 @@ def _header_value(value: Any) -> str:
 
 
 Route = tuple[Any, ...]
+#: What `find_handler` returns: the handler class, its kwargs, path args and path kwargs.
+Found = tuple[type[RequestHandler], dict[str, Any], list[str], dict[str, str]]
 
 
 class Application:
@@ -379,11 +531,13 @@ class Application:
     groups become the handler method's arguments (named groups as keywords).
     """
 
-    streaming = False  # handlers run once the whole body is in
+    #: The connection calls `handle` at each request's head; see the module docstring.
+    streaming = True
 
     def __init__(self, handlers: Sequence[Route] | None = None, **settings: Any) -> None:
         self.settings = settings
         self._routes: list[tuple[re.Pattern[str], type[RequestHandler], dict[str, Any]]] = []
+        self._streaming_routes = False  # some handler is @stream_request_body
         for route in handlers or []:
             self.add_route(*route)
 
@@ -397,10 +551,10 @@ class Application:
         if not pattern.endswith("$"):
             pattern += "$"
         self._routes.append((re.compile(pattern), handler, kwargs or {}))
+        if handler._stream_request_body:
+            self._streaming_routes = True
 
-    def find_handler(
-        self, path: str
-    ) -> tuple[type[RequestHandler], dict[str, Any], list[str], dict[str, str]] | None:
+    def find_handler(self, path: str) -> Found | None:
         for regex, handler, kwargs in self._routes:
             match = regex.match(path)
             if match is not None:
@@ -414,8 +568,74 @@ class Application:
         return None
 
     def handle(self, cycle: RequestCycle) -> None:
-        request = HTTPServerRequest(cycle)
-        found = self.find_handler(request.path)
+        if cycle.body_complete:
+            self._dispatch(cycle, HTTPServerRequest(cycle))
+            return
+        request = cycle.request
+        assert request is not None
+        if not request.body_expected:
+            if request.upgrade:
+                # Back to the connection, which offers it to `upgrade` (if the
+                # app has one) when its message ends, then runs it.
+                cycle.started = False
+                return
+            # No body: its (empty) message ends in the events of this same
+            # data_received, so it counts as complete, and the handler runs
+            # now, a plain one to the end with no task, as it always did.
+            cycle.body_complete = True
+            self._dispatch(cycle, HTTPServerRequest(cycle))
+            return
+        if self._streaming_routes:
+            server_request = HTTPServerRequest(cycle, b"")
+            found = self.find_handler(server_request.path)
+            if found is not None and found[0]._stream_request_body:
+                self._dispatch(cycle, server_request, found)
+                return
+        if request.expect_continue and not cycle.continue_sent:
+            # What the connection does for an app that runs once the body is in.
+            cycle._send_continue()
+        for name, value in request.headers:
+            if name == b"content-length":  # never with Transfer-Encoding: the parser refuses both
+                if int(value) <= BODY_BUFFER_HIGH:
+                    # It fits in the connection's buffer, which never pauses below
+                    # it: hand the request back to the connection, which runs it
+                    # once its body is complete (`cycle.body`), with no task.
+                    cycle.started = False
+                    return
+                break
+        # A larger (or chunked) body: this task reads all of it; the parser
+        # bounds its size (Limits.max_body_bytes, 413).
+        task = cycle.loop.create_task(self._read_then_dispatch(cycle))
+        _running.add(task)
+        task.add_done_callback(_running.discard)
+
+    async def _read_then_dispatch(self, cycle: RequestCycle) -> None:
+        chunks: list[bytes] = []
+        more = True
+        while more:
+            data, more = await cycle.receive_body()
+            if data:
+                chunks.append(data)
+        if cycle.disconnected and not cycle.body_complete:
+            return  # the client left, or the connection has answered the broken body
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        try:
+            server_request = HTTPServerRequest(cycle, body)
+        except Exception:
+            logger.exception("could not read the request %r", cycle.request)
+            if not cycle.response_started:
+                cycle.respond(500, [], b"")
+            return
+        self._dispatch(cycle, server_request)
+
+    def _dispatch(
+        self,
+        cycle: RequestCycle,
+        request: HTTPServerRequest,
+        found: Found | None = None,
+    ) -> None:
+        if found is None:
+            found = self.find_handler(request.path)
         if found is None:
             not_found = RequestHandler(self, request)
             not_found._cycle = cycle
