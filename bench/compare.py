@@ -1,0 +1,1029 @@
+"""Side by side: squall against tornado, uvicorn, gunicorn, granian and nginx, under wrk.
+
+    python bench/compare.py [--duration 5] [--rounds 3] [--servers NAME,...]
+                            [--modes keepalive,close] [--connections 64]
+                            [--squall-reuse-port] [--smoke]
+
+Every server runs 2 workers and answers GET / with the 12-byte body "Hello,
+world" (the apps are in bench/peers/). The peers run from their own venv,
+bench/.venv, made and filled from bench/requirements-peers.txt on first use;
+squall runs from this repository with the interpreter running this script.
+wrk and nginx come from Debian (`apt-get install -y wrk nginx` when missing).
+
+Two modes: keep-alive (`wrk -t2 -c64 -dDs --latency`) and a new connection
+per request (the same with `-H "Connection: close"`). The runs interleave:
+for each round, for each mode, every server once in the same order (start
+it, wait until it answers, warm up 1 s, measure, stop it by PID), so that
+drift on the machine hits all of them alike. wrk and the servers share the
+machine's CPUs.
+
+Per run: req/s, p50 and p99 latency and errors from wrk; the server's CPU
+time per request (utime + stime of the supervisor and every worker, from
+/proc/PID/stat before and after the measured window); the median PSS of its
+workers (/proc/PID/smaps_rollup, at the end of the window). One Markdown
+table per mode gives the medians over rounds, with the ratio of req/s to
+uvicorn serving the raw ASGI app; it is printed and written to
+bench/results/compare-YYYY-MM-DD-HHMM.md with the versions of everything.
+
+--smoke starts each selected server, asks it once with http.client, stops it
+and prints its pids, then "left: none" when no process it started is alive
+(no wrk; tests/test_bench_smoke.py runs it).
+
+Every process started is stopped by PID: SIGTERM to the top process, a
+bounded wait, then SIGTERM and SIGKILL to whatever is left of the
+descendants recorded from /proc/PID/task/TID/children. The script makes
+itself a child subreaper, so a server's orphans come back to it and a final
+sweep kills any stray, also on Ctrl-C, SIGTERM or an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import datetime
+import fcntl
+import hashlib
+import http.client
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+PEERS = BENCH / "peers"
+VENV = BENCH / ".venv"
+VENV_PYTHON = VENV / "bin" / "python"
+REQUIREMENTS = BENCH / "requirements-peers.txt"
+RESULTS = BENCH / "results"
+NGINX_TEMPLATE = PEERS / "nginx.conf.template"
+
+WORKERS = 2
+BODY = b"Hello, world"
+WARMUP_SECONDS = 1
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+BASELINE = "uvicorn"
+MODES = {
+    "keepalive": ("keep-alive", []),
+    "close": ("new connection per request", ["-H", "Connection: close"]),
+}
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PR_SET_CHILD_SUBREAPER = 36
+APT_LOCK_WAIT = "DPkg::Lock::Timeout=300"  # wait for another apt-get rather than fail
+
+
+# -- the servers -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Server:
+    name: str
+    what: str
+    command: Callable[[int, Path], list[str]]  # (port, temporary directory) -> argv
+    runtime: str  # "peers" (bench/.venv), "squall" (this interpreter) or "nginx"
+
+
+def uvicorn(app: str) -> Callable[[int, Path], list[str]]:
+    return lambda port, _dir: [
+        str(VENV_PYTHON),
+        "-m",
+        "uvicorn",
+        app,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(WORKERS),
+        "--http",
+        "httptools",
+        "--loop",
+        "uvloop",
+        "--log-level",
+        "warning",
+        "--no-access-log",
+    ]
+
+
+def granian(interface: str, app: str) -> Callable[[int, Path], list[str]]:
+    return lambda port, _dir: [
+        str(VENV_PYTHON),
+        "-m",
+        "granian",
+        "--interface",
+        interface,
+        "--workers",
+        str(WORKERS),
+        "--loop",
+        "uvloop",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        "--no-access-log",
+        app,
+    ]
+
+
+def squall(app: str, interface: str, *flags: str) -> Callable[[int, Path], list[str]]:
+    return lambda port, _dir: [
+        sys.executable,
+        "-m",
+        "squall",
+        app,
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        str(WORKERS),
+        "--interface",
+        interface,
+        "--log-level",
+        "warning",
+        *flags,
+    ]
+
+
+def nginx_command(port: int, directory: Path) -> list[str]:
+    conf = NGINX_TEMPLATE.read_text().replace("@PORT@", str(port)).replace("@DIR@", str(directory))
+    (directory / "nginx.conf").write_text(conf)
+    return [nginx_binary() or "nginx", "-p", str(directory), "-c", str(directory / "nginx.conf")]
+
+
+SERVERS = [
+    Server(
+        "tornado",
+        "tornado, HTTPServer.bind + start(2) (bench/peers/tornado_app.py)",
+        lambda port, _dir: [
+            str(VENV_PYTHON),
+            str(PEERS / "tornado_app.py"),
+            str(port),
+            str(WORKERS),
+        ],
+        "peers",
+    ),
+    Server(
+        "uvicorn",
+        "uvicorn --workers 2 --http httptools --loop uvloop, raw ASGI",
+        uvicorn("bench.peers.asgi_raw:app"),
+        "peers",
+    ),
+    Server(
+        "uvicorn-starlette",
+        "uvicorn --workers 2 --http httptools --loop uvloop, Starlette",
+        uvicorn("bench.peers.starlette_app:app"),
+        "peers",
+    ),
+    Server(
+        "gunicorn-uvicorn",
+        "gunicorn -w 2 -k uvicorn_worker.UvicornWorker, raw ASGI",
+        lambda port, _dir: [
+            str(VENV_PYTHON),
+            "-m",
+            "gunicorn",
+            "-w",
+            str(WORKERS),
+            "-k",
+            "uvicorn_worker.UvicornWorker",
+            "-b",
+            f"127.0.0.1:{port}",
+            "--log-level",
+            "warning",
+            "bench.peers.asgi_raw:app",
+        ],
+        "peers",
+    ),
+    Server(
+        "granian-asgi",
+        "granian --interface asgi --workers 2 --loop uvloop, raw ASGI",
+        granian("asgi", "bench.peers.asgi_raw:app"),
+        "peers",
+    ),
+    Server(
+        "granian-rsgi",
+        "granian --interface rsgi --workers 2 --loop uvloop, RSGI",
+        granian("rsgi", "bench.peers.rsgi_app:app"),
+        "peers",
+    ),
+    Server(
+        "nginx",
+        'nginx, worker_processes 2, return 200 "Hello, world" (bench/peers/nginx.conf.template)',
+        nginx_command,
+        "nginx",
+    ),
+    Server(
+        "squall-native",
+        "squall --interface squall, web.Application (bench/peers/squall_native.py)",
+        squall("bench.peers.squall_native:app", "squall"),
+        "squall",
+    ),
+    Server(
+        "squall-asgi",
+        "squall --interface asgi, raw ASGI",
+        squall("bench.peers.asgi_raw:app", "asgi"),
+        "squall",
+    ),
+    Server(
+        "squall-starlette",
+        "squall --interface asgi, Starlette",
+        squall("bench.peers.starlette_app:app", "asgi"),
+        "squall",
+    ),
+]
+REUSE_PORT_SERVERS = [
+    Server(
+        f"{server.name}+reuse-port",
+        f"{server.what}, --reuse-port",
+        (lambda base: lambda port, d: [*base(port, d), "--reuse-port"])(server.command),
+        "squall",
+    )
+    for server in SERVERS
+    if server.runtime == "squall"
+]
+ALL_SERVERS = {server.name: server for server in SERVERS + REUSE_PORT_SERVERS}
+
+
+# -- processes ---------------------------------------------------------------------------------
+
+
+def proc_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (state first); None if gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def start_time(pid: int) -> str | None:
+    """The start time in clock ticks of a live process (tells it from a reused pid); None if gone."""
+    fields = proc_stat(pid)
+    return None if fields is None or fields[0] in ("Z", "X") else fields[19]
+
+
+def alive(pid: int, started: str | None) -> bool:
+    return started is not None and start_time(pid) == started
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of every thread of `pid` (a thread that forks is its child's parent)."""
+    out: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tasks:
+        with contextlib.suppress(OSError):
+            out += [int(p) for p in Path(f"/proc/{pid}/task/{tid}/children").read_text().split()]
+    return out
+
+
+def descendants(pid: int) -> list[int]:
+    found: list[int] = []
+    todo = children(pid)
+    while todo:
+        child = todo.pop()
+        if child not in found:
+            found.append(child)
+            todo += children(child)
+    return found
+
+
+def tree(pid: int) -> dict[int, str]:
+    """pid -> start time for `pid` and every live descendant."""
+    out: dict[int, str] = {}
+    for p in [pid, *descendants(pid)]:
+        started = start_time(p)
+        if started is not None:
+            out[p] = started
+    return out
+
+
+def cpu_ticks(pid: int) -> int | None:
+    fields = proc_stat(pid)
+    return None if fields is None else int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def pss_kib(pid: int) -> int | None:
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    return None
+
+
+def reap(pid: int) -> None:
+    """Collect a zombie that is our child (a server's orphan, through the subreaper)."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM while stopping processes; they are raised once it is done."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def wait_gone(pids: dict[int, str], seconds: float) -> dict[int, str]:
+    deadline = time.monotonic() + seconds
+    while True:
+        for pid in pids:
+            reap(pid)
+        left = {pid: s for pid, s in pids.items() if alive(pid, s)}
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.05)
+
+
+@dataclass
+class Running:
+    server: Server
+    proc: subprocess.Popen[bytes]
+    log: Path
+    known: dict[int, str] = field(default_factory=dict)  # every pid seen in its tree
+
+    def record(self) -> dict[int, str]:
+        now = tree(self.proc.pid)
+        self.known.update(now)
+        return now
+
+    def stop(self) -> None:
+        """SIGTERM the top process, wait (bounded), then TERM and KILL what is left of its tree."""
+        with signals_held():
+            if self.proc.poll() is None:
+                self.record()
+                self.proc.send_signal(signal.SIGTERM)
+                deadline = time.monotonic() + STOP_TIMEOUT
+                while self.proc.poll() is None and time.monotonic() < deadline:
+                    self.record()  # a worker respawned meanwhile is recorded too
+                    time.sleep(0.05)
+                if self.proc.poll() is None:
+                    print(
+                        f"  ({self.server.name}: SIGKILL after {STOP_TIMEOUT:g} s)", file=sys.stderr
+                    )
+                    self.proc.kill()
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        self.proc.wait(5)
+            rest = {p: s for p, s in self.known.items() if p != self.proc.pid}
+            rest = wait_gone(rest, 2.0)  # workers that follow their parent out
+            for sig, seconds in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 2.0)):
+                if not rest:
+                    break
+                for pid, started in rest.items():
+                    if alive(pid, started):
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(pid, sig)
+                rest = wait_gone(rest, seconds)
+            if rest:
+                print(f"  ({self.server.name}: could not stop {sorted(rest)})", file=sys.stderr)
+
+
+def sweep() -> list[int]:
+    """SIGKILL and reap every descendant of this script still alive (orphans come back to it)."""
+    left = [pid for pid in descendants(os.getpid()) if start_time(pid) is not None]
+    with signals_held():
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        for pid in descendants(os.getpid()):
+            while start_time(pid) is not None and time.monotonic() < deadline:
+                time.sleep(0.02)
+            reap(pid)
+    return left
+
+
+def become_subreaper() -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def ask(port: int, timeout: float = 2.0) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", "/", headers={"Connection": "close"})
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+class StartError(Exception):
+    pass
+
+
+def log_tail(path: Path, lines: int = 20) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+@contextlib.contextmanager
+def serving(server: Server, workdir: Path) -> Iterator[tuple[Running, int, tuple[int, bytes]]]:
+    """Start `server` on a free port, wait until it answers GET / and its workers are up."""
+    port = free_port()
+    rundir = Path(tempfile.mkdtemp(prefix=f"{server.name}-", dir=workdir))
+    log = rundir / "server.log"
+    command = server.command(port, rundir)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # a Ctrl-C in the terminal reaches this script only
+        )
+    running = Running(server, proc, log)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        answer: tuple[int, bytes] | None = None
+        while answer is None:
+            if proc.poll() is not None:
+                raise StartError(f"exited with status {proc.returncode}:\n{log_tail(log)}")
+            if time.monotonic() > deadline:
+                raise StartError(f"no answer within {START_TIMEOUT:g} s:\n{log_tail(log)}")
+            try:
+                answer = ask(port)
+            except (OSError, http.client.HTTPException):
+                time.sleep(0.05)
+        # The first answer can come before every worker is up (uvicorn and granian spawn them).
+        while len(running.record()) < WORKERS + 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)
+        running.record()
+        yield running, port, answer
+    finally:
+        running.stop()
+
+
+# -- setup -------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def bench_lock() -> Iterator[None]:
+    """One setup at a time (two test runs could both make the venv): flock on bench/."""
+    fd = os.open(BENCH, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def ensure_venv() -> None:
+    """bench/.venv with bench/requirements-peers.txt installed (re-installed when it changes)."""
+    wanted = hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()
+    stamp = VENV / ".requirements.sha256"
+    with bench_lock():
+        if not VENV_PYTHON.exists():
+            print(f"compare.py: creating {VENV.relative_to(ROOT)}", file=sys.stderr, flush=True)
+            subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True, timeout=300)
+        if not stamp.exists() or stamp.read_text().strip() != wanted:
+            print(
+                f"compare.py: pip install -r {REQUIREMENTS.relative_to(ROOT)} into "
+                f"{VENV.relative_to(ROOT)}",
+                file=sys.stderr,
+                flush=True,
+            )
+            subprocess.run(
+                [str(VENV_PYTHON), "-m", "pip", "install", "-q", "-r", str(REQUIREMENTS)],
+                check=True,
+                timeout=900,
+            )
+            stamp.write_text(wanted + "\n")
+
+
+def find_tool(name: str) -> str | None:
+    return shutil.which(name) or shutil.which(name, path="/usr/local/sbin:/usr/sbin:/sbin")
+
+
+def nginx_binary() -> str | None:
+    return find_tool("nginx")
+
+
+def ensure_debian(packages: list[str]) -> None:
+    """apt-get install the tools (wrk, nginx) that are not on PATH."""
+    missing = [name for name in packages if find_tool(name) is None]
+    if not missing:
+        return
+    if shutil.which("apt-get") is None:
+        raise SystemExit(
+            f"compare.py: {' and '.join(missing)} not found, and no apt-get to install "
+            f"{'it' if len(missing) == 1 else 'them'}: install {' '.join(missing)} and run again"
+        )
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    print(f"compare.py: apt-get install -y {' '.join(missing)}", file=sys.stderr, flush=True)
+    with bench_lock():
+        subprocess.run(
+            ["apt-get", "-o", APT_LOCK_WAIT, "update", "-qq"], check=True, env=env, timeout=600
+        )
+        subprocess.run(
+            ["apt-get", "-o", APT_LOCK_WAIT, "install", "-y", "-qq", *missing],
+            check=True,
+            env=env,
+            timeout=900,
+            stdout=subprocess.DEVNULL,
+        )
+    still = [name for name in missing if find_tool(name) is None]
+    if still:
+        raise SystemExit(f"compare.py: {' '.join(still)} still not found after apt-get install")
+
+
+def output_of(command: list[str]) -> str:
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unknown ({exc})"
+    return (done.stdout + done.stderr).strip()
+
+
+def versions(selected: list[Server], tools: bool) -> list[tuple[str, str]]:
+    out = [
+        ("python", sys.version.split()[0]),
+        (
+            "machine",
+            f"{platform.system()} {platform.release()}, {os.cpu_count()} CPUs, {cpu_model()}",
+        ),
+    ]
+    commit = output_of(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
+    dirty = output_of(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"])
+    mine = ["squall", "uvloop", "httptools", "starlette"]
+    found = json.loads(output_of([sys.executable, "-c", VERSIONS_SCRIPT, *mine]))
+    out.append(
+        (
+            "squall",
+            f"{found.pop('squall')} (commit {commit}{', with uncommitted changes' if dirty else ''}); "
+            + ", ".join(f"{k} {v}" for k, v in found.items()),
+        )
+    )
+    if any(s.runtime == "peers" for s in selected):
+        peers = [
+            "tornado",
+            "uvicorn",
+            "gunicorn",
+            "uvicorn-worker",
+            "granian",
+            "starlette",
+            "uvloop",
+            "httptools",
+        ]
+        text = output_of([str(VENV_PYTHON), "-c", VERSIONS_SCRIPT, *peers])
+        py = output_of([str(VENV_PYTHON), "-c", "import sys; print(sys.version.split()[0])"])
+        with contextlib.suppress(json.JSONDecodeError):
+            text = ", ".join(f"{k} {v}" for k, v in json.loads(text).items())
+        out.append(("peers (bench/.venv, python " + py + ")", text))
+    if tools:
+        out.append(("wrk", output_of(["wrk", "-v"]).split("Copyright")[0].strip()))
+    if any(s.runtime == "nginx" for s in selected):
+        out.append(("nginx", output_of([nginx_binary() or "nginx", "-v"]).split(":")[-1].strip()))
+    return out
+
+
+VERSIONS_SCRIPT = (
+    "import importlib.metadata as m, json, sys\n"
+    "def v(n):\n"
+    "    try:\n        return m.version(n)\n"
+    "    except m.PackageNotFoundError:\n        return 'not installed'\n"
+    "print(json.dumps({n: v(n) for n in sys.argv[1:]}))\n"
+)
+
+
+def load_average() -> float:
+    return os.getloadavg()[0]
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.machine()
+
+
+# -- measuring ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    rps: float
+    requests: int
+    p50_ms: float
+    p99_ms: float
+    socket_errors: int
+    non_2xx: int
+    cpu_us: float  # server CPU time per request, microseconds
+    worker_pss_mib: float
+    busiest_share: float  # the busiest worker's share of the workers' CPU time, percent
+
+    @property
+    def errors(self) -> int:
+        return self.socket_errors + self.non_2xx
+
+
+UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0, "h": 3600000.0}
+
+
+def to_ms(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text)
+    if match is None:
+        raise ValueError(f"not a wrk duration: {text!r}")
+    return float(match.group(1)) * UNITS_MS[match.group(2)]
+
+
+def parse_wrk(text: str) -> dict[str, float]:
+    """req/s, requests, p50/p99 (ms), socket errors and non-2xx/3xx from `wrk --latency` output."""
+
+    def find(pattern: str) -> re.Match[str]:
+        match = re.search(pattern, text, re.MULTILINE)
+        if match is None:
+            raise ValueError(f"wrk output without /{pattern}/:\n{text}")
+        return match
+
+    out = {
+        "rps": float(find(r"^Requests/sec:\s+([\d.]+)").group(1)),
+        "requests": float(find(r"^\s*(\d+) requests in ").group(1)),
+        "p50_ms": to_ms(find(r"^\s+50(?:\.0+)?%\s+(\S+)").group(1)),
+        "p99_ms": to_ms(find(r"^\s+99(?:\.0+)?%\s+(\S+)").group(1)),
+        "socket_errors": 0.0,
+        "non_2xx": 0.0,
+    }
+    errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text
+    )
+    if errors:
+        out["socket_errors"] = float(sum(int(n) for n in errors.groups()))
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    if non_2xx:
+        out["non_2xx"] = float(non_2xx.group(1))
+    return out
+
+
+def wrk(port: int, seconds: float, args: argparse.Namespace, headers: list[str]) -> str:
+    command = [
+        "wrk",
+        f"-t{args.threads}",
+        f"-c{args.connections}",
+        f"-d{seconds:g}s",
+        "--latency",
+        *headers,
+        f"http://127.0.0.1:{port}/",
+    ]
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        out, _ = proc.communicate(timeout=seconds + 30)
+    finally:
+        if proc.poll() is None:
+            with signals_held():
+                proc.kill()
+                proc.wait(5)
+    if proc.returncode != 0:
+        raise RuntimeError(f"wrk exited with status {proc.returncode}:\n{out.decode()}")
+    return out.decode(errors="replace")
+
+
+def measure(server: Server, mode: str, args: argparse.Namespace, workdir: Path) -> Result:
+    headers = MODES[mode][1]
+    with serving(server, workdir) as (running, port, _answer):
+        wrk(port, WARMUP_SECONDS, args, headers)
+        before = {pid: (s, cpu_ticks(pid)) for pid, s in running.record().items()}
+        text = wrk(port, args.duration, args, headers)
+        after = running.record()
+        used: dict[int, int] = {}
+        for pid, started in after.items():
+            ticks = cpu_ticks(pid)
+            if ticks is None:
+                continue
+            start_s, start_ticks = before.get(pid, (None, None))
+            used[pid] = ticks - (start_ticks or 0) if start_s == started else ticks
+        # The workers are the processes that did the work (the supervisor idles).
+        root = running.proc.pid
+        workers = sorted((p for p in used if p != root), key=lambda p: used[p], reverse=True)
+        workers = workers[:WORKERS] or [root]
+        pss = [kib for kib in (pss_kib(p) for p in workers) if kib is not None]
+        worker_ticks = [used[p] for p in workers]
+        if running.proc.poll() is not None:
+            raise RuntimeError(f"the server exited during the run:\n{log_tail(running.log)}")
+    wrk_out = parse_wrk(text)
+    requests = int(wrk_out["requests"])
+    cpu_seconds = sum(used.values()) / CLOCK_TICKS
+    return Result(
+        rps=wrk_out["rps"],
+        requests=requests,
+        p50_ms=wrk_out["p50_ms"],
+        p99_ms=wrk_out["p99_ms"],
+        socket_errors=int(wrk_out["socket_errors"]),
+        non_2xx=int(wrk_out["non_2xx"]),
+        cpu_us=cpu_seconds / requests * 1e6 if requests else float("nan"),
+        worker_pss_mib=statistics.median(pss) / 1024 if pss else float("nan"),
+        busiest_share=(
+            100 * max(worker_ticks) / sum(worker_ticks) if sum(worker_ticks) else float("nan")
+        ),
+    )
+
+
+# -- report ------------------------------------------------------------------------------------
+
+
+def fmt(value: float, digits: int = 0) -> str:
+    return "n/a" if value != value else f"{value:,.{digits}f}"  # NaN check
+
+
+def mode_table(mode: str, servers: list[Server], runs: dict[str, list[Result | None]]) -> str:
+    ok = {name: [r for r in results if r is not None] for name, results in runs.items()}
+    base = statistics.median(r.rps for r in ok[BASELINE]) if ok.get(BASELINE) else float("nan")
+    lines = [
+        "| server | req/s | vs uvicorn | p50 (ms) | p99 (ms) | CPU µs/req | worker PSS (MiB) "
+        "| errors | req/s spread |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for server in servers:
+        got = ok[server.name]
+        failed = len(runs[server.name]) - len(got)
+        if not got:
+            lines.append(f"| {server.name} | failed | | | | | | | |")
+            continue
+
+        def med(key: str, got: list[Result] = got) -> float:
+            return statistics.median(getattr(r, key) for r in got)
+
+        rps = med("rps")
+        spread = (max(r.rps for r in got) - min(r.rps for r in got)) / rps * 100
+        errors = sum(r.errors for r in got)
+        error_cell = f"{errors:,}" + (f" ({failed} runs failed)" if failed else "")
+        lines.append(
+            f"| {server.name} | {fmt(rps)} | {fmt(rps / base, 2)} | {fmt(med('p50_ms'), 2)} "
+            f"| {fmt(med('p99_ms'), 2)} | {fmt(med('cpu_us'), 1)} | {fmt(med('worker_pss_mib'), 1)} "
+            f"| {error_cell} | {fmt(spread, 0)}% |"
+        )
+    return "\n".join(lines)
+
+
+def rounds_table(servers: list[Server], runs: dict[str, list[Result | None]], rounds: int) -> str:
+    lines = [
+        "| server | " + " | ".join(f"round {i + 1}" for i in range(rounds)) + " |",
+        "|---|" + "---:|" * rounds,
+    ]
+    for server in servers:
+        cells = [
+            f"{fmt(r.rps)} ({fmt(r.cpu_us, 1)} µs, {fmt(r.busiest_share)}%)" if r else "failed"
+            for r in runs[server.name]
+        ]
+        lines.append(f"| {server.name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def report(
+    args: argparse.Namespace,
+    servers: list[Server],
+    modes: list[str],
+    runs: dict[str, dict[str, list[Result | None]]],
+    when: datetime.datetime,
+    about: list[tuple[str, str]],
+) -> str:
+    parts = [
+        f"# squall side by side, {when:%Y-%m-%d %H:%M %Z}",
+        "",
+        f"`{' '.join(['python', 'bench/compare.py', *sys.argv[1:]])}`: {WORKERS} workers each, "
+        f"GET / answered with the 12-byte body {BODY.decode()!r}; wrk -t{args.threads} "
+        f"-c{args.connections} -d{args.duration:g}s --latency after a {WARMUP_SECONDS} s "
+        f"warm-up; {args.rounds} rounds, interleaved (each round runs every mode, each mode "
+        f"every server in this order). wrk and the servers share the machine's CPUs. Medians "
+        f"over the rounds; errors are summed over them; vs uvicorn = req/s / uvicorn's "
+        f"(raw ASGI) req/s in the same mode. CPU µs/req: user + system CPU time of the "
+        f"supervisor and every worker during the measured window, per request answered. "
+        f"Worker PSS: median over the {WORKERS} busiest processes, at the end of the window. "
+        f"req/s spread: (max - min) / median over the rounds.",
+        "",
+    ]
+    for mode in modes:
+        label, headers = MODES[mode]
+        flag = f" {' '.join(repr(h) if ' ' in h else h for h in headers)}" if headers else ""
+        parts += [
+            f"## {label} (wrk -c{args.connections}{flag})",
+            "",
+            mode_table(mode, servers, runs[mode]),
+            "",
+        ]
+    parts += [
+        "## Each round",
+        "",
+        "req/s (CPU µs per request, the busiest worker's share of the workers' CPU time: "
+        "50% is an even split).",
+        "",
+    ]
+    for mode in modes:
+        parts += [f"{MODES[mode][0]}:", "", rounds_table(servers, runs[mode], args.rounds), ""]
+    parts += ["## Versions", ""]
+    parts += [f"- {name}: {value}" for name, value in about]
+    parts += ["", "## Servers", ""]
+    parts += [f"- `{s.name}`: {s.what}" for s in servers]
+    return "\n".join(parts) + "\n"
+
+
+# -- main --------------------------------------------------------------------------------------
+
+
+def select(args: argparse.Namespace) -> list[Server]:
+    if args.servers:
+        names = [n.strip() for n in args.servers.split(",") if n.strip()]
+        unknown = [n for n in names if n not in ALL_SERVERS]
+        if unknown:
+            raise SystemExit(
+                f"compare.py: unknown server(s) {', '.join(unknown)}; "
+                f"known: {', '.join(ALL_SERVERS)}"
+            )
+        chosen = [ALL_SERVERS[n] for n in names]
+    else:
+        chosen = list(SERVERS)
+    if args.squall_reuse_port:
+        chosen += [
+            s
+            for s in REUSE_PORT_SERVERS
+            if s not in chosen and ALL_SERVERS[s.name.removesuffix("+reuse-port")] in chosen
+        ]
+    return chosen
+
+
+def smoke(servers: list[Server], workdir: Path) -> int:
+    failed = []
+    for server in servers:
+        try:
+            with serving(server, workdir) as (running, _port, (status, body)):
+                pass
+            pids = dict(running.known)  # every pid seen, up to and during the stop
+            good = status == 200 and body == BODY
+            print(f"{server.name}: {'ok' if good else 'WRONG'} {status} {body!r}", flush=True)
+        except StartError as exc:
+            failed.append(server.name)
+            print(f"{server.name}: FAILED to start: {exc}", flush=True)
+            continue
+        if not good:
+            failed.append(server.name)
+        gone = all(not alive(pid, started) for pid, started in pids.items())
+        print(
+            f"{server.name}: pids "
+            + " ".join(f"{pid}@{started}" for pid, started in sorted(pids.items()))
+            + (" (all stopped)" if gone else " (NOT all stopped)"),
+            flush=True,
+        )
+        if not gone:
+            failed.append(server.name)
+    print(
+        f"smoke: {len(servers) - len(set(failed))} of {len(servers)} servers answered and stopped"
+    )
+    return 1 if failed else 0
+
+
+def on_sigterm(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per run (default 5)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
+    parser.add_argument(
+        "--servers",
+        help=f"comma list, run in this order (default: all but +reuse-port): {', '.join(ALL_SERVERS)}",
+    )
+    parser.add_argument(
+        "--modes", default="keepalive,close", help="comma list of keepalive, close (default both)"
+    )
+    parser.add_argument("--connections", type=int, default=64, help="wrk -c (default 64)")
+    parser.add_argument("--threads", type=int, default=2, help="wrk -t (default 2)")
+    parser.add_argument(
+        "--squall-reuse-port",
+        action="store_true",
+        help="also run each selected squall server with --reuse-port",
+    )
+    parser.add_argument(
+        "--smoke", action="store_true", help="start, ask once, stop each server; no wrk"
+    )
+    parser.add_argument("--no-save", action="store_true", help="do not write bench/results/")
+    args = parser.parse_args()
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if not modes or any(m not in MODES for m in modes):
+        parser.error(f"--modes: a comma list of {', '.join(MODES)}")
+    if args.rounds < 1 or args.duration <= 0 or args.connections < 1 or args.threads < 1:
+        parser.error("--rounds, --duration, --connections and --threads must be positive")
+    servers = select(args)
+    if not Path("/proc/self/smaps_rollup").exists():
+        raise SystemExit("compare.py needs Linux's /proc (stat, smaps_rollup)")
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    become_subreaper()
+    status = 0
+    try:
+        if any(s.runtime == "peers" for s in servers):
+            ensure_venv()
+        tools = ([] if args.smoke else ["wrk"]) + (
+            ["nginx"] if any(s.runtime == "nginx" for s in servers) else []
+        )
+        ensure_debian(tools)
+        with tempfile.TemporaryDirectory(prefix="squall-compare-") as tmp:
+            if args.smoke:
+                status = smoke(servers, Path(tmp))
+            else:
+                status = benchmark(args, servers, modes, Path(tmp))
+    except KeyboardInterrupt:
+        print("compare.py: interrupted", file=sys.stderr)
+        status = 130
+    finally:
+        left = sweep()
+        print(f"left: {' '.join(map(str, left)) if left else 'none'}", flush=True)
+        if left:
+            status = status or 1
+    return status
+
+
+def benchmark(args: argparse.Namespace, servers: list[Server], modes: list[str], tmp: Path) -> int:
+    when = datetime.datetime.now().astimezone()
+    about = versions(servers, tools=True)
+    runs: dict[str, dict[str, list[Result | None]]] = {
+        m: {s.name: [] for s in servers} for m in modes
+    }
+    total = args.rounds * len(modes) * len(servers)
+    done = 0
+    failures = 0
+    loads: list[float] = []
+    print(
+        f"compare.py: {len(servers)} servers x {len(modes)} modes x {args.rounds} rounds, "
+        f"{args.duration:g} s each (about {total * (args.duration + WARMUP_SECONDS + 2) / 60:.0f} min)",
+        file=sys.stderr,
+        flush=True,
+    )
+    for round_no in range(1, args.rounds + 1):
+        for mode in modes:
+            for server in servers:
+                done += 1
+                loads.append(load_average())
+                try:
+                    result: Result | None = measure(server, mode, args, tmp)
+                except (StartError, RuntimeError, ValueError) as exc:
+                    failures += 1
+                    result = None
+                    print(
+                        f"  {server.name} {mode} round {round_no}: FAILED: {exc}", file=sys.stderr
+                    )
+                runs[mode][server.name].append(result)
+                if result:
+                    print(
+                        f"  [{done}/{total}] round {round_no} {mode:9} {server.name:28} "
+                        f"{result.rps:9.0f} req/s  p50 {result.p50_ms:6.2f} ms  "
+                        f"p99 {result.p99_ms:6.2f} ms  cpu {result.cpu_us:6.1f} µs/req  "
+                        f"pss {result.worker_pss_mib:5.1f} MiB  "
+                        f"busiest worker {result.busiest_share:3.0f}%  errors {result.errors}  "
+                        f"load {loads[-1]:.1f}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+    about.append(
+        (
+            "load average (1 min) at the start of each run",
+            f"min {min(loads):.1f}, median {statistics.median(loads):.1f}, max {max(loads):.1f} "
+            f"(the run itself loads the {os.cpu_count()} CPUs fully)",
+        )
+    )
+    text = report(args, servers, modes, runs, when, about)
+    print(text, flush=True)
+    if not args.no_save:
+        RESULTS.mkdir(exist_ok=True)
+        path = RESULTS / f"compare-{when:%Y-%m-%d-%H%M}.md"
+        path.write_text(text)
+        print(f"written to {path.relative_to(ROOT)}", flush=True)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""A raw ASGI 3 app: GET / answers 200 with the 12-byte body "Hello, world".
+
+Served by uvicorn, gunicorn + UvicornWorker, granian --interface asgi and
+squall --interface asgi in bench/compare.py. It answers the lifespan
+protocol, so no server logs a lifespan error.
+"""
+
+BODY = b"Hello, world"
+START = {
+    "type": "http.response.start",
+    "status": 200,
+    "headers": [(b"content-type", b"text/plain"), (b"content-length", b"12")],
+}
+BODY_MESSAGE = {"type": "http.response.body", "body": BODY}
+
+
+async def app(scope, receive, send):
+    if scope["type"] == "http":
+        await send(START)
+        await send(BODY_MESSAGE)
+    elif scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return

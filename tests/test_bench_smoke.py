@@ -1,0 +1,48 @@
+"""bench/compare.py --smoke: every server of the side-by-side benchmark starts, answers, stops.
+
+The first run makes bench/.venv and installs the peers into it (pip), and
+installs nginx with apt-get if it is missing; later runs take seconds.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+
+from bench import compare
+from tests.service import ROOT
+
+PIDS = re.compile(r"^(\S+): pids ((?:\d+@\d+ ?)+)")
+
+
+def test_every_server_answers_and_nothing_is_left() -> None:
+    names = list(compare.ALL_SERVERS)
+    if compare.nginx_binary() is None and shutil.which("apt-get") is None:
+        names.remove("nginx")  # nothing to install it with
+    result = subprocess.run(
+        [sys.executable, "bench/compare.py", "--smoke", "--servers", ",".join(names)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    for name in names:
+        assert f"{name}: ok 200 b'Hello, world'\n" in out, out + result.stderr
+
+    # Every process the script saw (the top one and its workers) is gone now.
+    seen: dict[str, dict[int, str]] = {}
+    for line in out.splitlines():
+        match = PIDS.match(line)
+        if match:
+            pairs = (pair.split("@") for pair in match.group(2).split())
+            seen[match.group(1)] = {int(pid): started for pid, started in pairs}
+    assert sorted(seen) == sorted(names), out
+    for name, pids in seen.items():
+        assert len(pids) >= compare.WORKERS + 1, f"{name}: workers not recorded: {pids}"
+        still = [pid for pid, started in pids.items() if compare.start_time(pid) == started]
+        assert not still, f"{name}: still running: {still}"
+    assert out.splitlines()[-1] == "left: none", out
