@@ -171,7 +171,7 @@ def _json(cycle: RequestCycle) -> str:
     client = cycle.client
     referer, user_agent = _headers(cycle)
     started = cycle.started_at
-    duration = (cycle.loop.time() - started) * 1000 if started else 0.0
+    duration = (time.perf_counter() - started) * 1000 if started else 0.0
     return json.dumps(
         {
             "time": _clock.iso(),

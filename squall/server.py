@@ -201,6 +201,8 @@ class HTTPServer:
 
     async def shutdown(self) -> None:
         """The app's shutdown (ASGI lifespan)."""
+        if self.state is not None:
+            self.state.stop_ticker()
         lifespan = getattr(self._adapter, "lifespan", None)
         if lifespan is not None:
             await lifespan.shutdown()

@@ -312,6 +312,7 @@ class WebSocketSession:
         assert ws is not None
         if subprotocol is not None and subprotocol not in self.subprotocols:
             raise ValueError(f"subprotocol {subprotocol!r} was not offered by the client")
+        self.cycle.status = 101
         extra = [(bytes(name), bytes(value)) for name, value in headers]
         try:
             data = ws.send(AcceptConnection(subprotocol=subprotocol, extra_headers=extra))

@@ -68,11 +68,17 @@ class Request:
     ) -> None:
         self.method = method
         self.target = target
-        url = None
-        if target[:1] == b"/" or b"://" in target[:12]:  # origin-form or absolute-form
+        if target[:1] == b"/" and b"#" not in target:  # origin-form, the usual case
+            path, _, query = target.partition(b"?")
+            self.path: bytes = path
+            self.query: bytes = query
+        elif b"://" in target[:12] or target[:1] == b"/":  # absolute-form, or a fragment
             url = httptools.parse_url(target)
-        self.path: bytes = (url.path or b"/") if url is not None else target
-        self.query: bytes = (url.query or b"") if url is not None else b""
+            self.path = url.path or b"/"
+            self.query = url.query or b""
+        else:  # authority-form (CONNECT) or asterisk-form (OPTIONS *)
+            self.path = target
+            self.query = b""
         self.http_version = http_version
         self.headers = headers
         self.keep_alive = keep_alive
@@ -135,6 +141,10 @@ class RequestError(Exception):
 Event = Request | Data | EndOfMessage | RequestError
 
 _NO_BODY_STATUSES = frozenset({204, 304})
+_METHODS = {
+    name.encode("ascii"): name
+    for name in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE")
+}
 _FRAMING_HEADERS = frozenset({b"content-length", b"transfer-encoding"})
 _CHUNKED_END = b"0\r\n\r\n"
 
@@ -150,10 +160,14 @@ class ServerConnection:
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_bytes = 0
         self._head_fed = 0
-        self._in_head = False
+        self.in_head = False
         self._began = False
         self._body_bytes = 0
         self._broken = False
+        # The limits checked per callback, as plain attributes (the hot path).
+        self._max_target_bytes = limits.max_target_bytes
+        self._max_header_count = limits.max_header_count
+        self._max_header_bytes = limits.max_header_bytes
         #: After an Upgrade request: the bytes that followed its head (the new protocol's).
         self.trailing_data = b""
 
@@ -167,7 +181,7 @@ class ServerConnection:
         self._began = False
         try:
             self._parser.feed_data(data)
-            if self._in_head and not self._began:
+            if self.in_head and not self._began:
                 # All of `data` went into a head that is still incomplete;
                 # httptools holds a partial header, so bound it here.
                 self._head_fed += len(data)
@@ -187,11 +201,6 @@ class ServerConnection:
         except RequestError as exc:
             self._fail(exc)
         return events
-
-    @property
-    def in_head(self) -> bool:
-        """A request head has begun and is not complete yet."""
-        return self._in_head
 
     def _fail(self, exc: BaseException) -> None:
         self._broken = True
@@ -216,33 +225,34 @@ class ServerConnection:
         self._head_bytes = 0
         self._head_fed = 0
         self._body_bytes = 0
-        self._in_head = True
+        self.in_head = True
         self._began = True
 
     def on_url(self, piece: bytes) -> None:
         self._target += piece
-        if len(self._target) > self.limits.max_target_bytes:
+        if len(self._target) > self._max_target_bytes:
             raise RequestError(414, "request target too long")
         self._head_bytes += len(piece)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         headers = self._headers
-        if len(headers) >= self.limits.max_header_count:
+        if len(headers) >= self._max_header_count:
             raise RequestError(431, "too many request headers")
         # Counted here too, so the limit holds however the head was split
         # into reads (name, ": ", value, CRLF).
         self._head_bytes += len(name) + len(value) + 4
-        if self._head_bytes > self.limits.max_header_bytes:
+        if self._head_bytes > self._max_header_bytes:
             raise RequestError(431, "request header block too large")
-        if not self._in_head:
+        if not self.in_head:
             return  # a trailer field: never merged into the header section (RFC 9110 6.5.1)
         headers.append((name.lower(), value.rstrip(b" \t")))  # trailing OWS (RFC 9112 5)
 
     def on_headers_complete(self) -> None:
-        self._in_head = False
+        self.in_head = False
         parser = self._parser
+        raw_method = parser.get_method()
         request = Request(
-            parser.get_method().decode("ascii"),
+            _METHODS.get(raw_method) or raw_method.decode("ascii"),
             self._target,
             parser.get_http_version(),
             self._headers,

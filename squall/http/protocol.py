@@ -13,6 +13,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable
+from time import perf_counter
 from typing import Any, Protocol
 
 from squall.http.core import (
@@ -31,6 +32,9 @@ logger = logging.getLogger("squall.http")
 # A cycle buffers at most this much unread request body before the connection
 # stops reading from the socket (and resumes once the app has read it).
 BODY_BUFFER_HIGH = 256 * 1024
+# How often connection deadlines (keep-alive, header, body timeouts) are checked:
+# a timeout fires between its value and its value plus TICK.
+TICK = 0.25
 # At most this many pipelined requests wait behind the current one.
 MAX_PIPELINED = 32
 
@@ -104,6 +108,7 @@ class ServerState:
         self.access_log = access_log  # called once per finished request
         self.forwarded = forwarded  # rewrites client/scheme from trusted proxy headers
         self.metrics = metrics
+        self.ticker: asyncio.TimerHandle | None = None
         self.timed = access_log is not None or metrics is not None  # stamp started_at
         self.connections: set[HTTPProtocol] = set()
         self.draining = False
@@ -111,10 +116,21 @@ class ServerState:
         self.request_quota = request_quota  # 0: no quota
         self.on_quota = on_quota
 
-    def count_request(self) -> None:
-        self.requests_served += 1
-        if self.requests_served == self.request_quota and self.on_quota is not None:
-            self.on_quota()
+    def start_ticker(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Check every connection's deadlines a few times a second."""
+        self.ticker = loop.call_later(TICK, self._tick, loop)
+
+    def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = loop.time()
+        for connection in list(self.connections):
+            if connection.deadline or connection.body_deadline:
+                connection.check_deadlines(now)
+        self.ticker = loop.call_later(TICK, self._tick, loop)
+
+    def stop_ticker(self) -> None:
+        if self.ticker is not None:
+            self.ticker.cancel()
+            self.ticker = None
 
     def drain(self) -> None:
         """Close idle connections now and every other one after its response."""
@@ -139,6 +155,7 @@ class RequestCycle:
         "continue_sent",
         "disconnected",
         "error",
+        "reported",
         "request",
         "response_started",
         "scheme",
@@ -164,7 +181,8 @@ class RequestCycle:
         # Where the request came from; a trusted proxy's headers may rewrite both.
         self.client = protocol.client
         self.scheme = protocol.scheme
-        # For the access log.
+        # For the access log and metrics; `reported` once either has seen it finish.
+        self.reported = False
         self.status = 0
         self.bytes_sent = 0
         self.started_at = 0.0
@@ -287,7 +305,8 @@ class RequestCycle:
 
     def _finish(self) -> None:
         self.complete = True
-        self._wake_disconnect_waiter()  # a receive() pending on an answered request returns
+        if self._disconnect_waiter is not None:
+            self._wake_disconnect_waiter()  # a receive() pending on an answered request returns
         self._protocol.cycle_done(self)
 
     # -- disconnect ---------------------------------------------------------------
@@ -335,9 +354,9 @@ class HTTPProtocol(asyncio.Protocol):
         self._reading_paused = False
         self._write_paused = False
         self._writable: asyncio.Future[None] | None = None
-        self._idle_timer: asyncio.TimerHandle | None = None  # keep-alive, then the head's deadline
-        self._head_deadline = False  # _idle_timer is the deadline of a head in progress
-        self._body_timer: asyncio.TimerHandle | None = None
+        self.deadline = 0.0  # keep-alive idle deadline, then the deadline of a head in progress
+        self._head_deadline = False  # `deadline` is a head's
+        self.body_deadline = 0.0  # while a body is read: its next piece is due by then
         self.upgraded: Upgraded | None = None
 
     # -- transport events ---------------------------------------------------
@@ -348,9 +367,12 @@ class HTTPProtocol(asyncio.Protocol):
         self.server = _address(transport.get_extra_info("sockname"))
         if transport.get_extra_info("sslcontext") is not None:
             self.scheme = "https"
-        self.state.connections.add(self)
-        if self.state.metrics is not None:
-            self.state.metrics.connection_opened()
+        state = self.state
+        state.connections.add(self)
+        if state.ticker is None:
+            state.start_ticker(self.loop)
+        if state.metrics is not None:
+            state.metrics.connection_opened()
         self._start_idle_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -358,9 +380,10 @@ class HTTPProtocol(asyncio.Protocol):
         self.state.connections.discard(self)
         metrics = self.state.metrics
         if metrics is not None:
-            current = self.current
-            if current is not None and current.request is not None and not current.complete:
-                metrics.request_finished(current)  # unanswered: its status stays 0
+            for cycle in (self.current, *self.queue):
+                if cycle is not None and cycle.request is not None and not cycle.reported:
+                    cycle.reported = True
+                    metrics.request_finished(cycle)  # unanswered: its status stays 0
             metrics.connection_closed()
         self._cancel_idle_timer()
         self._cancel_body_timer()
@@ -383,31 +406,30 @@ class HTTPProtocol(asyncio.Protocol):
             if not rest:
                 return
             data = rest
-        for event in self.conn.receive_data(data):
+        conn = self.conn
+        for event in conn.receive_data(data):
             kind = type(event)
             if kind is Request:
-                assert isinstance(event, Request)
-                self._request_begun(event)
+                self._request_begun(event)  # type: ignore[arg-type]
             elif kind is Data:
-                assert isinstance(event, Data) and self.receiving is not None
-                self.receiving._feed(event.data)
-                if self._body_timer is not None:
+                self.receiving._feed(event.data)  # type: ignore[union-attr]
+                if self.body_deadline:
                     self._restart_body_timer()
             elif event is END_OF_MESSAGE:
-                receiving = self.receiving
-                assert receiving is not None
+                receiving: RequestCycle = self.receiving  # type: ignore[assignment]
                 self.receiving = None
-                self._cancel_body_timer()
-                receiving._end_body()
+                self.body_deadline = 0.0
+                receiving.body_complete = True
+                if receiving._body_waiter is not None:
+                    receiving._wake_body_reader()
                 if receiving is self.current and not receiving.started:
                     request = receiving.request
                     if request is not None and request.upgrade and self._try_upgrade(receiving):
                         return
                     self._run(receiving)
             else:
-                assert isinstance(event, RequestError)
-                self._request_failed(event)
-        if self.conn.in_head and not self._head_deadline and not self.closing:
+                self._request_failed(event)  # type: ignore[arg-type]
+        if conn.in_head and not self._head_deadline and not self.closing:
             self._start_head_timer()  # a head has begun: its own deadline replaces keep-alive's
 
     def _read_proxy_header(self, data: bytes) -> bytes:
@@ -473,8 +495,7 @@ class HTTPProtocol(asyncio.Protocol):
     # -- request flow -------------------------------------------------------
 
     def _request_begun(self, request: Request) -> None:
-        if self._idle_timer is not None:
-            self._cancel_idle_timer()
+        self.deadline = 0.0
         self._head_deadline = False
         self.fresh = False
         if request.upgrade:
@@ -485,7 +506,7 @@ class HTTPProtocol(asyncio.Protocol):
         if self.state.forwarded is not None:
             self.state.forwarded(cycle)
         if self.state.timed:
-            cycle.started_at = self.loop.time()
+            cycle.started_at = perf_counter()  # loop.time() is only as fine as 1 ms in uvloop
             if self.state.metrics is not None:
                 self.state.metrics.request_started()
         if request.body_expected and self.state.body_timeout > 0:
@@ -526,10 +547,12 @@ class HTTPProtocol(asyncio.Protocol):
             cycle.status = error.status
             self.write(error_response(error.status, error.reason))
         cycle.complete = True
-        if self.state.access_log is not None and cycle.request is not None:
-            self.state.access_log(cycle)
-        if self.state.metrics is not None and cycle.request is not None:
-            self.state.metrics.request_finished(cycle)
+        if self.state.timed and cycle.request is not None and not cycle.reported:
+            cycle.reported = True
+            if self.state.access_log is not None:
+                self.state.access_log(cycle)
+            if self.state.metrics is not None:
+                self.state.metrics.request_finished(cycle)
         self.close()
 
     def _run(self, cycle: RequestCycle) -> None:
@@ -547,8 +570,11 @@ class HTTPProtocol(asyncio.Protocol):
     def cycle_done(self, cycle: RequestCycle) -> None:
         """The response to the current request is complete: go on to the next."""
         state = self.state
-        state.count_request()
-        if state.timed:
+        state.requests_served += 1
+        if state.requests_served == state.request_quota and state.on_quota is not None:
+            state.on_quota()
+        if state.timed and not cycle.reported:
+            cycle.reported = True
             if state.access_log is not None:
                 state.access_log(cycle)
             if state.metrics is not None:
@@ -631,50 +657,47 @@ class HTTPProtocol(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.close()
 
+    # Timers: deadlines are plain floats, checked by the state's ticker (`check_deadlines`),
+    # so that a request costs no timer handle to create and cancel.
+
     def _start_idle_timer(self) -> None:
         timeout = self.state.keepalive_timeout
-        if timeout > 0:
-            self._idle_timer = self.loop.call_later(timeout, self._idle_timeout)
+        self._head_deadline = False
+        self.deadline = self.loop.time() + timeout if timeout > 0 else 0.0
 
     def _cancel_idle_timer(self) -> None:
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
-
-    def _idle_timeout(self) -> None:
-        self._idle_timer = None
-        if self.current is None:
-            self.close()
+        self.deadline = 0.0
 
     def _start_head_timer(self) -> None:
         """A head has begun: it must be complete within the header timeout (slowloris)."""
-        self._cancel_idle_timer()
         self._head_deadline = True
         timeout = self.state.header_timeout
-        if timeout > 0:
-            self._idle_timer = self.loop.call_later(timeout, self._head_timeout)
-
-    def _head_timeout(self) -> None:
-        self._idle_timer = None
-        if self.current is not None:
-            self._start_head_timer()  # a pipelined head waits behind a response in progress
-        elif self.conn.in_head and not self.closing:
-            self._time_out("request header timeout")
+        self.deadline = self.loop.time() + timeout if timeout > 0 else 0.0
 
     def _restart_body_timer(self) -> None:
-        if self._body_timer is not None:
-            self._body_timer.cancel()
-        self._body_timer = self.loop.call_later(self.state.body_timeout, self._body_timeout)
+        self.body_deadline = self.loop.time() + self.state.body_timeout
 
     def _cancel_body_timer(self) -> None:
-        if self._body_timer is not None:
-            self._body_timer.cancel()
-            self._body_timer = None
+        self.body_deadline = 0.0
 
-    def _body_timeout(self) -> None:
-        self._body_timer = None
-        if self.receiving is not None and not self.closing:
-            self._time_out("request body timeout")
+    def check_deadlines(self, now: float) -> None:
+        """Called by the ticker: act on a deadline that has passed."""
+        if self.closing or self.upgraded is not None:
+            return
+        if self.body_deadline and now >= self.body_deadline:
+            self.body_deadline = 0.0
+            if self.receiving is not None:
+                self._time_out("request body timeout")
+                return
+        if self.deadline and now >= self.deadline:
+            self.deadline = 0.0
+            if not self._head_deadline:
+                if self.current is None:
+                    self.close()  # idle keep-alive connection
+            elif self.current is not None:
+                self._start_head_timer()  # a pipelined head waits behind a response in progress
+            elif self.conn.in_head:
+                self._time_out("request header timeout")
 
     def _time_out(self, reason: str) -> None:
         """408 for the request being read (unless its response began), then close."""
