@@ -126,7 +126,12 @@ def run(config: Config) -> NoReturn:
     activated = listen_fds()  # systemd socket activation
     specs = [parse_bind(spec) for spec in config.bind]
     listeners: SharedListeners | ReusePortListeners
-    if activated and not config.bind_given:
+    if activated and config.bind_given:
+        logger.warning("--bind given: ignoring the %d socket(s) passed by systemd", len(activated))
+        for sock in activated:
+            sock.close()
+        activated = []
+    if activated:
         listeners = SharedListeners(activated)
     elif config.reuse_port:
         listeners = ReusePortListeners(specs, backlog=config.backlog)

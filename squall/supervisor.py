@@ -259,7 +259,12 @@ class Supervisor:
     def run(self) -> int:
         """Fork the workers and supervise them. Returns only in a worker, its task id."""
         try:
-            self._setup()
+            try:
+                self._setup()
+            except BaseException:
+                for plugin in self.plugins:
+                    plugin.close()  # e.g. a metrics socket file already made
+                raise
             if self.hooks.on_starting is not None:
                 self.hooks.on_starting()
             for worker_id in range(self.num_workers):
