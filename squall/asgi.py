@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import unquote
@@ -24,6 +25,9 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
+# Eager tasks register as the current task (anyio and sniffio need one), so
+# they are safe for any app; Python 3.11 has none, and squall does not fake them.
+EAGER_TASKS = sys.version_info >= (3, 12)
 
 
 class ClientDisconnected(OSError):
@@ -75,8 +79,14 @@ class ASGIAdapter:
             "state": self.state.copy(),
             "extensions": {},
         }
-        exchange = _Exchange(cycle)
-        task = cycle.loop.create_task(self._run(scope, exchange))
+        coro = self._run(scope, _Exchange(cycle))
+        if EAGER_TASKS:
+            # Python 3.12+: runs at once, and becomes a scheduled task only if it waits.
+            task = asyncio.Task(coro, loop=cycle.loop, eager_start=True)  # type: ignore[call-arg]
+            if task.done():
+                return
+        else:
+            task = cycle.loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

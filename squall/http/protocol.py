@@ -516,7 +516,9 @@ class HTTPProtocol(asyncio.Protocol):
             self.current = cycle
             if request.expect_continue and not self.app.streaming:
                 cycle._send_continue()
-            if self.app.streaming:
+            if self.app.streaming and request.body_expected:
+                # It reads the body as it comes. Without a body, the end of the
+                # message is in this same read: it runs there, complete.
                 self._run(cycle)
         else:
             self.queue.append(cycle)
