@@ -22,10 +22,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from squall.asgi import ASGIAdapter  # noqa: E402
-from squall.http.core import DEFAULT_LIMITS  # noqa: E402
-from squall.http.protocol import HTTPProtocol, ServerState  # noqa: E402
-from squall.worker import new_event_loop  # noqa: E402
+from squall.asgi import ASGIAdapter
+from squall.http.core import DEFAULT_LIMITS
+from squall.http.protocol import HTTPProtocol, ServerState
+from squall.worker import new_event_loop
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: localhost:8080\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n"
 
@@ -40,7 +40,9 @@ class SinkTransport:
         self.written += 1
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return {"peername": ("127.0.0.1", 50000), "sockname": ("127.0.0.1", 8080)}.get(name, default)
+        return {"peername": ("127.0.0.1", 50000), "sockname": ("127.0.0.1", 8080)}.get(
+            name, default
+        )
 
     def close(self) -> None:
         pass
@@ -72,7 +74,13 @@ async def run(app: Any, requests: int) -> float:
 
 
 async def raw_asgi(scope: Any, receive: Any, send: Any) -> None:
-    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"text/plain")],
+        }
+    )
     await send({"type": "http.response.body", "body": b"Hello, world"})
 
 

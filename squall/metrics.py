@@ -90,6 +90,7 @@ _assigned: tuple[mmap.mmap, int] | None = None
 #: Where request durations are measured from: the protocol stamps `started_at` with it.
 clock = time.perf_counter
 
+
 class SlotRecorder:
     """In a worker: counts into its own slot of the shared block (`Metrics`)."""
 

@@ -14,10 +14,15 @@ Streaming, as in tornado:
   arrives (reading pauses while it works), then the method.
 
 Every other handler runs once its body is complete. The Application is a
-streaming adapter (it is called at each request's head) and decides per
-request: a request without a body, or with a small one, is handed back to the
-connection to run when its message ends, inside `data_received` as before;
-a larger body is read by a task, bounded by `Limits.max_body_bytes`.
+streaming adapter (the connection calls it at each request's head) and
+decides per request:
+- no body: the handler runs at once (its empty body is complete);
+- a Content-Length within the connection's buffer (`BODY_BUFFER_HIGH`): the
+  request goes back to the connection, which runs it when its message ends;
+- a larger or chunked body: a task reads all of it (the parser bounds it by
+  `Limits.max_body_bytes`), then the handler runs.
+In the first two cases a plain handler still runs inside `data_received`,
+with no task.
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ from collections.abc import Awaitable, Generator, Iterator, Sequence
 from typing import Any, ClassVar, TypeVar
 from urllib.parse import parse_qs, unquote, urljoin
 
-from squall.http.protocol import BODY_BUFFER_HIGH, RequestCycle
+from squall.http.core import Request
+from squall.http.protocol import BODY_BUFFER_HIGH, RequestCycle, Upgraded
 from squall.http.status import reason_phrase
 
 logger = logging.getLogger("squall.web")
@@ -265,6 +271,8 @@ class RequestHandler:
         self._chunks.append(bytes(chunk))
 
     def redirect(self, url: str, permanent: bool = False, status: int | None = None) -> None:
+        if self._headers_written:
+            raise RuntimeError("cannot redirect() after flush()")
         if status is None:
             status = 301 if permanent else 302
         elif not 300 <= status <= 399:
@@ -567,23 +575,44 @@ class Application:
                 return handler, kwargs, args, {}
         return None
 
+    def upgrade(self, cycle: RequestCycle, trailing: bytes) -> Upgraded | None:
+        """A WebSocket handshake to a `WebSocketHandler` route takes over the connection."""
+        from squall.websocket import upgrade_application
+
+        return upgrade_application(self, cycle, trailing)
+
     def handle(self, cycle: RequestCycle) -> None:
-        if cycle.body_complete:
-            self._dispatch(cycle, HTTPServerRequest(cycle))
-            return
-        request = cycle.request
-        assert request is not None
-        if not request.body_expected:
-            if request.upgrade:
-                # Back to the connection, which offers it to `upgrade` (if the
-                # app has one) when its message ends, then runs it.
-                cycle.started = False
+        if not cycle.body_complete:
+            head = cycle.request
+            assert head is not None
+            if head.body_expected or head.upgrade:
+                self._begin(cycle, head)
                 return
             # No body: its (empty) message ends in the events of this same
             # data_received, so it counts as complete, and the handler runs
             # now, a plain one to the end with no task, as it always did.
             cycle.body_complete = True
-            self._dispatch(cycle, HTTPServerRequest(cycle))
+        # `_dispatch`, inlined: this is every plain request's path.
+        request = HTTPServerRequest(cycle)
+        found = self.find_handler(request.path)
+        if found is None:
+            self._not_found(cycle, request)
+            return
+        handler_class, kwargs, args, path_kwargs = found
+        try:
+            handler = handler_class(self, request, **kwargs)
+        except Exception:
+            logger.exception("could not create %s for %r", handler_class.__name__, request)
+            cycle.respond(500, [], b"")
+            return
+        handler._execute(cycle, args, path_kwargs)
+
+    def _begin(self, cycle: RequestCycle, head: Request) -> None:
+        """At the head of a request with a body (or an Upgrade): when to run it."""
+        if not head.body_expected:
+            # An Upgrade: back to the connection, which offers it to `upgrade`
+            # (if the app has one) when its message ends, then runs it.
+            cycle.started = False
             return
         if self._streaming_routes:
             server_request = HTTPServerRequest(cycle, b"")
@@ -591,10 +620,10 @@ class Application:
             if found is not None and found[0]._stream_request_body:
                 self._dispatch(cycle, server_request, found)
                 return
-        if request.expect_continue and not cycle.continue_sent:
+        if head.expect_continue and not cycle.continue_sent:
             # What the connection does for an app that runs once the body is in.
             cycle._send_continue()
-        for name, value in request.headers:
+        for name, value in head.headers:
             if name == b"content-length":  # never with Transfer-Encoding: the parser refuses both
                 if int(value) <= BODY_BUFFER_HIGH:
                     # It fits in the connection's buffer, which never pauses below
@@ -637,9 +666,7 @@ class Application:
         if found is None:
             found = self.find_handler(request.path)
         if found is None:
-            not_found = RequestHandler(self, request)
-            not_found._cycle = cycle
-            not_found.send_error(404)
+            self._not_found(cycle, request)
             return
         handler_class, kwargs, args, path_kwargs = found
         try:
@@ -649,6 +676,11 @@ class Application:
             cycle.respond(500, [], b"")
             return
         handler._execute(cycle, args, path_kwargs)
+
+    def _not_found(self, cycle: RequestCycle, request: HTTPServerRequest) -> None:
+        not_found = RequestHandler(self, request)
+        not_found._cycle = cycle
+        not_found.send_error(404)
 
     def __call__(self, request: Any) -> None:  # pragma: no cover - guard against misuse
         raise TypeError("an Application is served by squall.HTTPServer, not called")

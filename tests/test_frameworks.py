@@ -537,11 +537,6 @@ def test_flask_post_body_with_length(flask_server: Served) -> None:
     assert response.json() == {"size": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="squall bug: wsgi.py environ() sets neither wsgi.input_terminated nor "
-    "CONTENT_LENGTH for a chunked request body, so Werkzeug reads an empty body",
-)
 def test_flask_chunked_request_body(flask_server: Served) -> None:
     # gunicorn sets environ["wsgi.input_terminated"] = True; Werkzeug then reads
     # wsgi.input to its end. Without it (and without CONTENT_LENGTH) Werkzeug
@@ -556,12 +551,6 @@ def test_flask_chunked_request_body(flask_server: Served) -> None:
     assert response.json() == {"size": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="squall bug: wsgi.py _call keeps iterating a streamed response after the "
-    "client has gone (write() never checks cycle.disconnected); close() comes only "
-    "when the iterable is exhausted, so an endless stream holds a pool thread forever",
-)
 def test_flask_stream_stops_when_client_disconnects(flask_server: Served) -> None:
     with (
         flask_server.fresh_client() as client,
@@ -577,12 +566,6 @@ def test_flask_stream_stops_when_client_disconnects(flask_server: Served) -> Non
     assert int(outcome.split()[1]) < 150  # well before the stream's own end
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="squall bug: wsgi.py write() hands every chunk to the loop with "
-    "call_soon_threadsafe and never waits for the transport to drain, so a streamed "
-    "response is produced (and buffered in memory) as fast as the app can generate it",
-)
 def test_flask_stream_waits_for_slow_client(flask_server: Served) -> None:
     progress = flask_server.record_dir / "big-slow"
     with (

@@ -38,7 +38,6 @@ MAX_SIZE = 65536
 
 # squall's WebSocketHandler is routed by `Application.upgrade`, which is wired
 # separately; until then these tests must fail (and say so when they pass).
-PENDING_WIRING = pytest.mark.xfail(strict=True, reason="Application.upgrade wiring pending")
 
 
 @dataclass
@@ -605,7 +604,6 @@ def test_fastapi_unknown_websocket_route_is_403(fastapi_server: Server) -> None:
 # -- squall's WebSocketHandler ------------------------------------------------------------
 
 
-@PENDING_WIRING
 def test_handler_echo(squall_server: Server) -> None:
     with client(squall_server.ws("/ws/echo")) as ws:
         ws.send("text")
@@ -614,7 +612,6 @@ def test_handler_echo(squall_server: Server) -> None:
         assert ws.recv(timeout=TIMEOUT) == b"\x01bytes"
 
 
-@PENDING_WIRING
 def test_handler_async_open_and_on_message_with_path_args(squall_server: Server) -> None:
     with client(squall_server.ws("/ws/hello/ana")) as ws:
         assert ws.recv(timeout=TIMEOUT) == "hello ana"
@@ -627,7 +624,6 @@ def test_handler_async_open_and_on_message_with_path_args(squall_server: Server)
         ]
 
 
-@PENDING_WIRING
 def test_handler_selects_subprotocol(squall_server: Server) -> None:
     with client(squall_server.ws("/ws/sub"), subprotocols=["v1", "v2"]) as ws:
         assert ws.subprotocol == "v2"
@@ -637,7 +633,6 @@ def test_handler_selects_subprotocol(squall_server: Server) -> None:
         assert ws.recv(timeout=TIMEOUT) == ""
 
 
-@PENDING_WIRING
 def test_handler_close_code_and_reason(squall_server: Server) -> None:
     with client(squall_server.ws("/ws/close")) as ws:
         closed = closed_by_server(ws)
@@ -645,7 +640,6 @@ def test_handler_close_code_and_reason(squall_server: Server) -> None:
     assert (closed.rcvd.code, closed.rcvd.reason) == (4002, "handler bye")
 
 
-@PENDING_WIRING
 def test_handler_exception_closes_1011(squall_server: Server) -> None:
     with client(squall_server.ws("/ws/raise")) as ws:
         ws.send("boom")
@@ -657,7 +651,6 @@ def test_handler_prepare_answers_in_http(squall_server: Server) -> None:
     assert refused(squall_server.ws("/ws/forbidden"))[0] == 401
 
 
-@PENDING_WIRING
 def test_handler_origin_check(squall_server: Server) -> None:
     assert refused(squall_server.ws("/ws/echo"), origin="http://evil.example")[0] == 403
     same = f"http://127.0.0.1:{squall_server.port}"
@@ -666,7 +659,6 @@ def test_handler_origin_check(squall_server: Server) -> None:
         assert ws.recv(timeout=TIMEOUT) == "same origin"
 
 
-@PENDING_WIRING
 def test_handler_on_close_sees_the_client_code(squall_server: Server) -> None:
     with client(squall_server.ws("/ws/record?token=h1")) as ws:
         ws.send("x")
@@ -675,7 +667,6 @@ def test_handler_on_close_sees_the_client_code(squall_server: Server) -> None:
     assert squall_server.record("handler-h1") == "4010 done here"
 
 
-@PENDING_WIRING
 def test_handler_request(squall_server: Server) -> None:
     with client(squall_server.ws("/ws/request?x=1")) as ws:
         info = json.loads(ws.recv(timeout=TIMEOUT))

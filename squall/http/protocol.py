@@ -622,9 +622,12 @@ class HTTPProtocol(asyncio.Protocol):
             transport.write(data)
 
     async def writable(self) -> None:
+        """Return once the transport takes writes again; any number may wait at once."""
         if self._write_paused and not self.closing:
-            self._writable = self.loop.create_future()
-            await self._writable
+            waiter = self._writable
+            if waiter is None or waiter.done():
+                waiter = self._writable = self.loop.create_future()
+            await asyncio.shield(waiter)
 
     def pause_reading(self) -> None:
         if not self._reading_paused and self.transport is not None and not self.closing:
