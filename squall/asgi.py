@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import unquote
 
+from squall.http.core import checked_headers
 from squall.http.protocol import RequestCycle, Upgraded
 from squall.websocket import WebSocketOptions, is_websocket_request, upgrade_asgi
 
@@ -63,13 +64,16 @@ class ASGIAdapter:
             cycle.started = False
             return
         raw_path = request.path
+        path = raw_path.decode("latin-1")
+        if "%" in path:
+            path = unquote(path)
         scope: Scope = {
             "type": "http",
             "asgi": ASGI_VERSION,
             "http_version": request.http_version,
             "method": request.method,
             "scheme": cycle.scheme,
-            "path": self.root_path + unquote(raw_path.decode("latin-1")),
+            "path": self.root_path + path if self.root_path else path,
             "raw_path": raw_path,
             "query_string": request.query,
             "root_path": self.root_path,
@@ -164,8 +168,7 @@ class _Exchange:
             if self.status is not None or cycle.response_started:
                 raise RuntimeError("ASGI app sent 'http.response.start' twice")
             self.status = int(message["status"])
-            self.headers = [(bytes(k), bytes(v)) for k, v in message.get("headers", ())]
-            _check_headers(self.headers)
+            self.headers = checked_headers(message.get("headers", ()))
         elif kind == "http.response.body":
             if self.status is None:
                 raise RuntimeError("ASGI app sent 'http.response.body' before 'start'")
@@ -204,12 +207,6 @@ class _Exchange:
             cycle.respond(
                 500, [(b"content-type", b"text/plain; charset=utf-8")], b"Internal Server Error"
             )
-
-
-def _check_headers(headers: list[tuple[bytes, bytes]]) -> None:
-    for name, value in headers:
-        if b"\r" in value or b"\n" in value or b"\r" in name or b"\n" in name or b":" in name:
-            raise RuntimeError(f"invalid response header {name!r}: {value!r}")
 
 
 class LifespanFailed(Exception):

@@ -33,6 +33,7 @@ import json
 import logging
 import re
 from collections.abc import Awaitable, Generator, Iterator, Sequence
+from functools import cached_property
 from typing import Any, ClassVar, TypeVar
 from urllib.parse import parse_qs, unquote, urljoin
 
@@ -43,6 +44,7 @@ from squall.http.status import reason_phrase
 logger = logging.getLogger("squall.web")
 
 _NO_DEFAULT: Any = object()
+_DEFAULT_HEADERS = [(b"Content-Type", b"text/html; charset=UTF-8")]
 _running: set[asyncio.Future[Any]] = set()
 
 
@@ -109,22 +111,47 @@ class HTTPServerRequest:
     def __init__(self, cycle: RequestCycle, body: bytes | None = None) -> None:
         request = cycle.request
         assert request is not None
+        self._cycle = cycle
+        self._head = request
         self.method = request.method
-        self.uri = request.target.decode("latin-1")
-        self.path = unquote(request.path.decode("latin-1"))
-        self.query = request.query.decode("latin-1")
-        self.version = f"HTTP/{request.http_version}"
-        self.headers = Headers(request.headers)
+        path = request.path.decode("latin-1")
+        self.path = unquote(path) if "%" in path else path
         # The whole body; b"" for a @stream_request_body handler (it gets data_received).
         self.body = cycle.body if body is None else body
-        self.protocol = cycle.scheme
-        client = cycle.client
-        self.remote_ip = client[0] if client else ""
-        self.host = self.headers.get("host") or (
-            f"{cycle.server[0]}:{cycle.server[1]}" if cycle.server else ""
-        )
         self._query_arguments: dict[str, list[str]] | None = None
         self._body_arguments: dict[str, list[str]] | None = None
+
+    # The rest is worked out on first use: most handlers never look.
+
+    @cached_property
+    def uri(self) -> str:
+        return self._head.target.decode("latin-1")
+
+    @cached_property
+    def query(self) -> str:
+        return self._head.query.decode("latin-1")
+
+    @cached_property
+    def version(self) -> str:
+        return f"HTTP/{self._head.http_version}"
+
+    @cached_property
+    def headers(self) -> Headers:
+        return Headers(self._head.headers)
+
+    @cached_property
+    def protocol(self) -> str:
+        return self._cycle.scheme
+
+    @cached_property
+    def remote_ip(self) -> str:
+        client = self._cycle.client
+        return client[0] if client else ""
+
+    @cached_property
+    def host(self) -> str:
+        server = self._cycle.server
+        return self.headers.get("host") or (f"{server[0]}:{server[1]}" if server else "")
 
     @property
     def query_arguments(self) -> dict[str, list[str]]:
@@ -181,6 +208,7 @@ class RequestHandler:
         self._status = 200
         self._reason: str | None = None
         self._headers: dict[str, str] = {"Content-Type": "text/html; charset=UTF-8"}
+        self._headers_changed = False  # still only the default Content-Type
         self._extra_headers: list[tuple[str, str]] = []
         self._chunks: list[bytes] = []
         self._finished = False
@@ -251,12 +279,15 @@ class RequestHandler:
 
     def set_header(self, name: str, value: Any) -> None:
         self._headers[name] = _header_value(value)
+        self._headers_changed = True
 
     def add_header(self, name: str, value: Any) -> None:
         self._extra_headers.append((name, _header_value(value)))
+        self._headers_changed = True
 
     def clear_header(self, name: str) -> None:
         self._headers.pop(name, None)
+        self._headers_changed = True
 
     def write(self, chunk: str | bytes | dict[str, Any]) -> None:
         if self._finished:
@@ -290,6 +321,7 @@ class RequestHandler:
             return
         self._chunks.clear()
         self._headers = {"Content-Type": "text/html; charset=UTF-8"}
+        self._headers_changed = False
         self._extra_headers.clear()
         self.set_status(status_code)
         self.write_error(status_code, **kwargs)
@@ -341,10 +373,9 @@ class RequestHandler:
                 cycle.end()
             self.on_finish()
             return
-        body = b"".join(self._chunks) if len(self._chunks) != 1 else self._chunks[0]
-        headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in self._headers.items()]
-        for name, value in self._extra_headers:
-            headers.append((name.encode("latin-1"), value.encode("latin-1")))
+        chunks = self._chunks
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        headers = self._encoded_headers()
         if self._status in (204, 304) or 100 <= self._status < 200:
             body = b""
             headers = [h for h in headers if h[0].lower() != b"content-type"]
@@ -352,6 +383,8 @@ class RequestHandler:
         self.on_finish()
 
     def _encoded_headers(self) -> list[tuple[bytes, bytes]]:
+        if not self._headers_changed:
+            return _DEFAULT_HEADERS  # read, never changed, by the HTTP core
         headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in self._headers.items()]
         for name, value in self._extra_headers:
             headers.append((name.encode("latin-1"), value.encode("latin-1")))

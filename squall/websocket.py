@@ -48,6 +48,7 @@ from wsproto.events import (
 from wsproto.events import Request as HandshakeRequest
 from wsproto.utilities import ProtocolError
 
+from squall.http.core import checked_headers
 from squall.web import Application, HTTPServerRequest, RequestHandler
 
 if TYPE_CHECKING:
@@ -825,8 +826,7 @@ class ASGIWebSocket:
                 raise WebSocketClosedError("the WebSocket handshake was refused or abandoned")
             if session.state is not State.CONNECTING:
                 raise RuntimeError(f"'websocket.accept' in state {session.state.name}")
-            headers = [(bytes(k), bytes(v)) for k, v in message.get("headers") or ()]
-            _check_headers(headers)
+            headers = checked_headers(message.get("headers") or ())
             session.accept(message.get("subprotocol"), headers)
         elif kind == "websocket.close":
             if session.state is State.REJECTED and self._response_status is not None:
@@ -839,8 +839,7 @@ class ASGIWebSocket:
             if not session.connected:
                 raise WebSocketClosedError("the client disconnected")
             self._response_status = int(message["status"])
-            headers = [(bytes(k), bytes(v)) for k, v in message.get("headers") or ()]
-            _check_headers(headers)
+            headers = checked_headers(message.get("headers") or ())
             session.start_response(self._response_status, headers)
         elif kind == "websocket.http.response.body":
             if self._response_status is None or self._response_done:
@@ -857,12 +856,6 @@ class ASGIWebSocket:
                 session.end_response()
         else:
             raise RuntimeError(f"unexpected ASGI message type {kind!r} in a websocket scope")
-
-
-def _check_headers(headers: list[tuple[bytes, bytes]]) -> None:
-    for name, value in headers:
-        if b"\r" in value or b"\n" in value or b"\r" in name or b"\n" in name or b":" in name:
-            raise RuntimeError(f"invalid response header {name!r}: {value!r}")
 
 
 # -- squall's own API ------------------------------------------------------------------

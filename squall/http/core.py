@@ -20,10 +20,12 @@ Rules kept here (RFC 9112):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import httptools
 
 from squall.http.date import date_and_server_header
+from squall.http.status import LINES as _STATUS_LINES
 from squall.http.status import status_line
 
 
@@ -145,7 +147,7 @@ _METHODS = {
     name.encode("ascii"): name
     for name in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE")
 }
-_FRAMING_HEADERS = frozenset({b"content-length", b"transfer-encoding"})
+_OWN_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"connection"})
 _CHUNKED_END = b"0\r\n\r\n"
 
 
@@ -303,10 +305,7 @@ class ServerConnection:
         body: bytes,
     ) -> bytes:
         """A whole response in one piece, its length known."""
-        head = self._head(request, status, headers, len(body))
-        if request.no_response_body:
-            return head
-        return head + body
+        return self._head(request, status, headers, len(body), body)
 
     def start_response(
         self, request: Request, status: int, headers: list[tuple[bytes, bytes]]
@@ -339,22 +338,23 @@ class ServerConnection:
         status: int,
         headers: list[tuple[bytes, bytes]],
         length: int | None,
+        body: bytes = b"",
     ) -> bytes:
+        """The head, and `body` after it unless the response has none."""
         if status in _NO_BODY_STATUSES or status < 200:
             request.no_response_body = True
             length = None
-        parts = [status_line(status), date_and_server_header()]
+        parts = [_STATUS_LINES.get(status) or status_line(status), date_and_server_header()]
         keep_alive = request.keep_alive
         for name, value in headers:
             lname = name.lower()
-            if lname in _FRAMING_HEADERS:
-                continue  # framing is this module's job, decided below
-            if lname == b"connection":
-                # This module writes the one Connection header; the app may only ask to close.
-                if b"close" in value.lower():
+            if lname in _OWN_HEADERS:
+                # Framing and the one Connection header are this module's job (below);
+                # an app's Connection header may only ask to close.
+                if lname == b"connection" and b"close" in value.lower():
                     keep_alive = False
                 continue
-            parts.append(b"%b: %b\r\n" % (name, value))
+            parts += (name, b": ", value, b"\r\n")
         if length is not None:
             parts.append(b"content-length: %d\r\n" % length)
         elif request.no_response_body:
@@ -370,7 +370,18 @@ class ServerConnection:
             parts.append(b"connection: keep-alive\r\n")
         request.keep_alive = keep_alive
         parts.append(b"\r\n")
+        if body and not request.no_response_body:
+            parts.append(body)
         return b"".join(parts)
+
+
+def checked_headers(headers: Any) -> list[tuple[bytes, bytes]]:
+    """An app's response headers as given (bytes-like pairs), refused if they could split it."""
+    checked: list[tuple[bytes, bytes]] = headers if isinstance(headers, list) else list(headers)
+    for name, value in checked:
+        if b"\r" in value or b"\n" in value or b"\r" in name or b"\n" in name or b":" in name:
+            raise RuntimeError(f"invalid response header {name!r}: {value!r}")
+    return checked
 
 
 def continue_response() -> bytes:

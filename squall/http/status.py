@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from http import HTTPStatus
 
-_LINES: dict[int, bytes] = {
+LINES: dict[int, bytes] = {
     status.value: b"HTTP/1.1 %d %b\r\n" % (status.value, status.phrase.encode("ascii"))
     for status in HTTPStatus
 }
 
 
 def status_line(status: int) -> bytes:
-    line = _LINES.get(status)
+    line = LINES.get(status)
     if line is None:
         if not 100 <= status <= 999:
             raise ValueError(f"invalid HTTP status code {status}")
-        line = _LINES[status] = b"HTTP/1.1 %d \r\n" % status
+        line = LINES[status] = b"HTTP/1.1 %d \r\n" % status
     return line
 
 
