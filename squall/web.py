@@ -45,6 +45,9 @@ logger = logging.getLogger("squall.web")
 
 _NO_DEFAULT: Any = object()
 _DEFAULT_HEADERS = [(b"Content-Type", b"text/html; charset=UTF-8")]
+_METHOD_ATTRS = {
+    name: name.lower() for name in ("GET", "HEAD", "POST", "DELETE", "PATCH", "PUT", "OPTIONS")
+}
 _running: set[asyncio.Future[Any]] = set()
 
 
@@ -380,7 +383,8 @@ class RequestHandler:
             body = b""
             headers = [h for h in headers if h[0].lower() != b"content-type"]
         cycle.respond(self._status, headers, body)
-        self.on_finish()
+        if type(self).on_finish is not RequestHandler.on_finish:
+            self.on_finish()
 
     def _encoded_headers(self) -> list[tuple[bytes, bytes]]:
         if not self._headers_changed:
@@ -403,13 +407,13 @@ class RequestHandler:
     def _execute(self, cycle: RequestCycle, args: Sequence[str], kwargs: dict[str, str]) -> None:
         """Run prepare and the method; sync handlers finish before this returns."""
         self._cycle = cycle
-        self.path_args = list(args)
+        self.path_args = list(args) if args else []
         self.path_kwargs = kwargs
         try:
             method_name = self.request.method
             if method_name not in self.SUPPORTED_METHODS:
                 raise HTTPError(405)
-            method = getattr(self, method_name.lower(), None)
+            method = getattr(self, _METHOD_ATTRS.get(method_name) or method_name.lower(), None)
             if method is None and method_name == "HEAD":
                 method = getattr(self, "get", None)  # GET's response, the body left out
             if method is None:
@@ -418,12 +422,13 @@ class RequestHandler:
                 self.request.body = b""  # the body comes through data_received
                 self._continue_async(self._run_streaming(method, args, kwargs))
                 return
-            prepared = self.prepare()
-            if prepared is not None and inspect.isawaitable(prepared):
-                self._continue_async(self._run_async(prepared, method, args, kwargs))
-                return
-            if self._finished:
-                return
+            if type(self).prepare is not RequestHandler.prepare:
+                prepared = self.prepare()
+                if prepared is not None and inspect.isawaitable(prepared):
+                    self._continue_async(self._run_async(prepared, method, args, kwargs))
+                    return
+                if self._finished:
+                    return
             result = method(*args, **kwargs)
             if result is not None and inspect.isawaitable(result):
                 self._continue_async(self._await_result(result))
