@@ -34,7 +34,7 @@ logger = logging.getLogger("squall.http")
 BODY_BUFFER_HIGH = 256 * 1024
 # How often connection deadlines (keep-alive, header, body timeouts) are checked:
 # a timeout fires between its value and its value plus TICK.
-TICK = 0.25
+TICK = 0.5
 # At most this many pipelined requests wait behind the current one.
 MAX_PIPELINED = 32
 
@@ -122,9 +122,14 @@ class ServerState:
 
     def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
         now = loop.time()
-        for connection in list(self.connections):
-            if connection.deadline or connection.body_deadline:
-                connection.check_deadlines(now)
+        due = [
+            connection
+            for connection in self.connections
+            if (connection.deadline and now >= connection.deadline)
+            or (connection.body_deadline and now >= connection.body_deadline)
+        ]
+        for connection in due:  # acting may close connections: not while iterating the set
+            connection.check_deadlines(now)
         self.ticker = loop.call_later(TICK, self._tick, loop)
 
     def stop_ticker(self) -> None:
