@@ -630,20 +630,7 @@ class Application:
             # data_received, so it counts as complete, and the handler runs
             # now, a plain one to the end with no task, as it always did.
             cycle.body_complete = True
-        # `_dispatch`, inlined: this is every plain request's path.
-        request = HTTPServerRequest(cycle)
-        found = self.find_handler(request.path)
-        if found is None:
-            self._not_found(cycle, request)
-            return
-        handler_class, kwargs, args, path_kwargs = found
-        try:
-            handler = handler_class(self, request, **kwargs)
-        except Exception:
-            logger.exception("could not create %s for %r", handler_class.__name__, request)
-            cycle.respond(500, [], b"")
-            return
-        handler._execute(cycle, args, path_kwargs)
+        self._dispatch(cycle, HTTPServerRequest(cycle))
 
     def _begin(self, cycle: RequestCycle, head: Request) -> None:
         """At the head of a request with a body (or an Upgrade): when to run it."""

@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -176,6 +176,27 @@ class Service:
     def leftovers(self) -> list[int]:
         """Processes this service started that still run."""
         return [pid for pid in self._known if alive(pid)]
+
+
+@contextlib.contextmanager
+def running_squall(
+    log_dir: Path,
+    app: str,
+    *args: str,
+    workers: int = 2,
+    env: dict[str, str] | None = None,
+) -> Iterator[tuple[Service, int]]:
+    """A squall service for a whole test module: started, waited for, stopped by PID."""
+    port = free_port()
+    command = [sys.executable, "-m", "squall", app, "--bind", f"127.0.0.1:{port}"]
+    command += ["--workers", str(workers), *args]
+    service = Service(command, log_dir / "squall.log", env=env)
+    try:
+        service.wait_for_port(port)
+        service.wait_for_workers(workers)
+        yield service, port
+    finally:
+        service.stop()
 
 
 class Services:

@@ -9,7 +9,6 @@ The shutdown test stops the service, so it is the last test of the module.
 from __future__ import annotations
 
 import socket
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ import httpx
 import pytest
 
 from tests.apps.raw_asgi import RECORD_DIR_ENV, SECRET
-from tests.service import Service, free_port, wait_until
+from tests.service import Service, running_squall, wait_until
 
 TIMEOUT = httpx.Timeout(5.0)
 
@@ -35,34 +34,17 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    port = free_port()
     base = tmp_path_factory.mktemp("asgi")
     record_dir = base / "records"
     record_dir.mkdir()
-    service = Service(
-        [
-            sys.executable,
-            "-m",
-            "squall",
-            "tests.apps.raw_asgi:app",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            "2",
-            "--interface",
-            "asgi",
-        ],
-        base / "squall.log",
-        env={RECORD_DIR_ENV: str(record_dir)},
-    )
-    try:
-        service.wait_for_port(port)
-        service.wait_for_workers(2)
+    env = {RECORD_DIR_ENV: str(record_dir)}
+    with running_squall(base, "tests.apps.raw_asgi:app", "--interface", "asgi", env=env) as (
+        service,
+        port,
+    ):
         url = f"http://127.0.0.1:{port}"
         with httpx.Client(base_url=url, timeout=TIMEOUT) as client:
             yield Server(service, port, url, client, record_dir)
-    finally:
-        service.stop()
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import email.utils
 import socket
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ import httpx
 import pytest
 
 from tests.apps.handlers import SECRET
-from tests.service import Service, free_port
+from tests.service import Service, running_squall
 
 TIMEOUT = httpx.Timeout(5.0)
 JSON_BODY = b'{"hello": "world", "number": 3, "html": "<\\/script>"}'
@@ -33,29 +32,13 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    port = free_port()
-    log = tmp_path_factory.mktemp("web") / "squall.log"
-    service = Service(
-        [
-            sys.executable,
-            "-m",
-            "squall",
-            "tests.apps.handlers:app",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            "2",
-        ],
-        log,
-    )
-    try:
-        service.wait_for_port(port)
-        service.wait_for_workers(2)
+    with running_squall(tmp_path_factory.mktemp("web"), "tests.apps.handlers:app") as (
+        service,
+        port,
+    ):
         url = f"http://127.0.0.1:{port}"
         with httpx.Client(base_url=url, timeout=TIMEOUT) as client:
             yield Server(service, port, url, client)
-    finally:
-        service.stop()
 
 
 @pytest.fixture

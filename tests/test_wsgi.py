@@ -8,7 +8,6 @@ environment variable, checked from the test.
 from __future__ import annotations
 
 import socket
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ import httpx
 import pytest
 
 from tests.apps.wsgi_app import CLOSE_DIR_ENV, SECRET
-from tests.service import Service, free_port, wait_until
+from tests.service import Service, running_squall, wait_until
 
 TIMEOUT = httpx.Timeout(5.0)
 
@@ -34,34 +33,17 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    port = free_port()
     base = tmp_path_factory.mktemp("wsgi")
     close_dir = base / "closed"
     close_dir.mkdir()
-    service = Service(
-        [
-            sys.executable,
-            "-m",
-            "squall",
-            "tests.apps.wsgi_app:app",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            "2",
-            "--interface",
-            "wsgi",
-        ],
-        base / "squall.log",
-        env={CLOSE_DIR_ENV: str(close_dir)},
-    )
-    try:
-        service.wait_for_port(port)
-        service.wait_for_workers(2)
+    env = {CLOSE_DIR_ENV: str(close_dir)}
+    with running_squall(base, "tests.apps.wsgi_app:app", "--interface", "wsgi", env=env) as (
+        service,
+        port,
+    ):
         url = f"http://127.0.0.1:{port}"
         with httpx.Client(base_url=url, timeout=TIMEOUT) as client:
             yield Server(service, port, url, client, close_dir)
-    finally:
-        service.stop()
 
 
 @pytest.fixture
