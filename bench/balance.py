@@ -36,6 +36,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.compare import children, free_port, start_time
+
 ROOT = Path(__file__).resolve().parent.parent
 APP = "tests.scripts.asgi_basic:app"
 WORKERS = 2
@@ -43,29 +46,6 @@ BUSY = 0.70
 MODES = (("shared socket", []), ("--reuse-port", ["--reuse-port"]))
 REQUEST_CLOSE = b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
 REQUEST_KEEP = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def children(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(p) for p in text.split()]
-
-
-def start_time(pid: int) -> str | None:
-    """The start time in clock ticks of a live process (tells it from a reused pid); None if gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return None if fields[0] in ("Z", "X") else fields[19]
 
 
 def worker_of(body: bytes) -> int:

@@ -27,7 +27,6 @@ import json
 import os
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,9 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.compare import children, free_port, start_time
 
 ROOT = Path(__file__).resolve().parent.parent
 MIB = 1024.0
@@ -83,29 +85,6 @@ SMALL_APP = App(
     ),
 )
 MODES = (("without --preload", False), ("with --preload", True))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def children(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(p) for p in text.split()]
-
-
-def start_time(pid: int) -> str | None:
-    """The start time in clock ticks of a live process (tells it from a reused pid); None if gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return None if fields[0] in ("Z", "X") else fields[19]
 
 
 def memory_kib(pid: int) -> tuple[int, int]:
