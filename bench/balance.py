@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
-import signal
 import socket
 import statistics
 import subprocess
@@ -37,7 +35,7 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.compare import children, free_port, start_time
+from bench.compare import free_port, stop_supervisor
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = "tests.scripts.asgi_basic:app"
@@ -147,26 +145,6 @@ def ask_worker(port: int) -> int:
     return worker_of(data.split(b"\r\n\r\n", 1)[1])
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the supervisor, wait, then SIGKILL whatever of it and its workers is left."""
-    known = {pid: start_time(pid) for pid in children(proc.pid)}
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-    deadline = time.monotonic() + 5
-    for pid, started in known.items():
-        while started is not None and start_time(pid) == started and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if started is not None and start_time(pid) == started:
-            print(f"  (worker pid {pid} outlived the supervisor: SIGKILL)", file=sys.stderr)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-
-
 def run_mode(flags: list[str], args: argparse.Namespace) -> dict[str, object]:
     port = free_port()
     command = [
@@ -214,7 +192,7 @@ def run_mode(flags: list[str], args: argparse.Namespace) -> dict[str, object]:
             if proc.poll() is not None:
                 raise SystemExit(f"squall exited early with status {proc.returncode}")
         finally:
-            stop(proc)
+            stop_supervisor(proc)
     return {"bursts": bursts, "requests": requests, "connections": connections}
 
 

@@ -57,7 +57,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -289,6 +289,26 @@ def children(pid: int) -> list[int]:
         with contextlib.suppress(OSError):
             out += [int(p) for p in Path(f"/proc/{pid}/task/{tid}/children").read_text().split()]
     return out
+
+
+def stop_supervisor(proc: subprocess.Popen[bytes], pids: Iterable[int] = ()) -> None:
+    """SIGTERM the supervisor, wait, then SIGKILL whatever of it and its workers is left."""
+    known = {pid: start_time(pid) for pid in set(pids) | set(children(proc.pid))}
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    deadline = time.monotonic() + 5
+    for pid, started in known.items():
+        while started is not None and start_time(pid) == started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if started is not None and start_time(pid) == started:
+            print(f"  (worker pid {pid} outlived the supervisor: SIGKILL)", file=sys.stderr)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def descendants(pid: int) -> list[int]:

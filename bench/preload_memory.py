@@ -20,13 +20,11 @@ USS is what each worker alone holds, and would free if it exited.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import http.client
 import importlib.util
 import json
 import os
 import re
-import signal
 import statistics
 import subprocess
 import sys
@@ -37,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.compare import children, free_port, start_time
+from bench.compare import children, free_port, stop_supervisor
 
 ROOT = Path(__file__).resolve().parent.parent
 MIB = 1024.0
@@ -120,26 +118,6 @@ def one_connection(port: int, app: App) -> int:
         conn.close()
 
 
-def stop(proc: subprocess.Popen[bytes], pids: set[int]) -> None:
-    """SIGTERM the supervisor, wait, then SIGKILL whatever of it and its workers is left."""
-    known = {pid: start_time(pid) for pid in pids | set(children(proc.pid))}
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-    deadline = time.monotonic() + 5
-    for pid, started in known.items():
-        while started is not None and start_time(pid) == started and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if started is not None and start_time(pid) == started:
-            print(f"  (worker pid {pid} outlived the supervisor: SIGKILL)", file=sys.stderr)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-
-
 def measure(app: App, preload: bool, workers: int, requests: int) -> dict[str, object]:
     """Start squall, warm it up, read the memory of every process, stop it."""
     port = free_port()
@@ -198,7 +176,7 @@ def measure(app: App, preload: bool, workers: int, requests: int) -> dict[str, o
             supervisor = memory_kib(proc.pid)
             per_worker = [memory_kib(pid) for pid in worker_pids]
         finally:
-            stop(proc, seen)
+            stop_supervisor(proc, seen)
     return {
         "worker_pss": [pss / MIB for pss, _ in per_worker],
         "worker_uss": [uss / MIB for _, uss in per_worker],

@@ -621,24 +621,16 @@ class Application:
 
     def handle(self, cycle: RequestCycle) -> None:
         if not cycle.body_complete:
+            # The connection runs a streaming app at the head only when a body
+            # follows; a bodyless request (an Upgrade too) comes here complete.
             head = cycle.request
             assert head is not None
-            if head.body_expected or head.upgrade:
-                self._begin(cycle, head)
-                return
-            # No body: its (empty) message ends in the events of this same
-            # data_received, so it counts as complete, and the handler runs
-            # now, a plain one to the end with no task, as it always did.
-            cycle.body_complete = True
+            self._begin(cycle, head)
+            return
         self._dispatch(cycle, HTTPServerRequest(cycle))
 
     def _begin(self, cycle: RequestCycle, head: Request) -> None:
-        """At the head of a request with a body (or an Upgrade): when to run it."""
-        if not head.body_expected:
-            # An Upgrade: back to the connection, which offers it to `upgrade`
-            # (if the app has one) when its message ends, then runs it.
-            cycle.started = False
-            return
+        """At the head of a request with a body: when to run it."""
         if self._streaming_routes:
             server_request = HTTPServerRequest(cycle, b"")
             found = self.find_handler(server_request.path)

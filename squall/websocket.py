@@ -112,11 +112,6 @@ _tasks: set[asyncio.Task[None]] = set()  # the loop keeps only weak references
 _refusing = False  # set by close_all: new handshakes get 503
 
 
-def open_sessions() -> int:
-    """How many WebSocket connections this process holds."""
-    return len(_live)
-
-
 def close_all(code: int = 1001, reason: str = "server shutting down") -> int:
     """Start closing every WebSocket of this process; refuse new ones (503).
 

@@ -16,7 +16,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+
+import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -197,6 +200,36 @@ def running_squall(
         yield service, port
     finally:
         service.stop()
+
+
+@dataclass
+class ServedApp:
+    """A test module's squall service, a client for it, and a directory its app may write to."""
+
+    service: Service
+    port: int
+    url: str
+    client: httpx.Client
+    data_dir: Path
+
+
+@contextlib.contextmanager
+def served_app(
+    base: Path,
+    app: str,
+    *args: str,
+    data_env: str | None = None,
+    workers: int = 2,
+    timeout: float = 5.0,
+) -> Iterator[ServedApp]:
+    """`running_squall` plus an httpx client; `data_env` names the app's records directory."""
+    data_dir = base / "data"
+    data_dir.mkdir()
+    env = {data_env: str(data_dir)} if data_env else None
+    with running_squall(base, app, *args, workers=workers, env=env) as (service, port):
+        url = f"http://127.0.0.1:{port}"
+        with httpx.Client(base_url=url, timeout=timeout) as client:
+            yield ServedApp(service, port, url, client, data_dir)
 
 
 class Services:

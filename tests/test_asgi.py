@@ -11,44 +11,28 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.apps.raw_asgi import RECORD_DIR_ENV, SECRET
-from tests.service import Service, running_squall, wait_until
+from tests.service import ServedApp, served_app, wait_until
 
 TIMEOUT = httpx.Timeout(5.0)
 
 
-@dataclass
-class Server:
-    service: Service
-    port: int
-    url: str
-    client: httpx.Client
-    record_dir: Path
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedApp]:
     base = tmp_path_factory.mktemp("asgi")
-    record_dir = base / "records"
-    record_dir.mkdir()
-    env = {RECORD_DIR_ENV: str(record_dir)}
-    with running_squall(base, "tests.apps.raw_asgi:app", "--interface", "asgi", env=env) as (
-        service,
-        port,
-    ):
-        url = f"http://127.0.0.1:{port}"
-        with httpx.Client(base_url=url, timeout=TIMEOUT) as client:
-            yield Server(service, port, url, client, record_dir)
+    with served_app(
+        base, "tests.apps.raw_asgi:app", "--interface", "asgi", data_env=RECORD_DIR_ENV
+    ) as served:
+        yield served
 
 
 @pytest.fixture
-def client(server: Server) -> httpx.Client:
+def client(server: ServedApp) -> httpx.Client:
     return server.client
 
 
@@ -73,15 +57,15 @@ def raw_exchange(port: int, data: bytes, timeout: float = 5.0) -> bytes:
 # -- lifespan and state -----------------------------------------------------------------
 
 
-def test_lifespan_startup_ran_in_each_worker(server: Server) -> None:
-    wait_until(lambda: len(startup_files(server.record_dir)) == 2, timeout=10)
-    started = startup_files(server.record_dir)
+def test_lifespan_startup_ran_in_each_worker(server: ServedApp) -> None:
+    wait_until(lambda: len(startup_files(server.data_dir)) == 2, timeout=10)
+    started = startup_files(server.data_dir)
     assert sorted(started.values()) == ["0", "1"]
     assert set(started) <= set(server.service.workers())  # the live workers wrote them
 
 
-def test_lifespan_state_is_visible_in_requests(server: Server, client: httpx.Client) -> None:
-    started = startup_files(server.record_dir)
+def test_lifespan_state_is_visible_in_requests(server: ServedApp, client: httpx.Client) -> None:
+    started = startup_files(server.data_dir)
     state = client.get("/scope").json()["state"]
     assert state["started"] is True
     # The state comes from the startup of the worker that answered.
@@ -95,7 +79,7 @@ def test_worker_id_is_0_or_1(client: httpx.Client) -> None:
     assert data["worker_id"] in (0, 1)
 
 
-def test_both_workers_answer(server: Server) -> None:
+def test_both_workers_answer(server: ServedApp) -> None:
     # Connection: close, so each request comes on a new connection that either
     # worker may accept.
     seen: dict[int, int] = {}
@@ -117,7 +101,7 @@ def test_both_workers_answer(server: Server) -> None:
 # -- the scope --------------------------------------------------------------------------
 
 
-def test_scope_fields(server: Server, client: httpx.Client) -> None:
+def test_scope_fields(server: ServedApp, client: httpx.Client) -> None:
     scope = client.get("/scope", params={"a": "1", "b": "two words"}).json()
     assert scope["type"] == "http"
     assert scope["asgi"]["version"] == "3.0"
@@ -135,7 +119,7 @@ def test_scope_fields(server: Server, client: httpx.Client) -> None:
     assert scope["has_headers"] is True
 
 
-def test_scope_path_is_decoded_raw_path_is_not(server: Server) -> None:
+def test_scope_path_is_decoded_raw_path_is_not(server: ServedApp) -> None:
     raw = raw_exchange(
         server.port,
         b"GET /scope%20x/caf%C3%A9?q=%20 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
@@ -172,7 +156,7 @@ def test_single_message_body_has_content_length(client: httpx.Client) -> None:
     assert "transfer-encoding" not in response.headers
 
 
-def test_head_has_app_length_and_no_body(server: Server) -> None:
+def test_head_has_app_length_and_no_body(server: ServedApp) -> None:
     # The app's own content-length is kept and no body follows it, whether
     # the app sends the body in one message or streams it.
     for path, length in (("/worker", None), ("/stream-length", "10")):
@@ -259,7 +243,7 @@ def test_empty_body_message(client: httpx.Client) -> None:
     assert response.content == b""
 
 
-def test_send_after_client_disconnect_raises_oserror(server: Server) -> None:
+def test_send_after_client_disconnect_raises_oserror(server: ServedApp) -> None:
     # ASGI spec 2.4 (announced in scope["asgi"]): send() on a closed connection
     # raises an OSError, so an endless stream stops; the server does not log it.
     params = {"token": "t1"}
@@ -270,13 +254,13 @@ def test_send_after_client_disconnect_raises_oserror(server: Server) -> None:
         assert response.status_code == 200
         assert next(response.iter_raw()).startswith(b"tick;")
     # Leaving the block with the body unread closes the connection.
-    record = server.record_dir / "disconnect-t1"
+    record = server.data_dir / "disconnect-t1"
     wait_until(record.exists, timeout=5)
     assert record.read_text() == "ClientDisconnected"
     assert "exception in ASGI app for GET /stream-until-disconnect" not in server.service.output()
 
 
-def test_receive_after_response_is_disconnect(server: Server, client: httpx.Client) -> None:
+def test_receive_after_response_is_disconnect(server: ServedApp, client: httpx.Client) -> None:
     response = client.post("/disconnect", content=b"abc")
     assert response.json() == {"body": "abc"}
     assert client.get("/worker").status_code == 200
@@ -285,7 +269,7 @@ def test_receive_after_response_is_disconnect(server: Server, client: httpx.Clie
 # -- failures ---------------------------------------------------------------------------
 
 
-def test_exception_is_500_and_logged(server: Server, client: httpx.Client) -> None:
+def test_exception_is_500_and_logged(server: ServedApp, client: httpx.Client) -> None:
     pid = client.get("/worker").json()["pid"]
     response = client.get("/raise")
     assert response.status_code == 500
@@ -300,7 +284,7 @@ def test_exception_is_500_and_logged(server: Server, client: httpx.Client) -> No
     assert after.json()["pid"] == pid
 
 
-def test_exception_after_start_closes_connection(server: Server) -> None:
+def test_exception_after_start_closes_connection(server: ServedApp) -> None:
     with httpx.Client(base_url=server.url, timeout=TIMEOUT) as fresh:
         with pytest.raises(httpx.RemoteProtocolError):
             fresh.get("/raise-after-start")
@@ -308,14 +292,14 @@ def test_exception_after_start_closes_connection(server: Server) -> None:
     server.service.wait_for_log(SECRET + " (after start)", timeout=5)
 
 
-def test_returning_without_response_is_500(server: Server, client: httpx.Client) -> None:
+def test_returning_without_response_is_500(server: ServedApp, client: httpx.Client) -> None:
     response = client.get("/no-response")
     assert response.status_code == 500
     server.service.wait_for_log("ASGI app returned without a response for GET /no-response", 5)
     assert client.get("/worker").status_code == 200
 
 
-def test_body_before_start_is_500_and_logged(server: Server, client: httpx.Client) -> None:
+def test_body_before_start_is_500_and_logged(server: ServedApp, client: httpx.Client) -> None:
     response = client.get("/body-before-start")
     assert response.status_code == 500
     assert "too early" not in response.text
@@ -324,7 +308,7 @@ def test_body_before_start_is_500_and_logged(server: Server, client: httpx.Clien
     assert client.get("/worker").status_code == 200
 
 
-def test_double_start_is_500(server: Server, client: httpx.Client) -> None:
+def test_double_start_is_500(server: ServedApp, client: httpx.Client) -> None:
     assert client.get("/double-start").status_code == 500
     server.service.wait_for_log("'http.response.start' twice", timeout=5)
 
@@ -338,13 +322,13 @@ def test_app_404(client: httpx.Client) -> None:
 # -- shutdown: last, it stops the module's service ----------------------------------------
 
 
-def test_lifespan_shutdown_runs_on_sigterm(server: Server) -> None:
-    started = startup_files(server.record_dir)
+def test_lifespan_shutdown_runs_on_sigterm(server: ServedApp) -> None:
+    started = startup_files(server.data_dir)
     assert len(started) == 2
     status = server.service.stop()  # SIGTERM to the supervisor, which stops its workers
     assert status == 0, server.service.output()
     for pid, worker_id in started.items():
-        shutdown = server.record_dir / f"shutdown-{pid}"
+        shutdown = server.data_dir / f"shutdown-{pid}"
         assert shutdown.exists(), server.service.output()
         assert shutdown.read_text() == worker_id
     log = server.service.output()

@@ -10,39 +10,26 @@ import email.utils
 import socket
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import httpx
 import pytest
 
 from tests.apps.handlers import SECRET
-from tests.service import Service, running_squall
+from tests.service import ServedApp, served_app
 
 TIMEOUT = httpx.Timeout(5.0)
 JSON_BODY = b'{"hello": "world", "number": 3, "html": "<\\/script>"}'
 
 
-@dataclass
-class Server:
-    service: Service
-    port: int
-    url: str
-    client: httpx.Client
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with running_squall(tmp_path_factory.mktemp("web"), "tests.apps.handlers:app") as (
-        service,
-        port,
-    ):
-        url = f"http://127.0.0.1:{port}"
-        with httpx.Client(base_url=url, timeout=TIMEOUT) as client:
-            yield Server(service, port, url, client)
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedApp]:
+    base = tmp_path_factory.mktemp("web")
+    with served_app(base, "tests.apps.handlers:app") as served:
+        yield served
 
 
 @pytest.fixture
-def client(server: Server) -> httpx.Client:
+def client(server: ServedApp) -> httpx.Client:
     return server.client
 
 
@@ -125,7 +112,7 @@ def test_set_status_codes(client: httpx.Client, code: int) -> None:
     assert response.text == f"status {code}"
 
 
-def test_204_has_no_body_and_no_length(server: Server) -> None:
+def test_204_has_no_body_and_no_length(server: ServedApp) -> None:
     raw = raw_request(
         server.port, b"GET /status/204 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
     )
@@ -221,7 +208,7 @@ def test_form_arguments_need_form_content_type(client: httpx.Client) -> None:
     assert response.status_code == 400
 
 
-def test_missing_argument_is_400(server: Server, client: httpx.Client) -> None:
+def test_missing_argument_is_400(server: ServedApp, client: httpx.Client) -> None:
     response = client.get("/required")
     assert response.status_code == 400
     assert "400: Bad Request" in response.text
@@ -239,7 +226,7 @@ def test_initialize_receives_route_kwargs(client: httpx.Client) -> None:
 # -- the request object -----------------------------------------------------------------
 
 
-def test_request_attributes(server: Server, client: httpx.Client) -> None:
+def test_request_attributes(server: ServedApp, client: httpx.Client) -> None:
     response = client.post(
         "/request/a%20b?x=1&y=2",
         content=b"the body",
@@ -275,7 +262,7 @@ def test_binary_body_echo(client: httpx.Client) -> None:
     assert response.headers["content-length"] == str(len(body))
 
 
-def test_large_body_echo(server: Server) -> None:
+def test_large_body_echo(server: ServedApp) -> None:
     # Over the 256 KiB the server buffers before it pauses reading: an app that
     # runs once the body is whole must still get all of it.
     body = bytes(i % 251 for i in range(1 << 20))
@@ -307,7 +294,7 @@ def test_redirect(client: httpx.Client, kind: str, status: int, location: str) -
     assert response.headers["content-length"] == "0"
 
 
-def test_http_error_custom_status_and_log_message(server: Server, client: httpx.Client) -> None:
+def test_http_error_custom_status_and_log_message(server: ServedApp, client: httpx.Client) -> None:
     response = client.get("/teapot")
     assert response.status_code == 418
     assert response.reason_phrase == "I'm a Teapot"
@@ -350,7 +337,7 @@ def test_405_for_unsupported_method(client: httpx.Client) -> None:
 
 
 def test_uncaught_exception_is_500_logged_and_worker_survives(
-    server: Server, client: httpx.Client
+    server: ServedApp, client: httpx.Client
 ) -> None:
     before = client.get("/request/who")
     pid = before.json()["pid"]
@@ -375,7 +362,9 @@ def test_uncaught_exception_is_500_logged_and_worker_survives(
     assert server.service.proc.poll() is None
 
 
-def test_write_after_finish_is_logged_response_kept(server: Server, client: httpx.Client) -> None:
+def test_write_after_finish_is_logged_response_kept(
+    server: ServedApp, client: httpx.Client
+) -> None:
     response = client.get("/write-after-finish")
     assert response.status_code == 200
     assert response.text == "done"
@@ -399,7 +388,7 @@ def test_head_falls_back_to_get_without_body(client: httpx.Client) -> None:
     assert head.headers["x-get-ran"] == "yes"
 
 
-def test_head_on_the_wire_has_length_but_no_body(server: Server) -> None:
+def test_head_on_the_wire_has_length_but_no_body(server: ServedApp) -> None:
     # Two HEADs on one connection: if a body leaked after the first head, the
     # second response would not start right after it.
     request = b"HEAD /get-only HTTP/1.1\r\nHost: t\r\n\r\n"
@@ -447,7 +436,7 @@ def test_async_head(client: httpx.Client) -> None:
     assert int(response.headers["content-length"]) > 0
 
 
-def test_async_exception_is_500_and_logged(server: Server, client: httpx.Client) -> None:
+def test_async_exception_is_500_and_logged(server: ServedApp, client: httpx.Client) -> None:
     response = client.get("/async-error")
     assert response.status_code == 500
     assert SECRET not in response.text
@@ -464,7 +453,7 @@ def test_async_explicit_finish(client: httpx.Client) -> None:
     assert client.get("/async-finish").text == "finished explicitly"
 
 
-def test_concurrent_async_requests(server: Server) -> None:
+def test_concurrent_async_requests(server: ServedApp) -> None:
     with httpx.Client(base_url=server.url, timeout=TIMEOUT) as fresh:
         for _ in range(20):
             assert fresh.get("/async").status_code == 200
@@ -495,7 +484,7 @@ def test_prepare_raising_http_error(client: httpx.Client) -> None:
     assert "must not be reached" not in response.text
 
 
-def test_on_finish_runs_after_each_response(server: Server) -> None:
+def test_on_finish_runs_after_each_response(server: ServedApp) -> None:
     # One keep-alive connection stays with one worker, whose counter rises.
     with httpx.Client(base_url=server.url, timeout=TIMEOUT) as fresh:
         first = fresh.get("/on-finish").json()["finished_before"]
@@ -505,7 +494,7 @@ def test_on_finish_runs_after_each_response(server: Server) -> None:
     assert third == first + 2
 
 
-def test_service_still_healthy_at_the_end(server: Server, client: httpx.Client) -> None:
+def test_service_still_healthy_at_the_end(server: ServedApp, client: httpx.Client) -> None:
     assert client.get("/").status_code == 200
     assert server.service.proc.poll() is None
     assert len(server.service.workers()) == 2

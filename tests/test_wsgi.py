@@ -10,44 +10,27 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.apps.wsgi_app import CLOSE_DIR_ENV, SECRET
-from tests.service import Service, running_squall, wait_until
+from tests.service import ServedApp, served_app, wait_until
 
 TIMEOUT = httpx.Timeout(5.0)
 
 
-@dataclass
-class Server:
-    service: Service
-    port: int
-    url: str
-    client: httpx.Client
-    close_dir: Path
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedApp]:
     base = tmp_path_factory.mktemp("wsgi")
-    close_dir = base / "closed"
-    close_dir.mkdir()
-    env = {CLOSE_DIR_ENV: str(close_dir)}
-    with running_squall(base, "tests.apps.wsgi_app:app", "--interface", "wsgi", env=env) as (
-        service,
-        port,
-    ):
-        url = f"http://127.0.0.1:{port}"
-        with httpx.Client(base_url=url, timeout=TIMEOUT) as client:
-            yield Server(service, port, url, client, close_dir)
+    with served_app(
+        base, "tests.apps.wsgi_app:app", "--interface", "wsgi", data_env=CLOSE_DIR_ENV
+    ) as served:
+        yield served
 
 
 @pytest.fixture
-def client(server: Server) -> httpx.Client:
+def client(server: ServedApp) -> httpx.Client:
     return server.client
 
 
@@ -85,7 +68,7 @@ def test_echo_binary_body(client: httpx.Client) -> None:
     assert response.headers["x-method"] == "PUT"
 
 
-def test_large_body_echo(server: Server) -> None:
+def test_large_body_echo(server: ServedApp) -> None:
     # Over the 256 KiB the server buffers before it pauses reading: an app that
     # runs once the body is whole must still get all of it.
     body = bytes(i % 251 for i in range(1 << 20))
@@ -97,7 +80,7 @@ def test_large_body_echo(server: Server) -> None:
         assert fresh.get("/worker").status_code == 200  # the connection reads on
 
 
-def test_environ_keys(server: Server, client: httpx.Client) -> None:
+def test_environ_keys(server: ServedApp, client: httpx.Client) -> None:
     response = client.post(
         "/environ/sub",
         params={"a": "1", "b": "x y"},
@@ -138,7 +121,7 @@ def test_environ_without_body_has_no_content_headers(client: httpx.Client) -> No
     assert environ["HTTP_X_CUSTOM"] is None
 
 
-def test_path_info_is_latin1_bytes_as_text(server: Server) -> None:
+def test_path_info_is_latin1_bytes_as_text(server: ServedApp) -> None:
     # PEP 3333: PATH_INFO holds the percent-decoded bytes, each as one latin-1
     # character; the app gets the UTF-8 text back with .encode("latin-1").
     raw = raw_exchange(
@@ -151,7 +134,7 @@ def test_path_info_is_latin1_bytes_as_text(server: Server) -> None:
     assert path_info.encode("latin-1").decode("utf-8") == "/environ/caf\u00e9 \u2603"
 
 
-def test_both_workers_have_ids(server: Server) -> None:
+def test_both_workers_have_ids(server: ServedApp) -> None:
     seen: dict[int, int] = {}
     with httpx.Client(
         base_url=server.url, timeout=TIMEOUT, headers={"Connection": "close"}
@@ -167,17 +150,17 @@ def test_both_workers_have_ids(server: Server) -> None:
 # -- response bodies --------------------------------------------------------------------
 
 
-def test_streaming_iterable_joined_and_closed(server: Server, client: httpx.Client) -> None:
+def test_streaming_iterable_joined_and_closed(server: ServedApp, client: httpx.Client) -> None:
     response = client.get("/stream", params={"token": "joined", "n": "6"})
     assert response.status_code == 200
     assert response.content == b"".join(f"part-{i};".encode() for i in range(6))
     assert response.headers["content-type"] == "text/plain"
-    marker = server.close_dir / "closed-joined"
+    marker = server.data_dir / "closed-joined"
     wait_until(marker.exists, timeout=5)
     assert int(marker.read_text()) in server.service.workers()
 
 
-def test_streaming_iterable_arrives_chunked(server: Server) -> None:
+def test_streaming_iterable_arrives_chunked(server: ServedApp) -> None:
     raw = raw_exchange(
         server.port,
         b"GET /stream?token=wire&n=3 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
@@ -185,14 +168,14 @@ def test_streaming_iterable_arrives_chunked(server: Server) -> None:
     head, _, body = raw.partition(b"\r\n\r\n")
     assert b"transfer-encoding: chunked" in head
     assert body.endswith(b"0\r\n\r\n")
-    wait_until((server.close_dir / "closed-wire").exists, timeout=5)
+    wait_until((server.data_dir / "closed-wire").exists, timeout=5)
 
 
-def test_close_called_for_head(server: Server, client: httpx.Client) -> None:
+def test_close_called_for_head(server: ServedApp, client: httpx.Client) -> None:
     response = client.head("/stream", params={"token": "head"})
     assert response.status_code == 200
     assert response.content == b""
-    wait_until((server.close_dir / "closed-head").exists, timeout=5)
+    wait_until((server.data_dir / "closed-head").exists, timeout=5)
 
 
 def test_lazy_generator_start_response(client: httpx.Client) -> None:
@@ -231,7 +214,7 @@ def test_app_404(client: httpx.Client) -> None:
 # -- errors -----------------------------------------------------------------------------
 
 
-def test_exception_is_500_logged_worker_survives(server: Server, client: httpx.Client) -> None:
+def test_exception_is_500_logged_worker_survives(server: ServedApp, client: httpx.Client) -> None:
     pid = client.get("/worker").json()["pid"]
     response = client.get("/error")
     assert response.status_code == 500
@@ -247,7 +230,7 @@ def test_exception_is_500_logged_worker_survives(server: Server, client: httpx.C
 
 
 def test_exception_in_iterable_before_first_chunk_is_500(
-    server: Server, client: httpx.Client
+    server: ServedApp, client: httpx.Client
 ) -> None:
     response = client.get("/error-in-iter")
     assert response.status_code == 500
@@ -256,7 +239,7 @@ def test_exception_in_iterable_before_first_chunk_is_500(
     assert client.get("/worker").status_code == 200
 
 
-def test_empty_chunk_does_not_send_the_head(server: Server, client: httpx.Client) -> None:
+def test_empty_chunk_does_not_send_the_head(server: ServedApp, client: httpx.Client) -> None:
     # PEP 3333: headers wait for the first non-empty chunk, so an error after
     # an empty one can still become a 500.
     response = client.get("/empty-then-error")
@@ -271,7 +254,7 @@ def test_start_response_with_exc_info_replaces_head(client: httpx.Client) -> Non
     assert response.content == b"the app's own error page"
 
 
-def test_service_healthy_at_the_end(server: Server, client: httpx.Client) -> None:
+def test_service_healthy_at_the_end(server: ServedApp, client: httpx.Client) -> None:
     assert client.get("/worker").status_code == 200
     assert server.service.proc.poll() is None
     assert len(server.service.workers()) == 2

@@ -218,10 +218,6 @@ class RequestCycle:
             self._protocol.pause_reading()
         self._wake_body_reader()
 
-    def _end_body(self) -> None:
-        self.body_complete = True
-        self._wake_body_reader()
-
     def _wake_body_reader(self) -> None:
         waiter = self._body_waiter
         if waiter is not None and not waiter.done():
