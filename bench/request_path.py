@@ -2,9 +2,11 @@
 
     python bench/request_path.py [--requests 200000]
 
-Feeds keep-alive GET requests straight into `HTTPProtocol.data_received`
-(with a transport that only collects the bytes written) for squall's native
-handler API and a raw ASGI app, and prints the CPU time per request. It
+Feeds GET requests straight into `HTTPProtocol.data_received` (with a
+transport that only collects the bytes written) for squall's native handler
+API and a raw ASGI app, and prints the CPU time per request: keep-alive (one
+connection, request after request) and new connection (a protocol made,
+connected, fed one `Connection: close` request and lost, per request). It
 leaves out what every server pays alike (recv, send, epoll), so a change to
 squall's own code shows clearly even on a busy machine; the end-to-end
 figures come from bench/compare.py.
@@ -28,6 +30,7 @@ from squall.http.protocol import HTTPProtocol, ServerState
 from squall.worker import new_event_loop
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: localhost:8080\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n"
+CLOSING_REQUEST = REQUEST.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
 
 
 class SinkTransport:
@@ -54,7 +57,35 @@ class SinkTransport:
         pass
 
 
-async def run(app: Any, requests: int) -> float:
+async def new_connections(app: Any, requests: int) -> float:
+    state = ServerState(app, DEFAULT_LIMITS, keepalive_timeout=5.0)
+    server = ("127.0.0.1", 8080)
+
+    def one() -> tuple[HTTPProtocol, SinkTransport]:
+        protocol = HTTPProtocol(state, server=server)
+        transport = SinkTransport()
+        protocol.connection_made(transport)  # type: ignore[arg-type]
+        protocol.data_received(CLOSING_REQUEST)
+        return protocol, transport
+
+    for _ in range(1000):  # warm up
+        one()
+        await asyncio.sleep(0)
+    gc.collect()
+    written = 0
+    start = time.process_time()
+    for _ in range(requests):
+        protocol, transport = one()
+        await asyncio.sleep(0)
+        protocol.connection_lost(None)
+        written += transport.written
+    elapsed = time.process_time() - start
+    state.stop_ticker()
+    assert written >= requests, "not every request was answered"
+    return elapsed / requests * 1e6
+
+
+async def keep_alive(app: Any, requests: int) -> float:
     state = ServerState(app, DEFAULT_LIMITS, keepalive_timeout=5.0)
     protocol = HTTPProtocol(state)
     transport = SinkTransport()
@@ -95,8 +126,9 @@ def main() -> None:
     asyncio.set_event_loop(loop)
     cases = {"squall native": native, "raw ASGI": ASGIAdapter(raw_asgi)}
     for name, app in cases.items():
-        per_request = loop.run_until_complete(run(app, args.requests))
-        print(f"{name}: {per_request:.2f} µs/request of Python")
+        for mode, run in (("keep-alive", keep_alive), ("new connection", new_connections)):
+            per_request = loop.run_until_complete(run(app, args.requests))
+            print(f"{name}, {mode}: {per_request:.2f} µs/request of Python")
     loop.close()
 
 

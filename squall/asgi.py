@@ -83,7 +83,8 @@ class ASGIAdapter:
             "state": self.state.copy(),
             "extensions": {},
         }
-        coro = self._run(scope, _Exchange(cycle))
+        exchange = _Exchange(cycle)
+        coro = self._run(scope, exchange)
         if EAGER_TASKS:
             # Python 3.12+: runs at once, and becomes a scheduled task only if it waits.
             task = asyncio.Task(coro, loop=cycle.loop, eager_start=True)  # type: ignore[call-arg]
@@ -91,8 +92,10 @@ class ASGIAdapter:
                 return
         else:
             task = cycle.loop.create_task(coro)
+        # `_run` drops the reference as it ends: cheaper than a done callback,
+        # which costs the loop one more callback per request.
+        exchange.task = task
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     def upgrade(self, cycle: RequestCycle, trailing: bytes) -> Upgraded | None:
         """A WebSocket handshake becomes a `websocket` scope; any other Upgrade stays HTTP."""
@@ -107,23 +110,25 @@ class ASGIAdapter:
                 # Our send() raised ClientDisconnected, which frameworks may wrap
                 # in their own exception: a client leaving is not an app error.
                 logger.debug("client disconnected during %s %s", scope["method"], scope["path"])
-                return
-            logger.exception("exception in ASGI app for %s %s", scope["method"], scope["path"])
-            exchange.fail()
-            return
-        if not cycle.response_started:
-            if exchange.status is not None:  # start sent, no body message
-                exchange.finish_empty()
             else:
-                logger.error(
-                    "ASGI app returned without a response for %s %s",
-                    scope["method"],
-                    scope["path"],
-                )
+                logger.exception("exception in ASGI app for %s %s", scope["method"], scope["path"])
                 exchange.fail()
-        elif not cycle.complete and not cycle.disconnected:
-            logger.error("ASGI app returned before its response was complete")
-            cycle.abort()
+        else:
+            if not cycle.response_started:
+                if exchange.status is not None:  # start sent, no body message
+                    exchange.finish_empty()
+                else:
+                    logger.error(
+                        "ASGI app returned without a response for %s %s",
+                        scope["method"],
+                        scope["path"],
+                    )
+                    exchange.fail()
+            elif not cycle.complete and not cycle.disconnected:
+                logger.error("ASGI app returned before its response was complete")
+                cycle.abort()
+        finally:
+            self._tasks.discard(exchange.task)
 
 
 def _caused_by_disconnect(exc: BaseException | None) -> bool:
@@ -139,10 +144,11 @@ def _caused_by_disconnect(exc: BaseException | None) -> bool:
 class _Exchange:
     """`receive` and `send` for one request."""
 
-    __slots__ = ("body_done", "cycle", "headers", "status")
+    __slots__ = ("body_done", "cycle", "headers", "status", "task")
 
     def __init__(self, cycle: RequestCycle) -> None:
         self.cycle = cycle
+        self.task: asyncio.Task[None] | None = None
         self.status: int | None = None
         self.headers: list[tuple[bytes, bytes]] = []
         self.body_done = False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
 import ssl
@@ -165,12 +166,16 @@ class HTTPServer:
         backlog = self._backlog or default_backlog()
 
         proxy_protocol = self.proxy_protocol
-
-        def factory() -> HTTPProtocol:
-            return HTTPProtocol(state, proxy_protocol=proxy_protocol)
-
         tls = self.ssl_context
+        scheme = "https" if tls is not None else "http"
         for sock in self._sockets if sockets is None else sockets:
+            factory = functools.partial(
+                HTTPProtocol,
+                state,
+                scheme=scheme,
+                proxy_protocol=proxy_protocol,
+                server=_specific_address(sock),
+            )
             if sock.family == getattr(socket, "AF_UNIX", None):
                 server = await loop.create_unix_server(factory, sock=sock, backlog=backlog, ssl=tls)
             else:
@@ -206,3 +211,14 @@ class HTTPServer:
         lifespan = getattr(self._adapter, "lifespan", None)
         if lifespan is not None:
             await lifespan.shutdown()
+
+
+def _specific_address(sock: socket.socket) -> tuple[str, int] | None:
+    """The address every connection to `sock` arrives at, if it has one (not 0.0.0.0 or ::)."""
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return None
+    address = sock.getsockname()
+    host = str(address[0])
+    if host in ("0.0.0.0", "::") or host.startswith("::ffff:0.0.0.0"):
+        return None
+    return (host, int(address[1]))

@@ -358,6 +358,7 @@ class RequestHandler:
             self._chunks.clear()
             if not cycle.complete:
                 cycle.write(data)
+        cycle.flush()
         return _Drained(cycle)
 
     def finish(self, chunk: str | bytes | dict[str, Any] | None = None) -> None:

@@ -359,6 +359,36 @@ def test_pipelined_responses_keep_request_order(server: Server, worker_pid: int)
         client.assert_open()
 
 
+def test_pipelined_small_and_large_responses_stay_in_order(server: Server) -> None:
+    # Small responses made while a read is handled are held and written together;
+    # a large one goes out at once. Mixed, they must still leave in request order,
+    # and the held ones must reach the wire before the connection closes.
+    requests = [
+        (build("GET", "/"), b"ok"),
+        (build("GET", "/big"), BIG_BODY),
+        (build("GET", "/"), b"ok"),
+        (build("POST", "/echo", b"y" * 70_000), b"y" * 70_000),
+        (build("GET", "/"), b"ok"),
+        (build("GET", "/", Connection="close"), b"ok"),
+    ]
+    with server.client() as client:
+        client.send(b"".join(request for request, _ in requests))
+        bodies = [client.read_response().body for _ in requests]
+        assert [len(body) for body in bodies] == [len(expected) for _, expected in requests]
+        assert bodies == [expected for _, expected in requests]
+        client.wait_closed()
+
+
+def test_pipelined_bad_request_after_good_ones(server: Server) -> None:
+    # The good answers are held while the read is handled; the 400 that closes the
+    # connection must follow them, not overtake or drop them.
+    with server.client() as client:
+        client.send(build("GET", "/") + build("GET", "/") + b"NOT HTTP AT ALL\r\n\r\n")
+        assert [client.read_response().body for _ in range(2)] == [b"ok", b"ok"]
+        assert client.read_response().status == 400
+        client.wait_closed()
+
+
 def test_long_pipeline_behind_a_slow_request(server: Server, same_worker: SameWorker) -> None:
     # Every queued request is answered once /slow is done; none may be started from
     # inside the previous response's call stack (400 deep would overflow it).

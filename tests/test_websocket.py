@@ -698,6 +698,25 @@ def test_handshake_to_a_non_websocket_route_is_answered_in_http(squall_server: S
         raw.wait_eof()
 
 
+def test_handshake_right_behind_an_answered_request(squall_server: Server) -> None:
+    # The first answer is still held (it goes out once the read is handled) when
+    # the handshake hands the connection over: it must reach the client first.
+    with RawClient(squall_server.port) as raw:
+        first = b"GET /plain HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        raw.sock.sendall(first + raw.handshake_bytes("/ws/echo"))
+        status, headers = raw.read_head()
+        assert status == 200
+        length = int(headers["content-length"])
+        while len(raw.buffer) < length:
+            raw._fill()
+        assert raw.buffer[:length] == b"plain"
+        raw.buffer = raw.buffer[length:]
+        status, _ = raw.read_head()
+        assert status == 101
+        raw.send(TEXT, b"after a pipelined request")
+        assert raw.read_frame() == (TEXT, b"after a pipelined request")
+
+
 # -- apps without WebSocket support ---------------------------------------------------------
 
 
