@@ -1,10 +1,11 @@
-"""How evenly connections spread across the workers: shared socket vs --reuse-port.
+"""How evenly connections spread across the workers: a socket per worker vs one shared.
 
     python bench/balance.py [--bursts 10] [--connections 64] [--keepalive-seconds 3]
 
 Serves tests.scripts.asgi_basic:app (it answers with its worker id and pid)
-with `--workers 2`, once on one shared listening socket (the default) and
-once with --reuse-port (one SO_REUSEPORT socket per worker), and measures:
+with `--workers 2`, once with one SO_REUSEPORT socket per worker (the
+default on Linux) and once with `--shared-socket` (one listening socket all
+workers accept from), and measures:
 
 - Bursts: open `--connections` connections at once, all connected before any
   request is sent, then each sends one `GET / HTTP/1.1` with `Connection:
@@ -41,7 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 APP = "tests.scripts.asgi_basic:app"
 WORKERS = 2
 BUSY = 0.70
-MODES = (("shared socket", []), ("--reuse-port", ["--reuse-port"]))
+MODES = (("socket per worker (default)", []), ("--shared-socket", ["--shared-socket"]))
 REQUEST_CLOSE = b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
 REQUEST_KEEP = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
 

@@ -2,7 +2,7 @@
 
     python bench/compare.py [--duration 5] [--rounds 3] [--servers NAME,...]
                             [--modes keepalive,close] [--connections 64]
-                            [--squall-reuse-port] [--smoke]
+                            [--squall-shared-socket] [--smoke]
 
 Every server runs 2 workers and answers GET / with the 12-byte body "Hello,
 world" (the apps are in bench/peers/). The peers run from their own venv,
@@ -244,17 +244,17 @@ SERVERS = [
         "squall",
     ),
 ]
-REUSE_PORT_SERVERS = [
+SHARED_SOCKET_SERVERS = [
     Server(
-        f"{server.name}+reuse-port",
-        f"{server.what}, --reuse-port",
-        (lambda base: lambda port, d: [*base(port, d), "--reuse-port"])(server.command),
+        f"{server.name}+shared-socket",
+        f"{server.what}, --shared-socket",
+        (lambda base: lambda port, d: [*base(port, d), "--shared-socket"])(server.command),
         "squall",
     )
     for server in SERVERS
     if server.runtime == "squall"
 ]
-ALL_SERVERS = {server.name: server for server in SERVERS + REUSE_PORT_SERVERS}
+ALL_SERVERS = {server.name: server for server in SERVERS + SHARED_SOCKET_SERVERS}
 
 
 # -- processes ---------------------------------------------------------------------------------
@@ -886,11 +886,11 @@ def select(args: argparse.Namespace) -> list[Server]:
         chosen = [ALL_SERVERS[n] for n in names]
     else:
         chosen = list(SERVERS)
-    if args.squall_reuse_port:
+    if args.squall_shared_socket:
         chosen += [
             s
-            for s in REUSE_PORT_SERVERS
-            if s not in chosen and ALL_SERVERS[s.name.removesuffix("+reuse-port")] in chosen
+            for s in SHARED_SOCKET_SERVERS
+            if s not in chosen and ALL_SERVERS[s.name.removesuffix("+shared-socket")] in chosen
         ]
     return chosen
 
@@ -935,7 +935,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
     parser.add_argument(
         "--servers",
-        help=f"comma list, run in this order (default: all but +reuse-port): {', '.join(ALL_SERVERS)}",
+        help=f"comma list, run in this order (default: all but +shared-socket): {', '.join(ALL_SERVERS)}",
     )
     parser.add_argument(
         "--modes", default="keepalive,close", help="comma list of keepalive, close (default both)"
@@ -943,9 +943,9 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=64, help="wrk -c (default 64)")
     parser.add_argument("--threads", type=int, default=2, help="wrk -t (default 2)")
     parser.add_argument(
-        "--squall-reuse-port",
+        "--squall-shared-socket",
         action="store_true",
-        help="also run each selected squall server with --reuse-port",
+        help="also run each selected squall server with --shared-socket",
     )
     parser.add_argument(
         "--smoke", action="store_true", help="start, ask once, stop each server; no wrk"

@@ -90,9 +90,9 @@ SERVERS = [
     ),
 ]
 OPTIONAL = [
-    squall_server("squall-asgi+reuse-port", APP_RAW, "asgi", "raw ASGI", "--reuse-port"),
+    squall_server("squall-asgi+shared-socket", APP_RAW, "asgi", "raw ASGI", "--shared-socket"),
     squall_server(
-        "squall-native+reuse-port", APP_NATIVE, "squall", "web.Application", "--reuse-port"
+        "squall-native+shared-socket", APP_NATIVE, "squall", "web.Application", "--shared-socket"
     ),
 ]
 ALL = {s.name: s for s in SERVERS + OPTIONAL}

@@ -24,7 +24,7 @@ from squall.cpus import cpu_count
 from squall.errors import SquallError, UsageError
 from squall.listeners import ReusePortListeners, SharedListeners
 from squall.logs import configure, reopen_log_file
-from squall.sockets import describe_socket, open_binds, parse_bind
+from squall.sockets import describe_socket, open_binds, parse_bind, reuse_port_balances
 from squall.supervisor import Plugin
 from squall.systemd import SystemdPlugin, listen_fds
 from squall.watch import start_watcher
@@ -122,6 +122,8 @@ def run(config: Config) -> NoReturn:
         from squall.tls import server_context
 
         server_context(config.certfile, config.keyfile)  # a bad file is one clear error, now
+    if config.reuse_port and config.shared_socket:
+        raise UsageError("--reuse-port and --shared-socket: give one or the other")
     app = import_app(config.app) if config.preload else None
     activated = listen_fds()  # systemd socket activation
     specs = [parse_bind(spec) for spec in config.bind]
@@ -133,7 +135,7 @@ def run(config: Config) -> NoReturn:
         activated = []
     if activated:
         listeners = SharedListeners(activated)
-    elif config.reuse_port:
+    elif config.reuse_port or (not config.shared_socket and reuse_port_balances()):
         listeners = ReusePortListeners(specs, backlog=config.backlog)
     else:
         listeners = SharedListeners(open_binds(specs, backlog=config.backlog))
@@ -144,7 +146,9 @@ def run(config: Config) -> NoReturn:
         config.app,
         ", ".join(describe_socket(s) for s in listeners.describe()),
         workers,
-        ", one socket each (SO_REUSEPORT)" if config.reuse_port else "",
+        ", one socket each (SO_REUSEPORT)"
+        if isinstance(listeners, ReusePortListeners) and listeners.slots[0]
+        else "",
         os.getpid(),
     )
     if config.preload:

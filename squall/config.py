@@ -57,6 +57,7 @@ class Config:
     on_exhausted: str = "exit"
     reload_batch: int = 1
     reuse_port: bool = False
+    shared_socket: bool = False
     preload: bool = False
     reload: bool = False
     threads: int = 10
@@ -261,7 +262,14 @@ SETTINGS: tuple[Setting, ...] = (
         "reuse_port",
         "--reuse-port",
         _switch,
-        "one SO_REUSEPORT socket per worker (better balance) instead of one shared socket",
+        "one SO_REUSEPORT socket per worker: even balance (the default on Linux)",
+        switch=True,
+    ),
+    Setting(
+        "shared_socket",
+        "--shared-socket",
+        _switch,
+        "one socket every worker accepts from, instead of one per worker (--reuse-port)",
         switch=True,
     ),
     Setting(

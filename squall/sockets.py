@@ -12,6 +12,7 @@ import errno
 import os
 import socket
 import stat
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -30,6 +31,11 @@ __all__ = [
 
 SOMAXCONN_PATH = "/proc/sys/net/core/somaxconn"
 _PORT_ZERO_ATTEMPTS = 5  # retries when another program grabs our ephemeral port on the other family
+
+
+def reuse_port_balances() -> bool:
+    """True where SO_REUSEPORT spreads connections across sockets (Linux; not the BSDs or macOS)."""
+    return sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
 
 
 def default_backlog() -> int:

@@ -402,6 +402,10 @@ class Supervisor:
             self._spawn(task_id)
         for task_id in range(count, previous):
             self._pending_spawns.pop(task_id, None)
+            if self.listeners is not None:
+                # With a socket per slot: from now on only the retiring worker's
+                # own copy keeps it in the group, and it closes that as it drains.
+                self.listeners.close_slot(task_id)
             for worker in list(self.workers.values()):
                 if worker.task_id == task_id and not worker.retiring:
                     self._retire(worker)

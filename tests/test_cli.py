@@ -68,6 +68,11 @@ def error_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
         ),
         (["examples.demo:app", "--frobnicate"], 2, "unrecognized arguments: --frobnicate"),
         (
+            ["examples.demo:app", "--reuse-port", "--shared-socket"],
+            2,
+            "--reuse-port and --shared-socket: give one or the other",
+        ),
+        (
             ["tests.scripts.hang_on_boot:app", "--workers", "3"],
             1,
             "RuntimeError: database unreachable",

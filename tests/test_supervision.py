@@ -84,12 +84,37 @@ def test_graceful_stop_finishes_the_request_in_flight(services: Services, tmp_pa
     assert all(not alive(pid) for pid in workers)
 
 
-@pytest.mark.parametrize("mode", ["shared", "reuse-port"])
+SOCKET_MODES = {"reuse-port (default)": [], "shared": ["--shared-socket"]}
+
+
+def listening_sockets(port: int) -> int:
+    """How many TCP sockets listen on 127.0.0.1:`port` (from /proc/net/tcp)."""
+    wanted = f"0100007F:{port:04X}"
+    with open("/proc/net/tcp") as table:
+        rows = [line.split() for line in table.readlines()[1:]]
+    return sum(1 for row in rows if row[1] == wanted and row[3] == "0A")
+
+
+@pytest.mark.parametrize("mode", SOCKET_MODES)
+def test_socket_per_worker_by_default_one_when_shared(
+    services: Services, tmp_path: Path, mode: str
+) -> None:
+    service, port = start(services, app_dir(tmp_path), "--workers", "3", *SOCKET_MODES[mode])
+    service.wait_for_workers(3)
+    expected = 1 if mode == "shared" else 3
+    assert listening_sockets(port) == expected
+    assert ("one socket each (SO_REUSEPORT)" in service.output()) == (expected == 3)
+    service.send(signal.SIGTTOU)
+    service.wait_for_workers(2)
+    wait_until(lambda: listening_sockets(port) == expected - (expected > 1), timeout=10)
+
+
+@pytest.mark.parametrize("mode", SOCKET_MODES)
 def test_rolling_reload_under_load_loses_nothing(
     services: Services, tmp_path: Path, mode: str
 ) -> None:
     directory = app_dir(tmp_path)
-    extra = ["--reuse-port"] if mode == "reuse-port" else []
+    extra = SOCKET_MODES[mode]
     service, port = start(services, directory, "--workers", "2", *extra)
     old = set(service.wait_for_workers(2))
     with Load(port) as load:
@@ -183,6 +208,26 @@ def test_ttin_and_ttou_change_the_number_of_workers(services: Services, tmp_path
         service.wait_for_log(f"to {expected} worker(s)" if expected > 1 else "to 1 worker(s)")
         service.wait_for_workers(expected)
     assert get(port, "/pid").json()["task_id"] == 0
+
+
+@pytest.mark.parametrize("mode", SOCKET_MODES)
+def test_scaling_up_and_down_under_load_loses_nothing(
+    services: Services, tmp_path: Path, mode: str
+) -> None:
+    service, port = start(services, app_dir(tmp_path), "--workers", "2", *SOCKET_MODES[mode])
+    service.wait_for_workers(2)
+    with Load(port, keepalive=3, fresh=3) as load:
+        load.wait_for_requests(500)
+        for _ in range(3):
+            service.send(signal.SIGTTIN)
+            service.wait_for_workers(3)
+            load.wait_for_requests(load.result.total + 300)
+            service.send(signal.SIGTTOU)
+            service.wait_for_workers(2)
+            load.wait_for_requests(load.result.total + 300)
+    result = load.result
+    assert result.failed == 0, result.errors
+    print(f"{mode}: {result.total} requests, {result.failed} failed, {result.retried} retried")
 
 
 def test_max_requests_recycles_without_failures(services: Services, tmp_path: Path) -> None:
