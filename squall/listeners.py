@@ -76,8 +76,8 @@ class ReusePortListeners:
         self.slots[0] = first
         if not migrate_req_enabled():
             logger.debug(
-                "net.ipv4.tcp_migrate_req is off: scaling down with --reuse-port "
-                "resets connections still queued on the retired worker's socket"
+                "net.ipv4.tcp_migrate_req is off: closing a worker slot's socket "
+                "(scale-down, a restart delay, degrade) resets what is queued on it"
             )
 
     def open_slot(self, task_id: int) -> None:

@@ -402,10 +402,9 @@ class Supervisor:
             self._spawn(task_id)
         for task_id in range(count, previous):
             self._pending_spawns.pop(task_id, None)
-            if self.listeners is not None:
-                # With a socket per slot: from now on only the retiring worker's
-                # own copy keeps it in the group, and it closes that as it drains.
-                self.listeners.close_slot(task_id)
+            # With a socket per slot: from now on only the retiring worker's own
+            # copy keeps it in the group, and it closes that as it drains.
+            self._close_slot(task_id)
             for worker in list(self.workers.values()):
                 if worker.task_id == task_id and not worker.retiring:
                     self._retire(worker)
@@ -693,6 +692,9 @@ class Supervisor:
             logger.warning(
                 "worker %d (pid %d) %s, restarting in %.1f s", worker_id, pid, how, delay
             )
+            # A socket of its own would hold new connections for the whole delay;
+            # closed, they go to the other workers (`_spawn` opens a new one).
+            self._close_slot(worker_id)
         else:
             logger.warning("worker %d (pid %d) %s, restarting", worker_id, pid, how)
         self._pending_spawns[worker_id] = time.monotonic() + delay
@@ -709,10 +711,15 @@ class Supervisor:
                     len(self._serving()),
                 )
             self.degraded = True
+            self._close_slot(worker.task_id)  # no worker will accept from it again
             if not self._serving() and not self._pending_spawns:
                 self.stop(graceful=True, error=TooManyRestarts(message))
             return
         self.stop(graceful=True, error=TooManyRestarts(message))
+
+    def _close_slot(self, task_id: int) -> None:
+        if self.listeners is not None:
+            self.listeners.close_slot(task_id)
 
     def _spawn_due(self, now: float) -> None:
         for task_id, due in sorted(self._pending_spawns.items()):

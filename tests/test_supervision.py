@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import re
 import shutil
 import signal
@@ -228,6 +229,32 @@ def test_scaling_up_and_down_under_load_loses_nothing(
     result = load.result
     assert result.failed == 0, result.errors
     print(f"{mode}: {result.total} requests, {result.failed} failed, {result.retried} retried")
+
+
+def pid_of_task(port: int, task_id: int, timeout: float = 10.0) -> int:
+    """The pid of the worker in slot `task_id`, found by asking on new connections."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            answer = get(port, "/pid", timeout=0.5).json()
+            if answer["task_id"] == task_id:
+                return int(answer["pid"])
+    raise AssertionError(f"no answer from worker {task_id} within {timeout} s")
+
+
+def test_a_slot_waiting_to_restart_leaves_new_connections_to_the_others(
+    services: Services, tmp_path: Path
+) -> None:
+    service, port = start(services, app_dir(tmp_path), "--workers", "2")
+    service.wait_for_workers(2)
+    for _ in range(6):  # young deaths: slot 1's restart delay doubles each time
+        os.kill(pid_of_task(port, 1), signal.SIGKILL)
+    service.wait_for_log("restarting in 1.6 s")
+    # Its socket (one per worker by default) would hold what the kernel sends it
+    # until the restart; closed, every new connection reaches worker 0 at once.
+    answers = [get(port, "/pid", timeout=1.0).json()["task_id"] for _ in range(20)]
+    assert answers == [0] * 20
+    pid_of_task(port, 1)  # and slot 1 serves again after its delay
 
 
 def test_max_requests_recycles_without_failures(services: Services, tmp_path: Path) -> None:

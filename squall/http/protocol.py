@@ -37,8 +37,8 @@ BODY_BUFFER_HIGH = 256 * 1024
 TICK = 0.5
 # At most this many pipelined requests wait behind the current one.
 MAX_PIPELINED = 32
-# Output held back while a read is handled goes out at once past this size, so
-# that flow control (`pause_writing`) sees a large response as it is written.
+# Held output goes out at once past this size, so that flow control
+# (`pause_writing`) sees a large response as it is written.
 HELD_OUTPUT_LIMIT = 64 * 1024
 
 
@@ -137,7 +137,7 @@ class ServerState:
         self.ticker = loop.call_later(TICK, self._tick, loop)
 
     def hold_output(self, connection: HTTPProtocol) -> None:
-        """`connection` has output held back: write it once this loop pass's reads are done."""
+        """`connection` has output held back: write it after what is ready in this loop pass."""
         holding = self.holding
         holding.append(connection)
         if len(holding) == 1:
@@ -389,11 +389,10 @@ class HTTPProtocol(asyncio.Protocol):
         self._head_deadline = False  # `deadline` is a head's
         self.body_deadline = 0.0  # while a body is read: its next piece is due by then
         self.upgraded: Upgraded | None = None
-        # Responses made while a read is handled are held and written after the
-        # loop has handled every read of this pass: a write wakes the client,
-        # and on a busy machine the woken client would preempt this worker
-        # once per response instead of once per pass.
-        self._reading = False
+        # Output is held and written once the loop has run what was ready in
+        # this pass: a write wakes the client, and on a busy machine the woken
+        # client would preempt this worker once per response instead of once
+        # per pass. A response that ends the connection goes out at once.
         self._held: list[bytes] = []
         self._held_size = 0
 
@@ -452,15 +451,6 @@ class HTTPProtocol(asyncio.Protocol):
             if not rest:
                 return
             data = rest
-        self._reading = True
-        try:
-            self._handle_data(data)
-        finally:
-            self._reading = False
-            if self._held:
-                self.state.hold_output(self)
-
-    def _handle_data(self, data: bytes) -> None:
         conn = self.conn
         for event in conn.receive_data(data):
             kind = type(event)
@@ -531,6 +521,7 @@ class HTTPProtocol(asyncio.Protocol):
             # A request whose body was cut off can never be complete.
             self._request_failed(RequestError(400, "request body incomplete"))
         if self.current is None and not self.queue:
+            self.flush_output()  # the transport closes itself once its buffer is written
             return False
         self.eof = True
         return True
@@ -677,13 +668,12 @@ class HTTPProtocol(asyncio.Protocol):
         if transport is None or self.closing:
             return
         held = self._held
-        if self._reading or held:
-            held.append(data)
-            self._held_size += len(data)
-            if self._held_size > HELD_OUTPUT_LIMIT:
-                self.flush_output()
-        else:
-            transport.write(data)
+        if not held:
+            self.state.hold_output(self)
+        held.append(data)
+        self._held_size += len(data)
+        if self._held_size > HELD_OUTPUT_LIMIT:
+            self.flush_output()
 
     def write_now(self, data: bytes) -> None:
         """Write `data` after any held output, without holding it."""
