@@ -91,7 +91,8 @@ class ASGIAdapter:
             if task.done():
                 return
         else:
-            task = cycle.loop.create_task(coro)
+            # Named here: an unnamed task formats a fresh "Task-N" string.
+            task = asyncio.Task(coro, loop=cycle.loop, name="asgi-http")
         # `_run` drops the reference as it ends: cheaper than a done callback,
         # which costs the loop one more callback per request.
         exchange.task = task
