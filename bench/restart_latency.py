@@ -6,6 +6,9 @@ Runs `squall` with one worker, so no other worker can answer in the
 meantime; each round kills the worker, sends a request at once on a new
 connection (the kernel queues it in the listening socket's backlog), and
 times the answer from the new worker. Prints the min, median and max.
+Between rounds it waits until the new worker is past the supervisor's
+young-death window (STABLE_AGE, 2 s), so that every kill is answered by an
+immediate restart rather than the backoff meant for a crash loop.
 """
 
 from __future__ import annotations
@@ -21,6 +24,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from squall.supervisor import STABLE_AGE  # noqa: E402
+
 APP = "tests.scripts.asgi_basic:app"
 
 
@@ -84,7 +91,7 @@ def main() -> None:
             new = ask_pid(port)
             timings.append((time.perf_counter() - start) * 1000)
             assert new != old, "the killed worker answered"
-            time.sleep(0.05)
+            time.sleep(STABLE_AGE + 0.1)
         print(
             f"killed worker -> replacement answers: rounds={len(timings)} "
             f"min={min(timings):.1f} ms median={statistics.median(timings):.1f} ms "

@@ -692,9 +692,11 @@ class Supervisor:
             logger.warning(
                 "worker %d (pid %d) %s, restarting in %.1f s", worker_id, pid, how, delay
             )
-            # A socket of its own would hold new connections for the whole delay;
-            # closed, they go to the other workers (`_spawn` opens a new one).
-            self._close_slot(worker_id)
+            if any(w.task_id != worker_id for w in self._serving()):
+                # A socket of its own would hold new connections for the whole
+                # delay; closed, they go to the other workers (`_spawn` opens a
+                # new one). With no other worker, they wait for this one.
+                self._close_slot(worker_id)
         else:
             logger.warning("worker %d (pid %d) %s, restarting", worker_id, pid, how)
         self._pending_spawns[worker_id] = time.monotonic() + delay
