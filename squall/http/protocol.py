@@ -146,7 +146,11 @@ class ServerState:
     def _flush_held(self) -> None:
         holding, self.holding = self.holding, []
         for connection in holding:
-            connection.flush_output()
+            try:
+                connection.flush_output()
+            except Exception:  # one broken transport must not keep the others' output
+                logger.exception("error writing to %s", connection.client)
+                connection.close()
 
     def stop_ticker(self) -> None:
         if self.ticker is not None:
@@ -690,8 +694,9 @@ class HTTPProtocol(asyncio.Protocol):
             data = held[0] if len(held) == 1 else b"".join(held)
             held.clear()
             self._held_size = 0
-            if self.transport is not None:
-                self.transport.write(data)
+            transport = self.transport
+            if transport is not None and not transport.is_closing():
+                transport.write(data)
 
     async def writable(self) -> None:
         """Return once the transport takes writes again; any number may wait at once."""
