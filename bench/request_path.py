@@ -50,6 +50,9 @@ class SinkTransport:
     def close(self) -> None:
         pass
 
+    def is_closing(self) -> bool:
+        return False
+
     def pause_reading(self) -> None:
         pass
 

@@ -46,3 +46,24 @@ def test_every_server_answers_and_nothing_is_left() -> None:
         still = [pid for pid, started in pids.items() if compare.start_time(pid) == started]
         assert not still, f"{name}: still running: {still}"
     assert out.splitlines()[-1] == "left: none", out
+
+
+def test_request_path_runs_every_case() -> None:
+    # The hot-path tool drives HTTPProtocol with a stand-in transport: it breaks
+    # whenever the protocol asks the transport for something new.
+    result = subprocess.run(
+        [sys.executable, "bench/request_path.py", "--requests", "300"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == [
+        "squall native, keep-alive",
+        "squall native, new connection",
+        "raw ASGI, keep-alive",
+        "raw ASGI, new connection",
+    ], result.stdout
+    assert "Traceback" not in result.stderr, result.stderr

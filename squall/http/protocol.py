@@ -103,6 +103,8 @@ class ServerState:
         metrics: Metrics | None = None,
     ) -> None:
         self.app = app
+        # Asked once: on Python 3.11 every get_running_loop() is a getpid() system call.
+        self.loop = asyncio.get_running_loop()
         self.upgrade: Upgrader | None = getattr(app, "upgrade", None)
         self.limits = limits
         self.keepalive_timeout = keepalive_timeout
@@ -141,7 +143,7 @@ class ServerState:
         holding = self.holding
         holding.append(connection)
         if len(holding) == 1:
-            connection.loop.call_soon(self._flush_held)
+            self.loop.call_soon(self._flush_held)
 
     def _flush_held(self) -> None:
         holding, self.holding = self.holding, []
@@ -373,7 +375,7 @@ class HTTPProtocol(asyncio.Protocol):
         self._proxy_header: bytes | None = b"" if proxy_protocol else None
         self.app = state.app
         self.scheme = scheme
-        self.loop = asyncio.get_running_loop()
+        self.loop = state.loop
         self.conn = ServerConnection(state.limits)
         self.transport: asyncio.Transport | None = None
         self.client: tuple[str, int] | None = None
