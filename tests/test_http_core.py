@@ -60,6 +60,7 @@ from squall.http.core import (
     Request,
     RequestError,
     ServerConnection,
+    checked_headers,
     continue_response,
     error_response,
 )
@@ -786,3 +787,32 @@ def test_fuzz_mutated_requests_never_raise(data: bytes, cuts: list[int], limits:
 def test_fuzz_split_points_do_not_matter(data: bytes, cuts: list[int]) -> None:
     # Far below every default limit, so the result may not depend on the reads.
     assert feed([data]).comparable() == feed(split_at(data, cuts)).comparable()
+
+
+# -- response headers an app gives --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        (b"x-evil", b"a\r\nset-cookie: stolen=1"),
+        (b"x-evil", b"line\nbreak"),
+        (b"x-evil", b"carriage\rreturn"),
+        (b"x-evil\r\nset-cookie", b"1"),
+        (b"x-evil\n", b"1"),
+        (b"x-evil:", b"1"),
+    ],
+)
+def test_headers_that_could_split_a_response_are_refused(name: bytes, value: bytes) -> None:
+    with pytest.raises(RuntimeError, match="invalid response header"):
+        checked_headers([(b"content-type", b"text/plain"), (name, value)])
+
+
+def test_ordinary_headers_pass_as_given() -> None:
+    headers = [
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"location", b"https://example.com:8443/a?b=c#d"),  # ':' is fine in a value
+        (b"x-empty", b""),
+    ]
+    assert checked_headers(headers) is headers
+    assert checked_headers(tuple(headers)) == headers
