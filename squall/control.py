@@ -30,7 +30,6 @@ import logging
 import os
 import selectors
 import socket
-import stat
 import struct
 import sys
 import time
@@ -39,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from squall.errors import BindError
+from squall.sockets import remove_stale_socket
 from squall.supervisor import PluginBase, Supervisor, WorkerProcess
 
 logger = logging.getLogger("squall.control")
@@ -169,7 +169,11 @@ class ControlPlugin(PluginBase):
 
     def _listen(self) -> socket.socket:
         path = self.path
-        _remove_stale_socket(path)
+        remove_stale_socket(
+            path,
+            f"cannot open the control socket {path}",
+            "another process answers on it (is the service already running?)",
+        )
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             previous = os.umask(0o177)  # the file is born 0600: never more open
@@ -473,44 +477,6 @@ def _metrics_stats(plugin: object) -> Callable[[], dict[int, dict[str, Any]]] | 
         }
 
     return stats
-
-
-def _remove_stale_socket(path: str) -> None:
-    """Make room at `path`: a socket nobody answers on goes; anything else is an error."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        raise BindError(f"cannot open the control socket {path}: {exc.strerror or exc}") from None
-    if not stat.S_ISSOCK(st.st_mode):
-        raise BindError(
-            f"cannot open the control socket {path}: it exists and is not a socket; "
-            "refusing to replace it"
-        )
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.setblocking(False)
-    try:
-        probe.connect(path)
-    except (BlockingIOError, InterruptedError):
-        in_use = True  # somebody listens (with a full backlog)
-    except OSError:
-        in_use = False
-    else:
-        in_use = True
-    finally:
-        probe.close()
-    if in_use:
-        raise BindError(
-            f"cannot open the control socket {path}: another process answers on it "
-            "(is the service already running?)"
-        )
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        raise BindError(f"cannot remove the stale socket {path}: {exc.strerror or exc}") from None
 
 
 def _peer_credentials(sock: socket.socket) -> tuple[int | None, int | None]:

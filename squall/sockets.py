@@ -168,8 +168,11 @@ def _bind_all(
 def _unix_socket_in_use(path: str) -> bool:
     """Whether a server still answers on `path` (then it is not stale and must not be removed)."""
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.setblocking(False)
     try:
         probe.connect(path)
+    except (BlockingIOError, InterruptedError):
+        return True  # somebody listens, with a full backlog
     except OSError:
         return False
     else:
@@ -178,32 +181,34 @@ def _unix_socket_in_use(path: str) -> bool:
         probe.close()
 
 
-def bind_unix_socket(path: str, mode: int = 0o600, backlog: int | None = None) -> socket.socket:
-    """Bind a listening, non-blocking Unix socket at `path`, replacing a stale socket file.
+def remove_stale_socket(path: str, prefix: str, in_use: str = "address already in use") -> None:
+    """Make room for a new Unix socket at `path`.
 
     A socket file left behind by a crashed server would make bind() fail, so
-    it is removed; anything else at `path` is somebody's data and is left alone.
+    it is removed; a socket somebody still answers on, or anything that is
+    not a socket (somebody's data), is an error starting with `prefix`.
     """
     try:
         st = os.lstat(path)
     except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise BindError(f"{prefix}: {exc.strerror or exc}") from None
+    if not stat.S_ISSOCK(st.st_mode):
+        raise BindError(f"{prefix}: it is not a socket; refusing to replace it")
+    if _unix_socket_in_use(path):
+        raise BindError(f"{prefix}: {in_use}")
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
         pass
     except OSError as exc:
-        raise BindError(f"cannot bind unix:{path}: {exc.strerror or exc}") from None
-    else:
-        if not stat.S_ISSOCK(st.st_mode):
-            raise BindError(
-                f"cannot bind unix:{path}: refusing to remove {path}, it is not a socket"
-            )
-        if _unix_socket_in_use(path):
-            raise BindError(f"cannot bind unix:{path}: address already in use")
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise BindError(f"cannot remove stale socket {path}: {exc.strerror or exc}") from None
+        raise BindError(f"cannot remove the stale socket {path}: {exc.strerror or exc}") from None
 
+
+def bind_unix_socket(path: str, mode: int = 0o600, backlog: int | None = None) -> socket.socket:
+    """Bind a listening, non-blocking Unix socket at `path`, replacing a stale socket file."""
+    remove_stale_socket(path, f"cannot bind unix:{path}")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(path)
