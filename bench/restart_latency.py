@@ -26,15 +26,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.compare import free_port, stop_supervisor  # noqa: E402
 from squall.supervisor import STABLE_AGE  # noqa: E402
 
 APP = "tests.scripts.asgi_basic:app"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def ask_pid(port: int, timeout: float = 5.0) -> int:
@@ -98,12 +93,7 @@ def main() -> None:
             f"max={max(timings):.1f} ms"
         )
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_supervisor(proc)
 
 
 if __name__ == "__main__":
