@@ -122,12 +122,12 @@ class ServerState:
         self.request_quota = request_quota  # 0: no quota
         self.on_quota = on_quota
 
-    def start_ticker(self, loop: asyncio.AbstractEventLoop) -> None:
+    def start_ticker(self) -> None:
         """Check every connection's deadlines a few times a second."""
-        self.ticker = loop.call_later(TICK, self._tick, loop)
+        self.ticker = self.loop.call_later(TICK, self._tick)
 
-    def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
-        now = loop.time()
+    def _tick(self) -> None:
+        now = self.loop.time()
         due = [
             connection
             for connection in self.connections
@@ -136,7 +136,7 @@ class ServerState:
         ]
         for connection in due:  # acting may close connections: not while iterating the set
             connection.check_deadlines(now)
-        self.ticker = loop.call_later(TICK, self._tick, loop)
+        self.ticker = self.loop.call_later(TICK, self._tick)
 
     def hold_output(self, connection: HTTPProtocol) -> None:
         """`connection` has output held back: write it after what is ready in this loop pass."""
@@ -410,7 +410,7 @@ class HTTPProtocol(asyncio.Protocol):
         state = self.state
         state.connections.add(self)
         if state.ticker is None:
-            state.start_ticker(self.loop)
+            state.start_ticker()
         if state.metrics is not None:
             state.metrics.connection_opened()
         self._start_idle_timer()
@@ -527,8 +527,8 @@ class HTTPProtocol(asyncio.Protocol):
             # A request whose body was cut off can never be complete.
             self._request_failed(RequestError(400, "request body incomplete"))
         if self.current is None and not self.queue:
-            self.flush_output()  # the transport closes itself once its buffer is written
-            return False
+            self.close()  # after any held output
+            return True
         self.eof = True
         return True
 
@@ -683,11 +683,9 @@ class HTTPProtocol(asyncio.Protocol):
 
     def write_now(self, data: bytes) -> None:
         """Write `data` after any held output, without holding it."""
-        transport = self.transport
-        if transport is not None and not self.closing:
-            if self._held:
-                self.flush_output()
-            transport.write(data)
+        if self.transport is not None and not self.closing:
+            self._held.append(data)
+            self.flush_output()  # one write with whatever was held before it
 
     def flush_output(self) -> None:
         """Write the held output now."""
