@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
+from tests.apps import write_marker
+
 SECRET = "asgi-secret-exception-text"
 RECORD_DIR_ENV = "SQUALL_TEST_ASGI_DIR"
 
@@ -52,12 +54,12 @@ async def lifespan(scope: dict[str, Any], receive: Any, send: Any) -> None:
             state["startup_worker_id"] = state.get("worker_id")
             directory = _record_dir()
             if directory is not None:
-                (directory / f"startup-{os.getpid()}").write_text(str(state.get("worker_id")))
+                write_marker(directory / f"startup-{os.getpid()}", str(state.get("worker_id")))
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             directory = _record_dir()
             if directory is not None:
-                (directory / f"shutdown-{os.getpid()}").write_text(str(state.get("worker_id")))
+                write_marker(directory / f"shutdown-{os.getpid()}", str(state.get("worker_id")))
             await send({"type": "lifespan.shutdown.complete"})
             return
 
@@ -247,7 +249,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             outcome = type(exc).__name__
         directory = _record_dir()
         if directory is not None:
-            (directory / f"disconnect-{token}").write_text(outcome)
+            write_marker(directory / f"disconnect-{token}", outcome)
 
     elif path == "/worker":
         await send_json(send, {"worker_id": scope["state"].get("worker_id"), "pid": os.getpid()})

@@ -50,6 +50,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from squall.web import Application, RequestHandler, StreamClosedError, stream_request_body
+from tests.apps import write_marker
 
 RECORD_DIR_ENV = "SQUALL_TEST_STREAM_DIR"
 PIECE = 64 * 1024
@@ -59,10 +60,7 @@ _PIECE_BYTES = bytes(i % 251 for i in range(PIECE))
 def record(name: str, text: str = "") -> None:
     value = os.environ.get(RECORD_DIR_ENV)
     if value:
-        path = Path(value) / name
-        temporary = path.with_suffix(".tmp")
-        temporary.write_text(text)
-        temporary.rename(path)  # appears whole
+        write_marker(Path(value) / name, text)
 
 
 # -- squall handlers -----------------------------------------------------------------

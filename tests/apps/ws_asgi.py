@@ -34,6 +34,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
+from tests.apps import write_marker
+
 RECORD_DIR_ENV = "SQUALL_TEST_WS_DIR"
 SUPPORTED = ("chat.v2", "chat.v1")
 
@@ -41,9 +43,7 @@ SUPPORTED = ("chat.v2", "chat.v1")
 def _record(name: str, text: str) -> None:
     directory = os.environ.get(RECORD_DIR_ENV)
     if directory:
-        path = Path(directory) / name
-        path.with_suffix(".tmp").write_text(text)
-        path.with_suffix(".tmp").rename(path)
+        write_marker(Path(directory) / name, text)
 
 
 def _jsonable(value: Any) -> Any:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from squall.web import Application, HTTPError, RequestHandler
 from squall.websocket import WebSocketHandler
+from tests.apps import write_marker
 
 RECORD_DIR_ENV = "SQUALL_TEST_WS_DIR"
 
@@ -81,9 +82,8 @@ class RecordHandler(EchoHandler):
         directory = os.environ.get(RECORD_DIR_ENV)
         if directory:
             token = self.get_query_argument("token")
-            path = Path(directory) / f"handler-{token}"
-            path.with_suffix(".tmp").write_text(f"{self.close_code} {self.close_reason}")
-            path.with_suffix(".tmp").rename(path)
+            text = f"{self.close_code} {self.close_reason}"
+            write_marker(Path(directory) / f"handler-{token}", text)
 
 
 class RequestInfoHandler(WebSocketHandler):

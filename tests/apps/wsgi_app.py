@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
+from tests.apps import write_marker
+
 SECRET = "wsgi-secret-exception-text"
 CLOSE_DIR_ENV = "SQUALL_TEST_WSGI_DIR"
 
@@ -63,7 +65,7 @@ class ClosingStream:
     def close(self) -> None:
         directory = os.environ.get(CLOSE_DIR_ENV)
         if directory:
-            Path(directory, f"closed-{self.token}").write_text(str(os.getpid()))
+            write_marker(Path(directory, f"closed-{self.token}"), str(os.getpid()))
 
 
 def _json(start_response: StartResponse, data: Any, status: str = "200 OK") -> list[bytes]:
