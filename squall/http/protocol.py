@@ -683,9 +683,13 @@ class HTTPProtocol(asyncio.Protocol):
 
     def write_now(self, data: bytes) -> None:
         """Write `data` after any held output, without holding it."""
-        if self.transport is not None and not self.closing:
-            self._held.append(data)
-            self.flush_output()  # one write with whatever was held before it
+        transport = self.transport
+        if transport is not None and not self.closing:
+            if self._held:
+                self._held.append(data)
+                self.flush_output()  # one write with what was held before it
+            else:
+                transport.write(data)
 
     def flush_output(self) -> None:
         """Write the held output now."""
