@@ -3,9 +3,11 @@
     python bench/balance.py [--bursts 10] [--connections 64] [--keepalive-seconds 3]
 
 Serves tests.scripts.asgi_basic:app (it answers with its worker id and pid)
-with `--workers 2`, once with one SO_REUSEPORT socket per worker (the
-default on Linux) and once with `--shared-socket` (one listening socket all
-workers accept from), and measures:
+with `--workers 2` three ways: one SO_REUSEPORT socket per worker with new
+connections steered to the least-loaded worker (the default on Linux, where
+eBPF may be loaded), the same with `--no-steering` (the kernel's hash picks),
+and `--shared-socket` (one listening socket all workers accept from). It
+measures:
 
 - Bursts: open `--connections` connections at once, all connected before any
   request is sent, then each sends one `GET / HTTP/1.1` with `Connection:
@@ -42,7 +44,11 @@ ROOT = Path(__file__).resolve().parent.parent
 APP = "tests.scripts.asgi_basic:app"
 WORKERS = 2
 BUSY = 0.70
-MODES = (("socket per worker (default)", []), ("--shared-socket", ["--shared-socket"]))
+MODES = (
+    ("socket per worker (default)", []),
+    ("--no-steering", ["--no-steering"]),
+    ("--shared-socket", ["--shared-socket"]),
+)
 REQUEST_CLOSE = b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
 REQUEST_KEEP = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
 

@@ -2,7 +2,7 @@
 
     python bench/compare.py [--duration 5] [--rounds 3] [--servers NAME,...]
                             [--modes keepalive,close] [--connections 64]
-                            [--squall-shared-socket] [--smoke]
+                            [--squall-variants shared-socket,no-steering] [--smoke]
 
 Every server runs 2 workers and answers GET / with the 12-byte body "Hello,
 world" (the apps are in bench/peers/). The peers run from their own venv,
@@ -244,17 +244,20 @@ SERVERS = [
         "squall",
     ),
 ]
-SHARED_SOCKET_SERVERS = [
+#: The same squall servers run another way: name suffix -> extra flag.
+SQUALL_VARIANTS = {"shared-socket": "--shared-socket", "no-steering": "--no-steering"}
+VARIANT_SERVERS = [
     Server(
-        f"{server.name}+shared-socket",
-        f"{server.what}, --shared-socket",
-        (lambda base: lambda port, d: [*base(port, d), "--shared-socket"])(server.command),
+        f"{server.name}+{variant}",
+        f"{server.what}, {flag}",
+        (lambda base, extra: lambda port, d: [*base(port, d), extra])(server.command, flag),
         "squall",
     )
+    for variant, flag in SQUALL_VARIANTS.items()
     for server in SERVERS
     if server.runtime == "squall"
 ]
-ALL_SERVERS = {server.name: server for server in SERVERS + SHARED_SOCKET_SERVERS}
+ALL_SERVERS = {server.name: server for server in SERVERS + VARIANT_SERVERS}
 
 
 # -- processes ---------------------------------------------------------------------------------
@@ -886,11 +889,15 @@ def select(args: argparse.Namespace) -> list[Server]:
         chosen = [ALL_SERVERS[n] for n in names]
     else:
         chosen = list(SERVERS)
-    if args.squall_shared_socket:
+    for variant in args.squall_variants.split(",") if args.squall_variants else []:
+        if variant not in SQUALL_VARIANTS:
+            raise SystemExit(
+                f"compare.py: unknown squall variant {variant!r}; known: {', '.join(SQUALL_VARIANTS)}"
+            )
         chosen += [
-            s
-            for s in SHARED_SOCKET_SERVERS
-            if s not in chosen and ALL_SERVERS[s.name.removesuffix("+shared-socket")] in chosen
+            ALL_SERVERS[f"{s.name}+{variant}"]
+            for s in list(chosen)
+            if s.runtime == "squall" and "+" not in s.name
         ]
     return chosen
 
@@ -935,7 +942,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
     parser.add_argument(
         "--servers",
-        help=f"comma list, run in this order (default: all but +shared-socket): {', '.join(ALL_SERVERS)}",
+        help=f"comma list, run in this order (default: all but the +variants): {', '.join(ALL_SERVERS)}",
     )
     parser.add_argument(
         "--modes", default="keepalive,close", help="comma list of keepalive, close (default both)"
@@ -943,9 +950,10 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=64, help="wrk -c (default 64)")
     parser.add_argument("--threads", type=int, default=2, help="wrk -t (default 2)")
     parser.add_argument(
-        "--squall-shared-socket",
-        action="store_true",
-        help="also run each selected squall server with --shared-socket",
+        "--squall-variants",
+        default="",
+        help="comma list: also run each selected squall server with --shared-socket "
+        "(shared-socket) or --no-steering (no-steering)",
     )
     parser.add_argument(
         "--smoke", action="store_true", help="start, ask once, stop each server; no wrk"

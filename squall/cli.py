@@ -136,7 +136,7 @@ def run(config: Config) -> NoReturn:
     if activated:
         listeners = SharedListeners(activated)
     elif config.reuse_port or (not config.shared_socket and reuse_port_balances()):
-        listeners = ReusePortListeners(specs, backlog=config.backlog)
+        listeners = ReusePortListeners(specs, backlog=config.backlog, steer=not config.no_steering)
     else:
         listeners = SharedListeners(open_binds(specs, backlog=config.backlog))
     workers = config.workers or cpu_count()
@@ -146,9 +146,7 @@ def run(config: Config) -> NoReturn:
         config.app,
         ", ".join(describe_socket(s) for s in listeners.describe()),
         workers,
-        ", one socket each (SO_REUSEPORT)"
-        if isinstance(listeners, ReusePortListeners) and listeners.slots[0]
-        else "",
+        sharing(listeners),
         os.getpid(),
     )
     if config.preload:
@@ -178,7 +176,17 @@ def run(config: Config) -> NoReturn:
             watcher.terminate()
             watcher.wait(5)
         raise
-    serve_worker(config, listeners.for_slot(task_id), app)
+    report = listeners.report_for(task_id) if isinstance(listeners, ReusePortListeners) else None
+    serve_worker(config, listeners.for_slot(task_id), app, report)
+
+
+def sharing(listeners: SharedListeners | ReusePortListeners) -> str:
+    """How new connections are spread, for the start-up line."""
+    if not isinstance(listeners, ReusePortListeners) or not listeners.slots[0]:
+        return ""
+    if listeners.steering is None:
+        return ", one socket each (SO_REUSEPORT)"
+    return ", one socket each (SO_REUSEPORT), to the least-loaded worker (eBPF)"
 
 
 def make_plugins(config: Config) -> list[Plugin]:
@@ -198,7 +206,12 @@ def make_plugins(config: Config) -> list[Plugin]:
     return plugins
 
 
-def serve_worker(config: Config, sockets: list[socket.socket], app: Any = None) -> NoReturn:
+def serve_worker(
+    config: Config,
+    sockets: list[socket.socket],
+    app: Any = None,
+    report_load: Callable[[int], object] | None = None,
+) -> NoReturn:
     from squall.metrics import worker_recorder
     from squall.server import HTTPServer
     from squall.tls import server_context
@@ -232,6 +245,7 @@ def serve_worker(config: Config, sockets: list[socket.socket], app: Any = None) 
             config.ws_max_size, config.ws_ping_interval, config.ws_ping_timeout
         ),
         metrics=worker_recorder(),
+        on_connections=report_load,
     )
     server.add_sockets(sockets)
     run_forever(graceful_timeout=config.graceful_timeout)

@@ -58,6 +58,7 @@ class Config:
     reload_batch: int = 1
     reuse_port: bool = False
     shared_socket: bool = False
+    no_steering: bool = False
     preload: bool = False
     reload: bool = False
     threads: int = 10
@@ -270,6 +271,13 @@ SETTINGS: tuple[Setting, ...] = (
         "--shared-socket",
         _switch,
         "one socket every worker accepts from, instead of one per worker (--reuse-port)",
+        switch=True,
+    ),
+    Setting(
+        "no_steering",
+        "--no-steering",
+        _switch,
+        "with a socket per worker, let the kernel's hash pick the worker, not the least-loaded (eBPF)",
         switch=True,
     ),
     Setting(

@@ -5,7 +5,8 @@ worker. A retiring worker just stops accepting; what is queued goes to the
 others.
 
 Reuse-port mode: each slot (task id) has its own SO_REUSEPORT sockets, and
-the kernel spreads new connections across them, which balances better. The
+new connections are spread across them: to the worker with the fewest in
+hand where eBPF allows (`squall.steering`), else by the kernel's hash. The
 supervisor holds every slot's sockets, and a successor inherits its slot's,
 so reloads, request quotas and watchdog restarts never close a listener
 (closing one resets what is queued on it). Only scale-down closes a slot;
@@ -21,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from squall.sockets import BindSpec, open_binds
+from squall.steering import Steering, SteeringUnavailable, WorkerReport, detach_program
 
 logger = logging.getLogger("squall.listeners")
 
@@ -56,7 +58,9 @@ class SharedListeners:
 class ReusePortListeners:
     """SO_REUSEPORT sockets per slot for TCP binds; Unix and inherited sockets stay shared."""
 
-    def __init__(self, specs: Sequence[BindSpec], backlog: int | None = None) -> None:
+    def __init__(
+        self, specs: Sequence[BindSpec], backlog: int | None = None, steer: bool = True
+    ) -> None:
         self.backlog = backlog
         tcp = [spec for spec in specs if spec.kind == "tcp"]
         self.shared = open_binds([spec for spec in specs if spec.kind != "tcp"], backlog=backlog)
@@ -74,6 +78,14 @@ class ReusePortListeners:
                 sock.close()
             raise
         self.slots[0] = first
+        self.steering: Steering | None = None
+        if steer and first:
+            try:
+                self.steering = Steering(len(first))
+                self.steering.add(0, first)
+                self.steering.cover(first)
+            except SteeringUnavailable as exc:
+                self._stop_steering(exc)
         if not migrate_req_enabled():
             logger.debug(
                 "net.ipv4.tcp_migrate_req is off: closing a worker slot's socket "
@@ -82,7 +94,28 @@ class ReusePortListeners:
 
     def open_slot(self, task_id: int) -> None:
         if task_id not in self.slots:
-            self.slots[task_id] = open_binds(self.specs, reuse_port=True, backlog=self.backlog)
+            opened = open_binds(self.specs, reuse_port=True, backlog=self.backlog)
+            self.slots[task_id] = opened
+            if self.steering is not None:
+                try:
+                    self.steering.add(task_id, opened)
+                    self.steering.cover(opened)
+                except SteeringUnavailable as exc:
+                    self._stop_steering(exc)
+
+    def _stop_steering(self, why: OSError) -> None:
+        logger.info("connections go by the kernel's hash, not by load: %s", why)
+        if self.steering is not None:
+            self.steering.close()
+            self.steering = None
+        for sockets in self.slots.values():
+            for sock in sockets:
+                detach_program(sock)
+            break
+
+    def report_for(self, task_id: int) -> WorkerReport | None:
+        """In a worker: how it tells the steering program its load (None: no steering)."""
+        return None if self.steering is None else self.steering.report_for(task_id)
 
     def for_slot(self, task_id: int) -> list[socket.socket]:
         return self.slots[task_id] + self.shared
@@ -95,14 +128,24 @@ class ReusePortListeners:
                 del self.slots[other]
 
     def close_slot(self, task_id: int) -> None:
+        if self.steering is not None:
+            self.steering.remove(task_id)
         for sock in self.slots.pop(task_id, []):
             sock.close()
+        if self.steering is not None and self.slots:
+            try:
+                self.steering.cover(next(iter(self.slots.values())))
+            except SteeringUnavailable as exc:
+                self._stop_steering(exc)
 
     def close_all(self) -> None:
         for task_id in list(self.slots):
             self.close_slot(task_id)
         for sock in self.shared:
             sock.close()
+        if self.steering is not None:
+            self.steering.close()
+            self.steering = None
 
     def describe(self) -> list[socket.socket]:
         return self.slots.get(0, []) + self.shared

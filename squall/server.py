@@ -7,6 +7,7 @@ import functools
 import logging
 import socket
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 from squall import process, websocket
@@ -48,6 +49,7 @@ class HTTPServer:
         ssl_context: ssl.SSLContext | None = None,
         websocket: WebSocketOptions | None = None,
         metrics: Metrics | None = None,
+        on_connections: Callable[[int], object] | None = None,
     ) -> None:
         self.app = app
         self.max_requests = max_requests
@@ -60,6 +62,7 @@ class HTTPServer:
         self.ssl_context = ssl_context
         self.websocket = websocket or WebSocketOptions()
         self.metrics = metrics
+        self.on_connections = on_connections  # told each change in the open connection count
         self.interface = interface
         self.keepalive_timeout = keepalive_timeout
         self.limits = limits
@@ -158,6 +161,7 @@ class HTTPServer:
             forwarded=forwarded,
             metrics=self.metrics,
         )
+        self.state.on_connections = self.on_connections
 
     async def start_serving(self, sockets: list[socket.socket] | None = None) -> None:
         loop = asyncio.get_running_loop()
@@ -182,12 +186,16 @@ class HTTPServer:
                 server = await loop.create_server(factory, sock=sock, backlog=backlog, ssl=tls)
             self._servers.append(server)
             logger.debug("serving on %s", describe_socket(sock))
+        if state.on_connections is not None:
+            state.on_connections(len(state.connections))  # not what a predecessor left
 
     def stop_accepting(self) -> None:
         """Close this process's listeners; queued connections go to the other workers."""
         for server in self._servers:
             server.close()
         self._servers.clear()
+        if self.state is not None:
+            self.state.on_connections = None  # a successor speaks for this worker's sockets
 
     async def drain(self, timeout: float) -> bool:
         """Finish the requests in flight, close every connection; False on timeout."""

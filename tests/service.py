@@ -232,6 +232,24 @@ def served_app(
             yield ServedApp(service, port, url, client, data_dir)
 
 
+def ask_each_worker(url: str, path: str, workers: int, attempts: int = 50) -> dict[int, int]:
+    """worker id -> pid, each answer on a new connection, all held open until the end.
+
+    Held open because new connections go to the worker holding the fewest
+    (`squall.steering`): closed one by one, they could all reach the same
+    worker while another holds a client's idle connection.
+    """
+    seen: dict[int, int] = {}
+    with contextlib.ExitStack() as held:
+        for _ in range(attempts):
+            client = held.enter_context(httpx.Client(base_url=url, timeout=5.0))
+            data = client.get(path).json()
+            seen[data["worker_id"]] = data["pid"]
+            if len(seen) == workers:
+                break
+    return seen
+
+
 class Services:
     """The pytest fixture's object: starts services and stops them all at teardown."""
 

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from tests.apps.raw_asgi import RECORD_DIR_ENV, SECRET
-from tests.service import ServedApp, served_app, wait_until
+from tests.service import ServedApp, ask_each_worker, served_app, wait_until
 
 TIMEOUT = httpx.Timeout(5.0)
 
@@ -80,21 +80,8 @@ def test_worker_id_is_0_or_1(client: httpx.Client) -> None:
 
 
 def test_both_workers_answer(server: ServedApp) -> None:
-    # Connection: close, so each request comes on a new connection that either
-    # worker may accept.
-    seen: dict[int, int] = {}
-    with httpx.Client(
-        base_url=server.url, timeout=TIMEOUT, headers={"Connection": "close"}
-    ) as fresh:
-        for _ in range(200):
-            response = fresh.get("/worker")
-            assert response.status_code == 200
-            assert response.headers["connection"] == "close"
-            data = response.json()
-            seen[data["worker_id"]] = data["pid"]
-            if len(seen) == 2:
-                break
-    assert sorted(seen) == [0, 1], f"only worker(s) {sorted(seen)} answered in 200 requests"
+    seen = ask_each_worker(server.url, "/worker", workers=2)
+    assert sorted(seen) == [0, 1], f"only worker(s) {sorted(seen)} answered"
     assert seen[0] != seen[1]
 
 

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tests.apps.wsgi_app import CLOSE_DIR_ENV, SECRET
-from tests.service import ServedApp, served_app, wait_until
+from tests.service import ServedApp, ask_each_worker, served_app, wait_until
 
 TIMEOUT = httpx.Timeout(5.0)
 
@@ -135,16 +135,8 @@ def test_path_info_is_latin1_bytes_as_text(server: ServedApp) -> None:
 
 
 def test_both_workers_have_ids(server: ServedApp) -> None:
-    seen: dict[int, int] = {}
-    with httpx.Client(
-        base_url=server.url, timeout=TIMEOUT, headers={"Connection": "close"}
-    ) as fresh:
-        for _ in range(200):
-            data = fresh.get("/worker").json()
-            seen[data["worker_id"]] = data["pid"]
-            if len(seen) == 2:
-                break
-    assert sorted(seen) == [0, 1], f"only worker(s) {sorted(seen)} answered in 200 requests"
+    seen = ask_each_worker(server.url, "/worker", workers=2)
+    assert sorted(seen) == [0, 1], f"only worker(s) {sorted(seen)} answered"
 
 
 # -- response bodies --------------------------------------------------------------------

@@ -116,6 +116,8 @@ class ServerState:
         self.ticker: asyncio.TimerHandle | None = None
         self.timed = access_log is not None or metrics is not None  # stamp started_at
         self.connections: set[HTTPProtocol] = set()
+        # Told the number of open connections each time it changes (`squall.steering`).
+        self.on_connections: Callable[[int], object] | None = None
         self.holding: list[HTTPProtocol] = []  # connections with held output, flushed as one
         self.draining = False
         self.requests_served = 0
@@ -137,6 +139,19 @@ class ServerState:
         for connection in due:  # acting may close connections: not while iterating the set
             connection.check_deadlines(now)
         self.ticker = self.loop.call_later(TICK, self._tick)
+
+    def add_connection(self, connection: HTTPProtocol) -> None:
+        connections = self.connections
+        connections.add(connection)
+        if self.on_connections is not None:
+            self.on_connections(len(connections))
+
+    def remove_connection(self, connection: HTTPProtocol) -> None:
+        connections = self.connections
+        if connection in connections:
+            connections.remove(connection)
+            if self.on_connections is not None:
+                self.on_connections(len(connections))
 
     def hold_output(self, connection: HTTPProtocol) -> None:
         """`connection` has output held back: write it after what is ready in this loop pass."""
@@ -408,7 +423,7 @@ class HTTPProtocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's are not subclasses
         self.client = _address(transport.get_extra_info("peername"))
         state = self.state
-        state.connections.add(self)
+        state.add_connection(self)
         if state.ticker is None:
             state.start_ticker()
         if state.metrics is not None:
@@ -417,8 +432,9 @@ class HTTPProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
-        self.state.connections.discard(self)
-        metrics = self.state.metrics
+        state = self.state
+        state.remove_connection(self)
+        metrics = state.metrics
         if metrics is not None:
             for cycle in (self.current, *self.queue):
                 if cycle is not None and cycle.request is not None and not cycle.reported:
@@ -515,7 +531,7 @@ class HTTPProtocol(asyncio.Protocol):
             return False
         cycle.started = True
         self.upgraded = upgraded
-        self.state.connections.discard(self)  # it drains by its own rules
+        self.state.remove_connection(self)  # it drains by its own rules
         return True
 
     def eof_received(self) -> bool | None:

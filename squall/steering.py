@@ -1,0 +1,306 @@
+"""Send each new connection to the worker with the least in hand (a socket per worker, Linux).
+
+With one SO_REUSEPORT socket per worker, Linux picks the socket for a new
+connection by a hash of its addresses: even on average, blind to load. A
+worker that happens to hold more than its share keeps its queue while
+another has room, and the tail latency shows it. One shared socket is fair
+to short connections but lets one worker take a whole burst (and keep a
+proxy's keep-alive pool).
+
+Here a small eBPF program, attached to the reuse-port group, picks the socket
+itself: the worker with the fewest connections in hand ("join the shortest
+queue"). Per worker slot, a shared array holds
+
+- `assigned`: connections the program sent to the slot, counted by the
+  program itself (so a burst is spread as it arrives, before any accept);
+- `report`: written by the slot's worker each time its number of open
+  connections changes, as (`assigned` when counted << 32) | open;
+- `present`: written by the supervisor while the slot has a socket.
+
+In hand = open + (`assigned` now - `assigned` when counted). Each cell has
+one writer; a stale read only misplaces one connection.
+
+Loading the program needs CAP_BPF (root, usually). Without it, or where
+eBPF is missing, nothing changes: the kernel's hash picks, as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import mmap
+import os
+import platform
+import socket
+import struct
+
+__all__ = ["Steering", "SteeringUnavailable", "WorkerReport", "detach_program"]
+
+logger = logging.getLogger("squall.steering")
+
+#: Slots (task ids) the array has room for; a task id beyond turns steering off.
+MAX_SLOTS = 1024
+CELLS = 3  # per slot: assigned, report, present
+ASSIGNED, REPORT, PRESENT = range(CELLS)
+_LOW32 = 0xFFFFFFFF
+CTX_HASH = 32  # offsetof(struct sk_reuseport_md, hash)
+
+# -- the bpf() system call ---------------------------------------------------------------
+
+_BPF_SYSCALL = {"x86_64": 321, "aarch64": 280, "armv7l": 386, "ppc64le": 361, "s390x": 351}
+BPF_MAP_CREATE, BPF_MAP_UPDATE_ELEM, BPF_PROG_LOAD = 0, 2, 5
+BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_REUSEPORT_SOCKARRAY = 2, 20
+BPF_PROG_TYPE_SK_REUSEPORT = 21
+BPF_F_MMAPABLE = 1 << 10
+SO_ATTACH_REUSEPORT_EBPF = 52
+SO_DETACH_REUSEPORT_BPF = 68
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class SteeringUnavailable(OSError):
+    pass
+
+
+def _bpf(command: int, attr: bytes) -> int:
+    number = _BPF_SYSCALL.get(platform.machine())
+    if number is None:
+        raise SteeringUnavailable(f"no bpf() system call known on {platform.machine()}")
+    buffer = ctypes.create_string_buffer(attr, 128)
+    result = int(_libc.syscall(number, command, buffer, 128))
+    if result < 0:
+        errno = ctypes.get_errno()
+        raise SteeringUnavailable(errno, os.strerror(errno))
+    return result
+
+
+def _create_map(kind: int, value_size: int, entries: int, flags: int = 0) -> int:
+    return _bpf(BPF_MAP_CREATE, struct.pack("=IIIII", kind, 4, value_size, entries, flags))
+
+
+def _put_socket(sockarray: int, key: int, sock: socket.socket) -> None:
+    k = ctypes.c_uint32(key)
+    v = ctypes.c_uint64(sock.fileno())
+    attr = struct.pack("=IxxxxQQQ", sockarray, ctypes.addressof(k), ctypes.addressof(v), 0)
+    _bpf(BPF_MAP_UPDATE_ELEM, attr)
+
+
+def _load_program(code: bytes) -> int:
+    license = ctypes.create_string_buffer(b"MIT")
+    insns = ctypes.create_string_buffer(code, len(code))
+    log = ctypes.create_string_buffer(1 << 16)
+    attr = struct.pack(
+        "=IIQQIIQ",
+        BPF_PROG_TYPE_SK_REUSEPORT,
+        len(code) // 8,
+        ctypes.addressof(insns),
+        ctypes.addressof(license),
+        1,  # log level: the verifier says why, should it refuse
+        len(log),
+        ctypes.addressof(log),
+    )
+    try:
+        return _bpf(BPF_PROG_LOAD, attr)
+    except SteeringUnavailable as exc:
+        detail = log.value.decode(errors="replace").strip().splitlines()[-3:]
+        raise SteeringUnavailable(exc.errno, f"{exc.strerror}: {' / '.join(detail)}") from None
+
+
+# -- the program ---------------------------------------------------------------------------
+
+
+def _insn(code: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> bytes:
+    return struct.pack("<BBhi", code, (src << 4) | dst, off, imm)
+
+
+def _load_map(dst: int, fd: int) -> bytes:
+    return _insn(0x18, dst, 1, 0, fd) + _insn(0)  # ld_imm64 dst, map[fd]
+
+
+def _lookup(slots: int, key: int = 0, register: int | None = None) -> list[bytes]:
+    """r0 = &slots[key] or NULL; the key a constant, or in `register`."""
+    # *(u32 *)(fp - 4) = key
+    store = _insn(0x62, 10, 0, -4, key) if register is None else _insn(0x63, 10, register, -4)
+    return [
+        store,
+        _insn(0xBF, 2, 10),
+        _insn(0x07, 2, 0, 0, -4),  # r2 = fp - 4
+        *_split(_load_map(1, slots)),
+        _insn(0x85, imm=1),  # map_lookup_elem(slots, r2)
+    ]
+
+
+def program(slots: int, sockarray: int, count: int) -> bytes:
+    """Pick the present slot, among the first `count`, with the least in hand."""
+    code: list[bytes | tuple[str, int, int, int]] = [
+        _insn(0xBF, 6, 1),  # r6 = ctx
+        _insn(0x61, 7, 1, CTX_HASH),  # r7 = ctx->hash
+        _insn(0x97, 7, 0, 0, count),
+        _insn(0x87, 7),
+        _insn(0x07, 7, 0, 0, count),  # r7 = count - start, start = hash mod count
+        _insn(0xB7, 8, 0, 0, -1),  # best = the most there is
+        _insn(0xB7, 9, 0, 0, count),  # choice = none
+    ]
+    for i in range(count):
+        code += [
+            *_lookup(slots, key=i),
+            ("next", 0x15, 0, 0),  # no such slot
+            _insn(0x79, 1, 0, 8 * PRESENT),
+            ("next", 0x15, 1, 0),  # no socket
+            _insn(0x79, 1, 0, 8 * REPORT),
+            _insn(0x79, 2, 0, 8 * ASSIGNED),
+            _insn(0xBF, 3, 1),
+            _insn(0x77, 3, 0, 0, 32),  # r3 = assigned when counted
+            _insn(0x1F, 2, 3),
+            _insn(0x67, 2, 0, 0, 32),
+            _insn(0x77, 2, 0, 0, 32),  # r2 = sent since (mod 2**32)
+            _insn(0x67, 1, 0, 0, 32),
+            _insn(0x77, 1, 0, 0, 32),  # r1 = open when counted
+            _insn(0x0F, 1, 2),  # r1 = in hand
+            # Of slots with as few in hand, the first from a start that the
+            # connection's hash picks: idle workers share sequential connections.
+            _insn(0x67, 1, 0, 0, 32),
+            _insn(0xBF, 3, 7),
+            _insn(0x07, 3, 0, 0, i),
+            _insn(0x97, 3, 0, 0, count),
+            _insn(0x4F, 1, 3),  # r1 = in hand << 32 | (i - start) mod count
+            ("next", 0x3D, 1, 8),  # not less than the best so far
+            _insn(0xBF, 8, 1),  # best = r1
+            _insn(0xB7, 9, 0, 0, i),  # choice = i
+            ("label", 0, 0, 0),
+        ]
+    code += [
+        ("pass", 0x15, 9, count),  # no slot present: the kernel's hash
+        _insn(0x63, 10, 9, -4),  # key = choice
+        _insn(0xBF, 1, 6),
+        *_split(_load_map(2, sockarray)),
+        _insn(0xBF, 3, 10),
+        _insn(0x07, 3, 0, 0, -4),
+        _insn(0xB7, 4, 0, 0, 0),
+        _insn(0x85, imm=82),  # sk_select_reuseport(ctx, sockarray, &key, 0)
+        ("pass", 0x55, 0, 0),  # failed: the kernel's hash
+        *_lookup(slots, register=9),
+        ("pass", 0x15, 0, 0),
+        _insn(0xB7, 1, 0, 0, 1),
+        _insn(0xDB, 0, 1, 8 * ASSIGNED, 0),  # atomic: assigned += 1
+        ("end", 0, 0, 0),
+        _insn(0xB7, 0, 0, 0, 1),
+        _insn(0x95),  # return SK_PASS
+    ]
+    return _assemble(code)
+
+
+def _assemble(code: list[bytes | tuple[str, int, int, int]]) -> bytes:
+    """Resolve jumps: "next" to the following "label", "pass" to the "end"."""
+    out: list[bytes] = []
+    pending: list[tuple[int, str, int, int, int]] = []
+    for item in code:
+        if isinstance(item, bytes):
+            out.append(item)
+            continue
+        name, op, dst, operand = item
+        if name in ("label", "end"):
+            here = len(out)
+            for index, target, jop, jdst, joperand in pending:
+                if target == ("next" if name == "label" else "pass"):
+                    out[index] = _jump(jop, jdst, joperand, here - index - 1)
+            pending = [p for p in pending if p[1] != ("next" if name == "label" else "pass")]
+        else:
+            pending.append((len(out), name, op, dst, operand))
+            out.append(b"")
+    if pending:
+        raise AssertionError("unresolved jump in the steering program")
+    return b"".join(out)
+
+
+def _jump(op: int, dst: int, operand: int, offset: int) -> bytes:
+    """A conditional jump: against a constant (op & 0x08 == 0) or register `operand`."""
+    if op & 0x08:
+        return _insn(op, dst, operand, offset)
+    return _insn(op, dst, 0, offset, operand)
+
+
+def _split(pair: bytes) -> list[bytes]:
+    return [pair[:8], pair[8:]]
+
+
+# -- the supervisor's side ---------------------------------------------------------------------
+
+
+class Steering:
+    """The shared array, a socket array and a program per reuse-port group (in the supervisor)."""
+
+    def __init__(self, groups: int) -> None:
+        self.slots = _create_map(BPF_MAP_TYPE_ARRAY, 8 * CELLS, MAX_SLOTS, BPF_F_MMAPABLE)
+        size = -(-8 * CELLS * MAX_SLOTS // mmap.PAGESIZE) * mmap.PAGESIZE
+        self.shared = mmap.mmap(self.slots, size)
+        self.cells = memoryview(self.shared).cast("Q")
+        self.sockarrays = [
+            _create_map(BPF_MAP_TYPE_REUSEPORT_SOCKARRAY, 8, MAX_SLOTS) for _ in range(groups)
+        ]
+        self.programs: list[int] = []
+        self.present: set[int] = set()
+        self.covered = 0  # slots the attached programs look at
+
+    def add(self, task_id: int, sockets: list[socket.socket]) -> None:
+        """Slot `task_id` has these sockets now (one per group, in group order)."""
+        if task_id >= MAX_SLOTS:
+            raise SteeringUnavailable(f"task id {task_id} beyond {MAX_SLOTS} slots")
+        base = task_id * CELLS
+        self.cells[base + REPORT] = (self.cells[base + ASSIGNED] & _LOW32) << 32
+        for sockarray, sock in zip(self.sockarrays, sockets, strict=True):
+            _put_socket(sockarray, task_id, sock)
+        self.cells[base + PRESENT] = 1
+        self.present.add(task_id)
+
+    def remove(self, task_id: int) -> None:
+        """Slot `task_id` is about to close its sockets."""
+        self.present.discard(task_id)
+        if task_id < MAX_SLOTS:
+            self.cells[task_id * CELLS + PRESENT] = 0
+
+    def cover(self, leaders: list[socket.socket]) -> None:
+        """Make the programs look at every slot up to the highest present (one socket per group).
+
+        Exactly those: the hash's start is fair only among the slots looked at.
+        """
+        count = max(self.present) + 1 if self.present else 0
+        if count == self.covered or not count:
+            return
+        programs = [_load_program(program(self.slots, array, count)) for array in self.sockarrays]
+        for sock, fd in zip(leaders, programs, strict=True):
+            sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_EBPF, fd)
+        for fd in self.programs:
+            os.close(fd)
+        self.programs = programs
+        self.covered = count
+
+    def report_for(self, task_id: int) -> WorkerReport:
+        return WorkerReport(self.cells, task_id)
+
+    def close(self) -> None:
+        for fd in [*self.programs, *self.sockarrays]:
+            os.close(fd)
+        self.programs = []
+
+
+def detach_program(sock: socket.socket) -> None:
+    """Back to the kernel's hash for `sock`'s group."""
+    with contextlib.suppress(FileNotFoundError):  # none was attached
+        sock.setsockopt(socket.SOL_SOCKET, SO_DETACH_REUSEPORT_BPF, 0)
+
+
+class WorkerReport:
+    """In a worker: tell the program how many connections this worker holds."""
+
+    __slots__ = ("_assigned", "_cells", "_report")
+
+    def __init__(self, cells: memoryview, task_id: int) -> None:
+        self._cells = cells
+        self._assigned = task_id * CELLS + ASSIGNED
+        self._report = task_id * CELLS + REPORT
+
+    def __call__(self, open_connections: int) -> None:
+        cells = self._cells
+        cells[self._report] = (cells[self._assigned] & _LOW32) << 32 | open_connections

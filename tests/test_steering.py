@@ -1,0 +1,227 @@
+"""New connections to the worker with the fewest in hand: the eBPF program, then squall.
+
+First the program alone, on real SO_REUSEPORT sockets on 127.0.0.1 with the
+test playing the workers (accepting, and reporting open connections); then
+squall itself. Loading the program needs root (CAP_BPF): elsewhere these
+tests skip, but as root they must pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from squall.steering import Steering, SteeringUnavailable
+from tests.service import Service, Services, free_port
+
+
+def _steering_or_reason() -> str | None:
+    try:
+        Steering(1).close()
+    except SteeringUnavailable as exc:
+        if os.geteuid() == 0:
+            raise  # as root it must work: CI runs as root, and this must not skip there
+        return str(exc)
+    return None
+
+
+REASON = _steering_or_reason()
+pytestmark = pytest.mark.skipif(REASON is not None, reason=f"no eBPF steering here: {REASON}")
+
+SCRIPTS = Path(__file__).parent / "scripts"
+
+
+class Group:
+    """`count` listening sockets in one reuse-port group, steered; the test plays the workers."""
+
+    def __init__(self, count: int) -> None:
+        self.sockets: list[socket.socket | None] = []
+        for _ in range(count):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind(("127.0.0.1", self.port if self.sockets else 0))
+            sock.listen(256)
+            sock.setblocking(False)
+            self.sockets.append(sock)
+        self.steering = Steering(1)
+        for slot, sock in enumerate(self.sockets):
+            assert sock is not None
+            self.steering.add(slot, [sock])
+        self.steering.cover([self.leader()])
+        self.reports = [self.steering.report_for(slot) for slot in range(count)]
+        self.clients: list[socket.socket] = []
+
+    @property
+    def port(self) -> int:
+        first = self.sockets[0]
+        assert first is not None
+        return int(first.getsockname()[1])
+
+    def leader(self) -> socket.socket:
+        return next(sock for sock in self.sockets if sock is not None)
+
+    def connect(self, count: int) -> None:
+        for _ in range(count):
+            self.clients.append(socket.create_connection(("127.0.0.1", self.port), timeout=5))
+
+    def accept_all(self, expected: int) -> Counter[int]:
+        """Accept (and close) `expected` connections; which slot's socket each came from."""
+        got: Counter[int] = Counter()
+        deadline = time.monotonic() + 5
+        while sum(got.values()) < expected and time.monotonic() < deadline:
+            live = [sock for sock in self.sockets if sock is not None]
+            ready, _, _ = select.select(live, [], [], 0.5)
+            for sock in ready:
+                conn, _ = sock.accept()
+                conn.close()
+                got[self.sockets.index(sock)] += 1
+        assert sum(got.values()) == expected, f"accepted {dict(got)} of {expected}"
+        return got
+
+    def close_slot(self, slot: int) -> None:
+        self.steering.remove(slot)
+        sock = self.sockets[slot]
+        assert sock is not None
+        sock.close()
+        self.sockets[slot] = None
+        self.steering.cover([self.leader()])
+
+    def close(self) -> None:
+        for sock in [*self.sockets, *self.clients]:
+            if sock is not None:
+                sock.close()
+        self.steering.close()
+
+
+@pytest.fixture
+def group() -> Iterator[Group]:
+    made = Group(3)
+    yield made
+    made.close()
+
+
+def test_a_burst_is_dealt_out_evenly(group: Group) -> None:
+    # Before any worker accepts: the program counts what it sent to each.
+    group.connect(60)
+    assert group.accept_all(60) == {0: 20, 1: 20, 2: 20}
+
+
+def test_a_worker_reporting_more_open_connections_is_passed_over(group: Group) -> None:
+    group.reports[0](10)
+    group.reports[1](0)
+    group.reports[2](10)
+    group.connect(8)
+    assert group.accept_all(8) == {1: 8}
+    # Slot 1 now holds 8 (it says so); the next 4 go to the two that hold fewer.
+    group.reports[1](8)
+    group.reports[0](0)
+    group.reports[2](0)
+    group.connect(4)
+    assert group.accept_all(4) == {0: 2, 2: 2}
+
+
+def test_idle_workers_share_connections_that_come_one_at_a_time(group: Group) -> None:
+    # Ties go by the connection's hash, not always to slot 0.
+    seen: Counter[int] = Counter()
+    for _ in range(90):
+        group.connect(1)
+        got = group.accept_all(1)
+        group.clients.pop().close()
+        seen.update(got)
+        for slot in got:
+            group.reports[slot](0)
+    assert min(seen[slot] for slot in range(3)) >= 15, dict(seen)
+
+
+def test_a_closed_slot_gets_nothing_and_a_new_one_its_share(group: Group) -> None:
+    group.close_slot(1)
+    group.connect(20)
+    assert group.accept_all(20) == {0: 10, 2: 10}
+    for slot in (0, 2):
+        group.reports[slot](0)
+    extra = socket.socket()
+    extra.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    extra.bind(("127.0.0.1", group.port))
+    extra.listen(256)
+    extra.setblocking(False)
+    group.sockets.append(extra)
+    group.steering.add(3, [extra])
+    group.steering.cover([extra])
+    group.reports.append(group.steering.report_for(3))
+    group.connect(30)
+    assert group.accept_all(30) == {0: 10, 2: 10, 3: 10}
+
+
+# -- squall ---------------------------------------------------------------------------------
+
+
+def start(services: Services, *args: str) -> tuple[Service, int]:
+    port = free_port()
+    service = services.squall(
+        "tests.scripts.supervised:app",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        "2",
+        "--graceful-timeout",
+        "1",
+        *args,
+    )
+    service.wait_for_port(port)
+    service.wait_for_log("is ready", count=2)
+    return service, port
+
+
+def ask(client: httpx.Client) -> int:
+    return int(client.get("/pid").json()["task_id"])
+
+
+def test_keepalive_connections_are_split_evenly(services: Services) -> None:
+    service, port = start(services)
+    assert "least-loaded worker (eBPF)" in service.output()
+    clients = [httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) for _ in range(8)]
+    try:
+        # One after another, each kept open: the kernel's hash splits 8 unevenly
+        # 7 times in 10 (only 4/4 is even); by load, each goes to the one with fewer.
+        workers = Counter(ask(client) for client in clients)
+    finally:
+        for client in clients:
+            client.close()
+    assert workers == {0: 4, 1: 4}
+
+
+def test_a_blocked_worker_is_passed_over(services: Services) -> None:
+    service, port = start(services, "--timeout", "0")
+    url = f"http://127.0.0.1:{port}"
+
+    def block() -> None:
+        with contextlib.suppress(httpx.HTTPError):  # it never answers
+            httpx.get(f"{url}/block", timeout=3)
+
+    blocked = threading.Thread(target=block, daemon=True)
+    try:
+        blocked.start()
+        time.sleep(0.5)  # the request is in: one worker's loop sleeps for a minute
+        # Each on a new connection: by hash, about half would wait for that worker.
+        answers = [httpx.get(f"{url}/pid", timeout=1.0).json()["task_id"] for _ in range(10)]
+    finally:
+        service.stop()
+        blocked.join(5)
+    assert len(set(answers)) == 1, answers
+
+
+def test_no_steering_leaves_it_to_the_kernel(services: Services) -> None:
+    service, port = start(services, "--no-steering")
+    assert "one socket each (SO_REUSEPORT)" in service.output()
+    assert "least-loaded" not in service.output()
+    assert httpx.get(f"http://127.0.0.1:{port}/pid", timeout=5).status_code == 200
