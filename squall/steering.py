@@ -28,19 +28,20 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import logging
+import errno
 import mmap
 import os
 import platform
 import socket
 import struct
+import sys
 
 __all__ = ["Steering", "SteeringUnavailable", "WorkerReport", "detach_program"]
 
-logger = logging.getLogger("squall.steering")
 
-#: Slots (task ids) the array has room for; a task id beyond turns steering off.
-MAX_SLOTS = 1024
+#: Slots (task ids) the program can look at; a task id beyond turns steering off.
+#: The verifier's work grows with the square of it: 128 slots load in about 90 ms.
+MAX_SLOTS = 128
 CELLS = 3  # per slot: assigned, report, present
 ASSIGNED, REPORT, PRESENT = range(CELLS)
 _LOW32 = 0xFFFFFFFF
@@ -64,14 +65,14 @@ class SteeringUnavailable(OSError):
 
 
 def _bpf(command: int, attr: bytes) -> int:
-    number = _BPF_SYSCALL.get(platform.machine())
+    number = _BPF_SYSCALL.get(platform.machine()) if sys.platform.startswith("linux") else None
     if number is None:
-        raise SteeringUnavailable(f"no bpf() system call known on {platform.machine()}")
+        raise SteeringUnavailable(f"no bpf() system call on {sys.platform} {platform.machine()}")
     buffer = ctypes.create_string_buffer(attr, 128)
     result = int(_libc.syscall(number, command, buffer, 128))
     if result < 0:
-        errno = ctypes.get_errno()
-        raise SteeringUnavailable(errno, os.strerror(errno))
+        code = ctypes.get_errno()
+        raise SteeringUnavailable(code, os.strerror(code))
     return result
 
 
@@ -89,21 +90,30 @@ def _put_socket(sockarray: int, key: int, sock: socket.socket) -> None:
 def _load_program(code: bytes) -> int:
     license = ctypes.create_string_buffer(b"MIT")
     insns = ctypes.create_string_buffer(code, len(code))
-    log = ctypes.create_string_buffer(1 << 16)
-    attr = struct.pack(
-        "=IIQQIIQ",
-        BPF_PROG_TYPE_SK_REUSEPORT,
-        len(code) // 8,
-        ctypes.addressof(insns),
-        ctypes.addressof(license),
-        1,  # log level: the verifier says why, should it refuse
-        len(log),
-        ctypes.addressof(log),
-    )
-    try:
+
+    def load(log_level: int, log: ctypes.Array[ctypes.c_char] | None) -> int:
+        attr = struct.pack(
+            "=IIQQIIQ",
+            BPF_PROG_TYPE_SK_REUSEPORT,
+            len(code) // 8,
+            ctypes.addressof(insns),
+            ctypes.addressof(license),
+            log_level,
+            len(log) if log is not None else 0,
+            ctypes.addressof(log) if log is not None else 0,
+        )
         return _bpf(BPF_PROG_LOAD, attr)
+
+    try:
+        return load(0, None)
     except SteeringUnavailable as exc:
-        detail = log.value.decode(errors="replace").strip().splitlines()[-3:]
+        if exc.errno != errno.EACCES and exc.errno != errno.EINVAL:
+            raise
+    log = ctypes.create_string_buffer(1 << 20)  # again, for the verifier's reason
+    try:
+        return load(1, log)
+    except SteeringUnavailable as exc:
+        detail = log.value.decode(errors="replace").strip().splitlines()[-2:]
         raise SteeringUnavailable(exc.errno, f"{exc.strerror}: {' / '.join(detail)}") from None
 
 

@@ -11,17 +11,19 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import shutil
 import socket
+import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import httpx
 import pytest
 
-from squall.steering import Steering, SteeringUnavailable
+from squall.steering import MAX_SLOTS, Steering, SteeringUnavailable
 from tests.service import Service, Services, free_port
 
 
@@ -88,6 +90,18 @@ class Group:
         assert sum(got.values()) == expected, f"accepted {dict(got)} of {expected}"
         return got
 
+    def open_slot(self, slot: int) -> None:
+        """A new socket in the group, as slot `slot` (its index in `sockets` is the next one)."""
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(("127.0.0.1", self.port))
+        sock.listen(256)
+        sock.setblocking(False)
+        self.sockets.append(sock)
+        self.steering.add(slot, [sock])
+        self.steering.cover([sock])
+        self.reports.append(self.steering.report_for(slot))
+
     def close_slot(self, slot: int) -> None:
         self.steering.remove(slot)
         sock = self.sockets[slot]
@@ -149,15 +163,7 @@ def test_a_closed_slot_gets_nothing_and_a_new_one_its_share(group: Group) -> Non
     assert group.accept_all(20) == {0: 10, 2: 10}
     for slot in (0, 2):
         group.reports[slot](0)
-    extra = socket.socket()
-    extra.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    extra.bind(("127.0.0.1", group.port))
-    extra.listen(256)
-    extra.setblocking(False)
-    group.sockets.append(extra)
-    group.steering.add(3, [extra])
-    group.steering.cover([extra])
-    group.reports.append(group.steering.report_for(3))
+    group.open_slot(3)
     group.connect(30)
     assert group.accept_all(30) == {0: 10, 2: 10, 3: 10}
 
@@ -165,17 +171,23 @@ def test_a_closed_slot_gets_nothing_and_a_new_one_its_share(group: Group) -> Non
 # -- squall ---------------------------------------------------------------------------------
 
 
-def start(services: Services, *args: str) -> tuple[Service, int]:
+def start(services: Services, *args: str, prefix: Sequence[str] = ()) -> tuple[Service, int]:
     port = free_port()
-    service = services.squall(
-        "tests.scripts.supervised:app",
-        "--bind",
-        f"127.0.0.1:{port}",
-        "--workers",
-        "2",
-        "--graceful-timeout",
-        "1",
-        *args,
+    service = services.start(
+        [
+            *prefix,
+            sys.executable,
+            "-m",
+            "squall",
+            "tests.scripts.supervised:app",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            "2",
+            "--graceful-timeout",
+            "1",
+            *args,
+        ]
     )
     service.wait_for_port(port)
     service.wait_for_log("is ready", count=2)
@@ -225,3 +237,32 @@ def test_no_steering_leaves_it_to_the_kernel(services: Services) -> None:
     assert "one socket each (SO_REUSEPORT)" in service.output()
     assert "least-loaded" not in service.output()
     assert httpx.get(f"http://127.0.0.1:{port}/pid", timeout=5).status_code == 200
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv (util-linux)")
+def test_without_the_capability_the_kernel_hash_serves(services: Services) -> None:
+    setpriv = [str(shutil.which("setpriv")), "--bounding-set", "-bpf,-sys_admin"]
+    service, port = start(services, prefix=setpriv)
+    assert "connections go by the kernel's hash, not by load" in service.output()
+    assert "one socket each (SO_REUSEPORT)" in service.output()
+    assert "least-loaded" not in service.output()
+    assert httpx.get(f"http://127.0.0.1:{port}/pid", timeout=5).status_code == 200
+
+
+def test_slots_far_apart_are_covered() -> None:
+    # Task ids 0 and 63 (a service scaled up, then down): the program looks at 64 slots.
+    made = Group(2)
+    try:
+        made.close_slot(1)
+        made.open_slot(63)
+        assert made.steering.covered == 64
+        made.connect(20)
+        assert made.accept_all(20) == {0: 10, 2: 10}
+    finally:
+        made.close()
+
+
+def test_a_task_id_beyond_the_array_is_refused(group: Group) -> None:
+    # The listeners then turn steering off and leave it to the kernel's hash.
+    with pytest.raises(SteeringUnavailable, match="beyond"):
+        group.steering.add(MAX_SLOTS, [group.leader()])
