@@ -245,7 +245,7 @@ def serve_worker(
             config.ws_max_size, config.ws_ping_interval, config.ws_ping_timeout
         ),
         metrics=worker_recorder(),
-        on_connections=report_load,
+        on_closed=report_load,
     )
     server.add_sockets(sockets)
     run_forever(graceful_timeout=config.graceful_timeout)

@@ -49,7 +49,7 @@ class HTTPServer:
         ssl_context: ssl.SSLContext | None = None,
         websocket: WebSocketOptions | None = None,
         metrics: Metrics | None = None,
-        on_connections: Callable[[int], object] | None = None,
+        on_closed: Callable[[int], object] | None = None,
     ) -> None:
         self.app = app
         self.max_requests = max_requests
@@ -62,7 +62,7 @@ class HTTPServer:
         self.ssl_context = ssl_context
         self.websocket = websocket or WebSocketOptions()
         self.metrics = metrics
-        self.on_connections = on_connections  # told each change in the open connection count
+        self.on_closed = on_closed  # told how many connections stay open after each close
         self.interface = interface
         self.keepalive_timeout = keepalive_timeout
         self.limits = limits
@@ -161,7 +161,7 @@ class HTTPServer:
             forwarded=forwarded,
             metrics=self.metrics,
         )
-        self.state.on_connections = self.on_connections
+        self.state.on_closed = self.on_closed
 
     async def start_serving(self, sockets: list[socket.socket] | None = None) -> None:
         loop = asyncio.get_running_loop()
@@ -186,8 +186,8 @@ class HTTPServer:
                 server = await loop.create_server(factory, sock=sock, backlog=backlog, ssl=tls)
             self._servers.append(server)
             logger.debug("serving on %s", describe_socket(sock))
-        if state.on_connections is not None:
-            state.on_connections(len(state.connections))  # not what a predecessor left
+        if state.on_closed is not None:
+            state.on_closed(len(state.connections))  # not what a predecessor left
 
     def stop_accepting(self) -> None:
         """Close this process's listeners; queued connections go to the other workers."""
@@ -195,7 +195,7 @@ class HTTPServer:
             server.close()
         self._servers.clear()
         if self.state is not None:
-            self.state.on_connections = None  # a successor speaks for this worker's sockets
+            self.state.on_closed = None  # a successor speaks for this worker's sockets
 
     async def drain(self, timeout: float) -> bool:
         """Finish the requests in flight, close every connection; False on timeout."""

@@ -13,8 +13,8 @@ queue"). Per worker slot, a shared array holds
 
 - `assigned`: connections the program sent to the slot, counted by the
   program itself (so a burst is spread as it arrives, before any accept);
-- `report`: written by the slot's worker each time its number of open
-  connections changes, as (`assigned` when counted << 32) | open;
+- `report`: written by the slot's worker each time one of its connections
+  closes, as (`assigned` when counted << 32) | open;
 - `present`: written by the supervisor while the slot has a socket.
 
 In hand = open + (`assigned` now - `assigned` when counted). Each cell has
@@ -302,7 +302,14 @@ def detach_program(sock: socket.socket) -> None:
 
 
 class WorkerReport:
-    """In a worker: tell the program how many connections this worker holds."""
+    """In a worker: tell the program how many connections this worker still holds.
+
+    Called when a connection closes (and once when the worker starts
+    serving), not when one opens: the program has counted that one already,
+    as sent since the last report. A report taken while connections wait in
+    the accept queue would forget them, and a worker accepting a burst
+    would look emptier than it is.
+    """
 
     __slots__ = ("_assigned", "_cells", "_report")
 

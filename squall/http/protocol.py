@@ -116,8 +116,8 @@ class ServerState:
         self.ticker: asyncio.TimerHandle | None = None
         self.timed = access_log is not None or metrics is not None  # stamp started_at
         self.connections: set[HTTPProtocol] = set()
-        # Told the number of open connections each time it changes (`squall.steering`).
-        self.on_connections: Callable[[int], object] | None = None
+        # Told how many connections stay open each time one closes (`squall.steering`).
+        self.on_closed: Callable[[int], object] | None = None
         self.holding: list[HTTPProtocol] = []  # connections with held output, flushed as one
         self.draining = False
         self.requests_served = 0
@@ -140,18 +140,12 @@ class ServerState:
             connection.check_deadlines(now)
         self.ticker = self.loop.call_later(TICK, self._tick)
 
-    def add_connection(self, connection: HTTPProtocol) -> None:
-        connections = self.connections
-        connections.add(connection)
-        if self.on_connections is not None:
-            self.on_connections(len(connections))
-
     def remove_connection(self, connection: HTTPProtocol) -> None:
         connections = self.connections
         if connection in connections:
             connections.remove(connection)
-            if self.on_connections is not None:
-                self.on_connections(len(connections))
+            if self.on_closed is not None:
+                self.on_closed(len(connections))
 
     def hold_output(self, connection: HTTPProtocol) -> None:
         """`connection` has output held back: write it after what is ready in this loop pass."""
@@ -423,7 +417,7 @@ class HTTPProtocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's are not subclasses
         self.client = _address(transport.get_extra_info("peername"))
         state = self.state
-        state.add_connection(self)
+        state.connections.add(self)
         if state.ticker is None:
             state.start_ticker()
         if state.metrics is not None:
