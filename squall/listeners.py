@@ -8,9 +8,10 @@ Reuse-port mode: each slot (task id) has its own SO_REUSEPORT sockets, and
 new connections are spread across them: to the worker with the fewest in
 hand where eBPF allows (`squall.steering`), else by the kernel's hash. The
 supervisor holds every slot's sockets, and a successor inherits its slot's,
-so reloads, request quotas and watchdog restarts never close a listener
-(closing one resets what is queued on it). Only scale-down closes a slot;
-with `net.ipv4.tcp_migrate_req = 1` Linux moves its queue to the others.
+so reloads, request quotas and watchdog restarts never close a listener.
+Scale-down, a restart delay and degrade close a slot's; what is queued on
+it moves to the others when steering is on (its program migrates) or with
+`net.ipv4.tcp_migrate_req = 1`, and is reset otherwise.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ class ReusePortListeners:
                 self.steering.cover(first)
             except SteeringUnavailable as exc:
                 self._stop_steering(exc)
-        if not migrate_req_enabled():
+        if self.steering is None and not migrate_req_enabled():
             logger.debug(
                 "net.ipv4.tcp_migrate_req is off: closing a worker slot's socket "
                 "(scale-down, a restart delay, degrade) resets what is queued on it"

@@ -53,6 +53,9 @@ _BPF_SYSCALL = {"x86_64": 321, "aarch64": 280, "armv7l": 386, "ppc64le": 361, "s
 BPF_MAP_CREATE, BPF_MAP_UPDATE_ELEM, BPF_PROG_LOAD = 0, 2, 5
 BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_REUSEPORT_SOCKARRAY = 2, 20
 BPF_PROG_TYPE_SK_REUSEPORT = 21
+# Select-or-migrate: when a socket of the group closes, what waits in its
+# queues goes to the socket the program picks, instead of being reset.
+BPF_SK_REUSEPORT_SELECT, BPF_SK_REUSEPORT_SELECT_OR_MIGRATE = 39, 40
 BPF_F_MMAPABLE = 1 << 10
 SO_ATTACH_REUSEPORT_EBPF = 52
 SO_DETACH_REUSEPORT_BPF = 68
@@ -88,12 +91,22 @@ def _put_socket(sockarray: int, key: int, sock: socket.socket) -> None:
 
 
 def _load_program(code: bytes) -> int:
+    """Load as select-or-migrate (Linux 5.14+), else as select only."""
+    try:
+        return _load_as(code, BPF_SK_REUSEPORT_SELECT_OR_MIGRATE)
+    except SteeringUnavailable as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+    return _load_as(code, BPF_SK_REUSEPORT_SELECT)
+
+
+def _load_as(code: bytes, attach_type: int) -> int:
     license = ctypes.create_string_buffer(b"MIT")
     insns = ctypes.create_string_buffer(code, len(code))
 
     def load(log_level: int, log: ctypes.Array[ctypes.c_char] | None) -> int:
         attr = struct.pack(
-            "=IIQQIIQ",
+            "=IIQQIIQII16sII",
             BPF_PROG_TYPE_SK_REUSEPORT,
             len(code) // 8,
             ctypes.addressof(insns),
@@ -101,13 +114,18 @@ def _load_program(code: bytes) -> int:
             log_level,
             len(log) if log is not None else 0,
             ctypes.addressof(log) if log is not None else 0,
+            0,  # kern_version
+            0,  # prog_flags
+            b"squall_steer",
+            0,  # prog_ifindex
+            attach_type,
         )
         return _bpf(BPF_PROG_LOAD, attr)
 
     try:
         return load(0, None)
     except SteeringUnavailable as exc:
-        if exc.errno != errno.EACCES and exc.errno != errno.EINVAL:
+        if exc.errno not in (errno.EACCES, errno.EINVAL) or attach_type != BPF_SK_REUSEPORT_SELECT:
             raise
     log = ctypes.create_string_buffer(1 << 20)  # again, for the verifier's reason
     try:

@@ -278,6 +278,28 @@ def test_without_the_capability_the_kernel_hash_serves(services: Services) -> No
     assert httpx.get(f"http://127.0.0.1:{port}/pid", timeout=5).status_code == 200
 
 
+def test_a_closing_slot_hands_what_waits_on_it_to_the_others(group: Group) -> None:
+    group.reports[0](100)
+    group.reports[2](100)
+    group.connect(5)  # all to slot 1, none accepted yet
+    for client in group.clients:
+        client.sendall(b"ping")
+    # Closed, a listener resets what waits in its queue, unless the program
+    # (select-or-migrate) or net.ipv4.tcp_migrate_req moves it.
+    group.close_slot(1)
+    received = []
+    deadline = time.monotonic() + 5
+    while len(received) < 5 and time.monotonic() < deadline:
+        live = [sock for sock in group.sockets if sock is not None]
+        ready, _, _ = select.select(live, [], [], 0.5)
+        for sock in ready:
+            conn, _ = sock.accept()
+            with conn:
+                conn.settimeout(5)
+                received.append(conn.recv(16))
+    assert received == [b"ping"] * 5
+
+
 def test_slots_far_apart_are_covered() -> None:
     # Task ids 0 and 63 (a service scaled up, then down): the program looks at 64 slots.
     made = Group(2)
