@@ -127,6 +127,8 @@ class ReusePortListeners:
                 for sock in sockets:
                     sock.close()
                 del self.slots[other]
+        if self.steering is not None:
+            self.steering.forget()  # the worker keeps only the shared cells
 
     def close_slot(self, task_id: int) -> None:
         if self.steering is not None:

@@ -307,10 +307,16 @@ class Steering:
     def report_for(self, task_id: int) -> WorkerReport:
         return WorkerReport(self.cells, task_id)
 
+    def forget(self) -> None:
+        """In a worker: close the supervisor's handles (a program replaced later is freed)."""
+        for fd in [*self.programs, *self.sockarrays, self.slots]:
+            os.close(fd)
+        self.programs, self.sockarrays = [], []
+
     def close(self) -> None:
         for fd in [*self.programs, *self.sockarrays]:
             os.close(fd)
-        self.programs = []
+        self.programs, self.sockarrays = [], []
 
 
 def detach_program(sock: socket.socket) -> None:

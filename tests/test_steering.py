@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import os
 import select
 import shutil
 import socket
@@ -239,6 +240,15 @@ def test_bursts_are_split_evenly(services: Services) -> None:
         workers = burst(port, 64)
         assert abs(workers[0] - workers[1]) <= 2, workers
         time.sleep(0.2)
+
+
+def test_workers_keep_no_handle_on_the_program(services: Services) -> None:
+    service, _ = start(services)
+    for pid in service.workers():
+        handles = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        # Only the shared array's mapping (its own descriptor, kept by mmap).
+        assert "anon_inode:bpf-prog" not in handles, handles
+        assert handles.count("anon_inode:bpf-map") == 1, handles
 
 
 def test_a_blocked_worker_is_passed_over(services: Services) -> None:
