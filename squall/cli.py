@@ -176,8 +176,7 @@ def run(config: Config) -> NoReturn:
             watcher.terminate()
             watcher.wait(5)
         raise
-    report = listeners.report_for(task_id) if isinstance(listeners, ReusePortListeners) else None
-    serve_worker(config, listeners.for_slot(task_id), app, report)
+    serve_worker(config, listeners.for_slot(task_id), app, listeners.report_for(task_id))
 
 
 def sharing(listeners: SharedListeners | ReusePortListeners) -> str:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from squall.sockets import BindSpec, open_binds
@@ -55,6 +55,9 @@ class SharedListeners:
     def describe(self) -> list[socket.socket]:
         return self.sockets
 
+    def report_for(self, task_id: int) -> WorkerReport | None:
+        return None  # a shared socket is not steered
+
 
 class ReusePortListeners:
     """SO_REUSEPORT sockets per slot for TCP binds; Unix and inherited sockets stay shared."""
@@ -83,10 +86,9 @@ class ReusePortListeners:
         if steer and first:
             try:
                 self.steering = Steering(len(first))
-                self.steering.add(0, first)
-                self.steering.cover(first)
             except SteeringUnavailable as exc:
                 self._stop_steering(exc)
+            self._steer(lambda steering: steering.add(0, first))
         if self.steering is None and not migrate_req_enabled():
             logger.debug(
                 "net.ipv4.tcp_migrate_req is off: closing a worker slot's socket "
@@ -97,22 +99,23 @@ class ReusePortListeners:
         if task_id not in self.slots:
             opened = open_binds(self.specs, reuse_port=True, backlog=self.backlog)
             self.slots[task_id] = opened
-            if self.steering is not None:
-                try:
-                    self.steering.add(task_id, opened)
-                    self.steering.cover(opened)
-                except SteeringUnavailable as exc:
-                    self._stop_steering(exc)
+            self._steer(lambda steering: steering.add(task_id, opened))
+
+    def _steer(self, change: Callable[[Steering], object]) -> None:
+        """Tell the steering of a change; should it fail, the kernel's hash takes over."""
+        if self.steering is not None:
+            try:
+                change(self.steering)
+            except SteeringUnavailable as exc:
+                self._stop_steering(exc)
 
     def _stop_steering(self, why: OSError) -> None:
         logger.info("connections go by the kernel's hash, not by load: %s", why)
         if self.steering is not None:
             self.steering.close()
             self.steering = None
-        for sockets in self.slots.values():
-            for sock in sockets:
-                detach_program(sock)
-            break
+        for sock in next(iter(self.slots.values()), []):
+            detach_program(sock)  # one socket per group detaches the group's program
 
     def report_for(self, task_id: int) -> WorkerReport | None:
         """In a worker: how it tells the steering program its load (None: no steering)."""
@@ -128,18 +131,14 @@ class ReusePortListeners:
                     sock.close()
                 del self.slots[other]
         if self.steering is not None:
-            self.steering.forget()  # the worker keeps only the shared cells
+            self.steering.close()  # the worker keeps only the shared cells
 
     def close_slot(self, task_id: int) -> None:
-        if self.steering is not None:
-            self.steering.remove(task_id)
-        for sock in self.slots.pop(task_id, []):
+        sockets = self.slots.pop(task_id, [])
+        others = next(iter(self.slots.values()), None)
+        self._steer(lambda steering: steering.remove(task_id, others))
+        for sock in sockets:
             sock.close()
-        if self.steering is not None and self.slots:
-            try:
-                self.steering.cover(next(iter(self.slots.values())))
-            except SteeringUnavailable as exc:
-                self._stop_steering(exc)
 
     def close_all(self) -> None:
         for task_id in list(self.slots):

@@ -229,11 +229,12 @@ def _assemble(code: list[bytes | tuple[str, int, int, int]]) -> bytes:
             continue
         name, op, dst, operand = item
         if name in ("label", "end"):
+            target = "next" if name == "label" else "pass"
             here = len(out)
-            for index, target, jop, jdst, joperand in pending:
-                if target == ("next" if name == "label" else "pass"):
+            for index, jump, jop, jdst, joperand in pending:
+                if jump == target:
                     out[index] = _jump(jop, jdst, joperand, here - index - 1)
-            pending = [p for p in pending if p[1] != ("next" if name == "label" else "pass")]
+            pending = [p for p in pending if p[1] != target]
         else:
             pending.append((len(out), name, op, dst, operand))
             out.append(b"")
@@ -261,6 +262,7 @@ class Steering:
 
     def __init__(self, groups: int) -> None:
         self.slots = _create_map(BPF_MAP_TYPE_ARRAY, 8 * CELLS, MAX_SLOTS, BPF_F_MMAPABLE)
+        self._own = [self.slots]  # closed by close(); the mapping below keeps its own
         size = -(-8 * CELLS * MAX_SLOTS // mmap.PAGESIZE) * mmap.PAGESIZE
         self.shared = mmap.mmap(self.slots, size)
         self.cells = memoryview(self.shared).cast("Q")
@@ -281,14 +283,17 @@ class Steering:
             _put_socket(sockarray, task_id, sock)
         self.cells[base + PRESENT] = 1
         self.present.add(task_id)
+        self._cover(sockets)
 
-    def remove(self, task_id: int) -> None:
-        """Slot `task_id` is about to close its sockets."""
+    def remove(self, task_id: int, others: list[socket.socket] | None) -> None:
+        """Slot `task_id` is about to close its sockets; `others`: another slot's, if any."""
         self.present.discard(task_id)
         if task_id < MAX_SLOTS:
             self.cells[task_id * CELLS + PRESENT] = 0
+        if others:
+            self._cover(others)
 
-    def cover(self, leaders: list[socket.socket]) -> None:
+    def _cover(self, leaders: list[socket.socket]) -> None:
         """Make the programs look at every slot up to the highest present (one socket per group).
 
         Exactly those: the hash's start is fair only among the slots looked at.
@@ -307,16 +312,15 @@ class Steering:
     def report_for(self, task_id: int) -> WorkerReport:
         return WorkerReport(self.cells, task_id)
 
-    def forget(self) -> None:
-        """In a worker: close the supervisor's handles (a program replaced later is freed)."""
-        for fd in [*self.programs, *self.sockarrays, self.slots]:
-            os.close(fd)
-        self.programs, self.sockarrays = [], []
-
     def close(self) -> None:
-        for fd in [*self.programs, *self.sockarrays]:
+        """Close the handles on the maps and programs; the shared cells stay mapped.
+
+        Also in each worker right after fork, so that a program the
+        supervisor replaces later is freed.
+        """
+        for fd in [*self.programs, *self.sockarrays, *self._own]:
             os.close(fd)
-        self.programs, self.sockarrays = [], []
+        self.programs, self.sockarrays, self._own = [], [], []
 
 
 def detach_program(sock: socket.socket) -> None:

@@ -46,23 +46,27 @@ pytestmark = pytest.mark.skipif(REASON is not None, reason=f"no eBPF steering he
 SCRIPTS = Path(__file__).parent / "scripts"
 
 
+def _listener(port: int) -> socket.socket:
+    """A listening, non-blocking SO_REUSEPORT socket on 127.0.0.1:`port` (0: any)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen(256)
+    sock.setblocking(False)
+    return sock
+
+
 class Group:
     """`count` listening sockets in one reuse-port group, steered; the test plays the workers."""
 
     def __init__(self, count: int) -> None:
         self.sockets: list[socket.socket | None] = []
         for _ in range(count):
-            sock = socket.socket()
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind(("127.0.0.1", self.port if self.sockets else 0))
-            sock.listen(256)
-            sock.setblocking(False)
-            self.sockets.append(sock)
+            self.sockets.append(_listener(self.port if self.sockets else 0))
         self.steering = Steering(1)
         for slot, sock in enumerate(self.sockets):
             assert sock is not None
             self.steering.add(slot, [sock])
-        self.steering.cover([self.leader()])
         self.reports = [self.steering.report_for(slot) for slot in range(count)]
         self.clients: list[socket.socket] = []
 
@@ -95,23 +99,17 @@ class Group:
 
     def open_slot(self, slot: int) -> None:
         """A new socket in the group, as slot `slot` (its index in `sockets` is the next one)."""
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind(("127.0.0.1", self.port))
-        sock.listen(256)
-        sock.setblocking(False)
+        sock = _listener(self.port)
         self.sockets.append(sock)
         self.steering.add(slot, [sock])
-        self.steering.cover([sock])
         self.reports.append(self.steering.report_for(slot))
 
     def close_slot(self, slot: int) -> None:
-        self.steering.remove(slot)
         sock = self.sockets[slot]
         assert sock is not None
-        sock.close()
         self.sockets[slot] = None
-        self.steering.cover([self.leader()])
+        self.steering.remove(slot, [self.leader()])
+        sock.close()
 
     def close(self) -> None:
         for sock in [*self.sockets, *self.clients]:
