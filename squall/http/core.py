@@ -152,6 +152,8 @@ _METHODS = {
 }
 _OWN_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"connection"})
 _CHUNKED_END = b"0\r\n\r\n"
+#: What a closed connection holds instead of its parser: one without callbacks.
+_NO_PARSER = httptools.HttpRequestParser(object())
 
 
 class ServerConnection:
@@ -206,6 +208,16 @@ class ServerConnection:
         except RequestError as exc:
             self._fail(exc)
         return events
+
+    def close(self) -> None:
+        """Let go of the parser: a connection that is gone parses nothing more.
+
+        The parser's callbacks are this object's own methods. Left in place,
+        that cycle outlives the connection until the garbage collector finds
+        it, and with a connection per request the collector runs often.
+        """
+        self._broken = True
+        self._parser = _NO_PARSER
 
     def _fail(self, exc: BaseException) -> None:
         self._broken = True

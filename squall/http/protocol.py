@@ -444,6 +444,12 @@ class HTTPProtocol(asyncio.Protocol):
             if cycle is not None:
                 cycle._disconnect()
         self.queue.clear()
+        # Cycles still running keep their protocol; the protocol lets go of
+        # them, its parser and its transport, so that nothing here is left for
+        # the garbage collector to find.
+        self.current = self.receiving = None
+        self.conn.close()
+        self.transport = None
         waiter = self._writable
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
