@@ -1,7 +1,8 @@
 """Side by side: squall against tornado, uvicorn, gunicorn, granian and nginx, under wrk.
 
     python bench/compare.py [--duration 5] [--rounds 3] [--servers NAME,...]
-                            [--modes keepalive,close] [--connections 64]
+                            [--modes keepalive,close,paced] [--connections 64]
+                            [--pace-ms 6]
                             [--squall-variants shared-socket,no-steering] [--smoke]
 
 Every server runs 2 workers and answers GET / with the 12-byte body "Hello,
@@ -10,8 +11,14 @@ bench/.venv, made and filled from bench/requirements-peers.txt on first use;
 squall runs from this repository with the interpreter running this script.
 wrk and nginx come from Debian (`apt-get install -y wrk nginx` when missing).
 
-Two modes: keep-alive (`wrk -t2 -c64 -dDs --latency`) and a new connection
-per request (the same with `-H "Connection: close"`). The runs interleave:
+Three modes: keep-alive (`wrk -t2 -c64 -dDs --latency`), a new connection
+per request (the same with `-H "Connection: close"`), and new connections
+at a pace (the same again, each connection waiting --pace-ms before each
+request, through bench/pace.lua). The first two saturate the server, so
+each server's latency there comes at its own request rate; the paced mode
+offers every server about the same rate (64 connections / 6 ms: some
+9,000 req/s, under what every Python peer but tornado can take), so its
+latencies compare servers at the same load. The runs interleave:
 for each round, for each mode, every server once in the same order (start
 it, wait until it answers, warm up 1 s, measure, stop it by PID), so that
 drift on the machine hits all of them alike. wrk and the servers share the
@@ -79,7 +86,12 @@ BASELINE = "uvicorn"
 MODES = {
     "keepalive": ("keep-alive", []),
     "close": ("new connection per request", ["-H", "Connection: close"]),
+    "paced": (
+        "new connection per request, paced: the same load for every server",
+        ["-H", "Connection: close", "-s", "bench/pace.lua"],
+    ),
 }
+PACE_ENV = "SQUALL_BENCH_PACE_MS"  # read by bench/pace.lua
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PR_SET_CHILD_SUBREAPER = 36
 APT_LOCK_WAIT = "DPkg::Lock::Timeout=300"  # wait for another apt-get rather than fail
@@ -721,7 +733,12 @@ def wrk(port: int, seconds: float, args: argparse.Namespace, headers: list[str])
         f"http://127.0.0.1:{port}/",
     ]
     proc = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        cwd=ROOT,
+        env={**os.environ, PACE_ENV: f"{args.pace_ms:g}"},
     )
     try:
         out, _ = proc.communicate(timeout=seconds + 30)
@@ -852,12 +869,17 @@ def report(
     for mode in modes:
         label, headers = MODES[mode]
         flag = f" {' '.join(repr(h) if ' ' in h else h for h in headers)}" if headers else ""
-        parts += [
-            f"## {label} (wrk -c{args.connections}{flag})",
-            "",
-            mode_table(mode, servers, runs[mode]),
-            "",
-        ]
+        parts += [f"## {label} (wrk -c{args.connections}{flag})", ""]
+        if mode == "paced":
+            offered = args.connections / args.pace_ms * 1000
+            parts += [
+                f"Each connection waits {args.pace_ms:g} ms before each request "
+                f"({PACE_ENV}={args.pace_ms:g}), which offers at most {offered:,.0f} req/s; "
+                f"wrk leaves the wait out of the latency. A server that keeps up answers "
+                f"about as many as the others, so its latencies are at the same load.",
+                "",
+            ]
+        parts += [mode_table(mode, servers, runs[mode]), ""]
     parts += [
         "## Each round",
         "",
@@ -945,7 +967,15 @@ def main() -> int:
         help=f"comma list, run in this order (default: all but the +variants): {', '.join(ALL_SERVERS)}",
     )
     parser.add_argument(
-        "--modes", default="keepalive,close", help="comma list of keepalive, close (default both)"
+        "--modes",
+        default=",".join(MODES),
+        help=f"comma list of {', '.join(MODES)} (default all)",
+    )
+    parser.add_argument(
+        "--pace-ms",
+        type=float,
+        default=6.0,
+        help="paced mode: each connection waits this long before each request (default 6)",
     )
     parser.add_argument("--connections", type=int, default=64, help="wrk -c (default 64)")
     parser.add_argument("--threads", type=int, default=2, help="wrk -t (default 2)")
@@ -965,6 +995,8 @@ def main() -> int:
         parser.error(f"--modes: a comma list of {', '.join(MODES)}")
     if args.rounds < 1 or args.duration <= 0 or args.connections < 1 or args.threads < 1:
         parser.error("--rounds, --duration, --connections and --threads must be positive")
+    if args.pace_ms <= 0:
+        parser.error("--pace-ms must be positive")
     servers = select(args)
     if not Path("/proc/self/smaps_rollup").exists():
         raise SystemExit("compare.py needs Linux's /proc (stat, smaps_rollup)")
