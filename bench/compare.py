@@ -722,7 +722,14 @@ def parse_wrk(text: str) -> dict[str, float]:
     return out
 
 
-def wrk(port: int, seconds: float, args: argparse.Namespace, headers: list[str]) -> str:
+def wrk(
+    port: int,
+    seconds: float,
+    args: argparse.Namespace,
+    headers: list[str],
+    pace_ms: float | None = None,
+) -> str:
+    """`wrk --latency` with `headers` (any options); `pace_ms` for bench/pace.lua."""
     command = [
         "wrk",
         f"-t{args.threads}",
@@ -738,7 +745,7 @@ def wrk(port: int, seconds: float, args: argparse.Namespace, headers: list[str])
         stderr=subprocess.STDOUT,
         start_new_session=True,
         cwd=ROOT,
-        env={**os.environ, PACE_ENV: f"{args.pace_ms:g}"},
+        env={**os.environ, PACE_ENV: f"{pace_ms:g}"} if pace_ms is not None else None,
     )
     try:
         out, _ = proc.communicate(timeout=seconds + 30)
@@ -754,10 +761,11 @@ def wrk(port: int, seconds: float, args: argparse.Namespace, headers: list[str])
 
 def measure(server: Server, mode: str, args: argparse.Namespace, workdir: Path) -> Result:
     headers = MODES[mode][1]
+    pace_ms = args.pace_ms if mode == "paced" else None
     with serving(server, workdir) as (running, port, _answer):
-        wrk(port, WARMUP_SECONDS, args, headers)
+        wrk(port, WARMUP_SECONDS, args, headers, pace_ms)
         before = {pid: (s, cpu_ticks(pid)) for pid, s in running.record().items()}
-        text = wrk(port, args.duration, args, headers)
+        text = wrk(port, args.duration, args, headers, pace_ms)
         after = running.record()
         used: dict[int, int] = {}
         for pid, started in after.items():

@@ -38,6 +38,7 @@ every way must give the same events (Data pieces joined).
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 import random
@@ -360,6 +361,24 @@ def test_receive_after_complete_request_waits_for_more() -> None:
     assert [type(e) for e in events] == [Request, type(END_OF_MESSAGE)]
     events = conn.receive_data(b" HTTP/1.1\r\nHost: a\r\n\r\n")
     assert isinstance(events[0], Request) and events[0].target == b"/2"
+
+
+def test_a_closed_connection_parses_nothing_and_holds_no_cycle() -> None:
+    conn = ServerConnection()
+    events = conn.receive_data(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTT")
+    request = events[0]
+    assert isinstance(request, Request)
+    conn.close()
+    assert conn.receive_data(b"P/1.1\r\nHost: a\r\n\r\n") == []
+    # What a response still in progress needs keeps working after the close.
+    assert conn.encode_response(request, 200, [], b"ok").endswith(b"\r\n\r\nok")
+    gc.collect()
+    gc.disable()
+    try:
+        del conn
+        assert gc.collect() == 0  # the parser no longer calls back into it
+    finally:
+        gc.enable()
 
 
 def test_request_header_lookup() -> None:
