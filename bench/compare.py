@@ -728,6 +728,7 @@ def wrk(
     args: argparse.Namespace,
     headers: list[str],
     pace_ms: float | None = None,
+    path: str = "/",
 ) -> str:
     """`wrk --latency` with `headers` (any options); `pace_ms` for bench/pace.lua."""
     command = [
@@ -737,7 +738,7 @@ def wrk(
         f"-d{seconds:g}s",
         "--latency",
         *headers,
-        f"http://127.0.0.1:{port}/",
+        f"http://127.0.0.1:{port}{path}",
     ]
     proc = subprocess.Popen(
         command,

@@ -1,5 +1,7 @@
 """bench/compare.py --smoke: every server of the side-by-side benchmark starts, answers, stops.
 
+Also: bench/request_path.py runs, and bench/gc_pauses.py's servers answer from each worker.
+
 The first run makes bench/.venv and installs the peers into it (pip), and
 installs nginx with apt-get if it is missing; later runs take seconds.
 """
@@ -10,8 +12,9 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
-from bench import compare
+from bench import compare, gc_pauses
 from tests.service import ROOT
 
 PIDS = re.compile(r"^(\S+): pids ((?:\d+@\d+ ?)+)")
@@ -67,3 +70,17 @@ def test_request_path_runs_every_case() -> None:
         "raw ASGI, new connection",
     ], result.stdout
     assert "Traceback" not in result.stderr, result.stderr
+
+
+def test_gc_pauses_reads_each_workers_collections(tmp_path: Path) -> None:
+    # bench/gc_pauses.py's servers start on its app, and GET /gc reaches each worker.
+    compare.ensure_venv()
+    for server in gc_pauses.SERVERS:
+        with compare.serving(server, tmp_path) as (_running, port, answer):
+            assert answer[0] == 200, answer
+            stats = gc_pauses.worker_stats(port, compare.WORKERS)
+        assert len({s["pid"] for s in stats}) == compare.WORKERS, stats
+        for worker in stats:
+            assert set(worker["generations"]) == {"0", "1", "2"}, worker
+        if server.runtime == "squall":
+            assert all(worker["frozen"] > 1000 for worker in stats), stats

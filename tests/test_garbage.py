@@ -1,10 +1,13 @@
-"""Finished connections leave nothing for the garbage collector.
+"""Finished connections leave nothing for the garbage collector, and it skips the app's heap.
 
 With a new connection per request, a connection that left a reference cycle
 behind would make the collector run every few hundred requests, and each run
 pauses a worker. Each test serves one interface with one worker, pauses the
 collector, opens connections of several kinds, then asks the worker how much
 garbage a collection found.
+
+A worker freezes what it holds once the app has started: a full collection
+then walks only what requests left (bench/gc_pauses.py measures the pauses).
 """
 
 from __future__ import annotations
@@ -57,3 +60,12 @@ def test_finished_connections_leave_no_garbage(tmp_path: Path, interface: str) -
             _exchange(port, KEEP_ALIVE, read=False)  # gone before its answer
         found = int(_body(port, "/gc/count"))
         assert found <= ALLOWED, f"{found} objects of garbage after {4 * ROUNDS} connections"
+
+
+def test_a_worker_freezes_what_the_started_app_holds(tmp_path: Path) -> None:
+    app = "tests.apps.gc_probe:asgi"
+    with running_squall(tmp_path, app, "--interface", "asgi", workers=1) as (_service, port):
+        frozen = int(_body(port, "/gc/frozen"))
+    assert frozen > 1000, (
+        f"only {frozen} objects frozen"
+    )  # squall, asyncio, the app: tens of thousands

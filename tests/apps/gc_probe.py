@@ -2,8 +2,9 @@
 
 `/gc/pause` collects what there is and turns the collector off; after the
 test's connections, `/gc/count` collects again and answers with what it
-found, then turns the collector back on. The same routes exist for each
-interface: `native` (squall.web), `asgi` and `wsgi`.
+found, then turns the collector back on; `/gc/frozen` answers with how many
+objects the collector has frozen. The same routes exist for each interface:
+`native` (squall.web), `asgi` and `wsgi`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ def _gc_route(path: str) -> bytes:
         gc.collect()
         gc.disable()
         return b"paused"
+    if path == "/gc/frozen":
+        return str(gc.get_freeze_count()).encode()
     if path == "/gc/count":
         found = gc.collect()
         gc.enable()
