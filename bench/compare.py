@@ -727,7 +727,7 @@ def wrk(
     seconds: float,
     args: argparse.Namespace,
     headers: list[str],
-    pace_ms: float | None = None,
+    pace_ms: int | None = None,
     path: str = "/",
 ) -> str:
     """`wrk --latency` with `headers` (any options); `pace_ms` for bench/pace.lua."""
@@ -746,7 +746,7 @@ def wrk(
         stderr=subprocess.STDOUT,
         start_new_session=True,
         cwd=ROOT,
-        env={**os.environ, PACE_ENV: f"{pace_ms:g}"} if pace_ms is not None else None,
+        env={**os.environ, PACE_ENV: str(pace_ms)} if pace_ms is not None else None,
     )
     try:
         out, _ = proc.communicate(timeout=seconds + 30)
@@ -982,9 +982,10 @@ def main() -> int:
     )
     parser.add_argument(
         "--pace-ms",
-        type=float,
-        default=6.0,
-        help="paced mode: each connection waits this long before each request (default 6)",
+        type=int,
+        default=6,
+        help="paced mode: each connection waits this many ms before each request "
+        "(default 6; wrk takes whole milliseconds)",
     )
     parser.add_argument("--connections", type=int, default=64, help="wrk -c (default 64)")
     parser.add_argument("--threads", type=int, default=2, help="wrk -t (default 2)")
