@@ -79,8 +79,10 @@ def test_gc_pauses_reads_each_workers_collections(tmp_path: Path) -> None:
         with compare.serving(server, tmp_path) as (_running, port, answer):
             assert answer[0] == 200, answer
             stats = gc_pauses.worker_stats(port, compare.WORKERS)
-        assert len({s["pid"] for s in stats}) == compare.WORKERS, stats
         for worker in stats:
             assert set(worker["generations"]) == {"0", "1", "2"}, worker
         if server.runtime == "squall":
+            # A socket per worker: held connections reach each. (uvicorn's
+            # shared socket may hand all of them to one worker.)
+            assert len({s["pid"] for s in stats}) == compare.WORKERS, stats
             assert all(worker["frozen"] > 1000 for worker in stats), stats
