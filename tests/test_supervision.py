@@ -257,6 +257,14 @@ def test_a_slot_waiting_to_restart_leaves_new_connections_to_the_others(
     pid_of_task(port, 1)  # and slot 1 serves again after its delay
 
 
+def test_the_supervisor_has_imported_what_a_worker_runs(services: Services, tmp_path: Path) -> None:
+    # Imported before the first fork, a restarted worker does not import them
+    # again: uvloop's compiled loop is mapped in the supervisor itself.
+    service, _port = start(services, app_dir(tmp_path), "--workers", "1")
+    maps = Path(f"/proc/{service.pid}/maps").read_text()
+    assert "uvloop/loop." in maps, "uvloop is not loaded in the supervisor"
+
+
 def test_max_requests_recycles_without_failures(services: Services, tmp_path: Path) -> None:
     service, port = start(
         services,
