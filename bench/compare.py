@@ -967,6 +967,43 @@ def on_sigterm(_signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
 
+class OwnedProcesses:
+    """A benchmark's run, as the parent of every process it starts (a `with` block).
+
+    SIGTERM ends it like Ctrl-C (status 130); on the way out, whatever it
+    left running is killed and listed ("left: none" when nothing was), and
+    a leftover makes the status 1. Set `status` inside the block.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.status = 0
+
+    def __enter__(self) -> OwnedProcesses:
+        signal.signal(signal.SIGTERM, on_sigterm)
+        become_subreaper()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_exc: object) -> bool:
+        interrupted = kind is not None and issubclass(kind, KeyboardInterrupt)
+        if interrupted:
+            print(f"{self.name}: interrupted", file=sys.stderr)
+            self.status = 130
+        left = sweep()
+        print(f"left: {' '.join(map(str, left)) if left else 'none'}", flush=True)
+        if left:
+            self.status = self.status or 1
+        return interrupted
+
+
+def save_result(prefix: str, when: datetime.datetime, text: str) -> None:
+    """Write a report to bench/results/PREFIX-YYYY-MM-DD-HHMM.md and say where."""
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{prefix}-{when:%Y-%m-%d-%H%M}.md"
+    path.write_text(text)
+    print(f"written to {path.relative_to(ROOT)}", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per run (default 5)")
@@ -1011,10 +1048,7 @@ def main() -> int:
     if not Path("/proc/self/smaps_rollup").exists():
         raise SystemExit("compare.py needs Linux's /proc (stat, smaps_rollup)")
 
-    signal.signal(signal.SIGTERM, on_sigterm)
-    become_subreaper()
-    status = 0
-    try:
+    with OwnedProcesses("compare.py") as owner:
         if any(s.runtime == "peers" for s in servers):
             ensure_venv()
         tools = ([] if args.smoke else ["wrk"]) + (
@@ -1023,18 +1057,10 @@ def main() -> int:
         ensure_debian(tools)
         with tempfile.TemporaryDirectory(prefix="squall-compare-") as tmp:
             if args.smoke:
-                status = smoke(servers, Path(tmp))
+                owner.status = smoke(servers, Path(tmp))
             else:
-                status = benchmark(args, servers, modes, Path(tmp))
-    except KeyboardInterrupt:
-        print("compare.py: interrupted", file=sys.stderr)
-        status = 130
-    finally:
-        left = sweep()
-        print(f"left: {' '.join(map(str, left)) if left else 'none'}", flush=True)
-        if left:
-            status = status or 1
-    return status
+                owner.status = benchmark(args, servers, modes, Path(tmp))
+    return owner.status
 
 
 def benchmark(args: argparse.Namespace, servers: list[Server], modes: list[str], tmp: Path) -> int:
@@ -1088,10 +1114,7 @@ def benchmark(args: argparse.Namespace, servers: list[Server], modes: list[str],
     text = report(args, servers, modes, runs, when, about)
     print(text, flush=True)
     if not args.no_save:
-        RESULTS.mkdir(exist_ok=True)
-        path = RESULTS / f"compare-{when:%Y-%m-%d-%H%M}.md"
-        path.write_text(text)
-        print(f"written to {path.relative_to(ROOT)}", flush=True)
+        save_result("compare", when, text)
     return 1 if failures else 0
 
 

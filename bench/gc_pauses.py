@@ -77,7 +77,7 @@ def measure(server: Server, args: argparse.Namespace, workdir: Path) -> Run:
 
 def generation(run: Run, gen: str, key: str) -> float:
     values = [w["generations"][gen][key] for w in run.workers]
-    return max(values) if key == "max_ms" else sum(values)
+    return float(max(values) if key == "max_ms" else sum(values))
 
 
 def report(args: argparse.Namespace, runs: dict[str, list[Run]], when: datetime.datetime) -> str:
@@ -127,11 +127,9 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-save", action="store_true", help="do not write bench/results/")
     args = parser.parse_args()
-    compare.become_subreaper()
     runs: dict[str, list[Run]] = {s.name: [] for s in SERVERS}
     when = datetime.datetime.now().astimezone()
-    status = 0
-    try:
+    with compare.OwnedProcesses("gc_pauses.py") as owner:
         compare.ensure_venv()
         compare.ensure_debian(["wrk"])
         with tempfile.TemporaryDirectory(prefix="squall-gc-") as tmp:
@@ -141,7 +139,7 @@ def main() -> int:
                         run = measure(server, args, Path(tmp))
                     except (compare.StartError, RuntimeError, ValueError, OSError) as exc:
                         print(f"  {server.name} round {round_no}: FAILED: {exc}", file=sys.stderr)
-                        status = 1
+                        owner.status = 1
                         continue
                     runs[server.name].append(run)
                     print(
@@ -155,16 +153,8 @@ def main() -> int:
         text = report(args, runs, when)
         print(text, flush=True)
         if not args.no_save:
-            compare.RESULTS.mkdir(exist_ok=True)
-            path = compare.RESULTS / f"gc-pauses-{when:%Y-%m-%d-%H%M}.md"
-            path.write_text(text)
-            print(f"written to {path.relative_to(compare.ROOT)}", flush=True)
-    finally:
-        left = compare.sweep()
-        print(f"left: {' '.join(map(str, left)) if left else 'none'}", flush=True)
-        if left:
-            status = status or 1
-    return status
+            compare.save_result("gc-pauses", when, text)
+    return owner.status
 
 
 if __name__ == "__main__":

@@ -35,7 +35,6 @@ import datetime
 import math
 import os
 import resource
-import signal
 import socket
 import sys
 import tempfile
@@ -493,11 +492,8 @@ def main() -> int:
             f"{need:,}: lower --connections or raise the hard limit"
         )
 
-    signal.signal(signal.SIGTERM, compare.on_sigterm)
-    compare.become_subreaper()
-    status = 0
     outcomes: list[Outcome] = []
-    try:
+    with compare.OwnedProcesses("idle_connections.py") as owner:
         if any(s.runtime == "peers" for s in servers):
             compare.ensure_venv()
         when = datetime.datetime.now().astimezone()
@@ -510,7 +506,7 @@ def main() -> int:
                     out = run_server(server, args, Path(tmp))
                 except (compare.StartError, RuntimeError, OSError) as exc:
                     out = Outcome(server, args.connections, error=str(exc).splitlines()[0])
-                    status = 1
+                    owner.status = 1
                 outcomes.append(out)
                 print(
                     f"  {server.name}: "
@@ -564,15 +560,8 @@ def main() -> int:
         print("\n## Servers\n")
         for server in servers:
             print(f"- `{server.name}`: {server.what}: `{shown(server)}`")
-    except KeyboardInterrupt:
-        print("idle_connections.py: interrupted", file=sys.stderr)
-        status = 130
-    finally:
-        left = compare.sweep()
-        print(f"\nleft: {' '.join(map(str, left)) if left else 'none'}", flush=True)
-        if left:
-            status = status or 1
-    return status
+        print()  # a blank line before "left:"
+    return owner.status
 
 
 if __name__ == "__main__":

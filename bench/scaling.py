@@ -27,7 +27,6 @@ import contextlib
 import datetime
 import http.client
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -263,24 +262,13 @@ def main() -> int:
     if args.rounds < 1 or args.duration <= 0 or args.connections < 1 or args.threads < 1:
         parser.error("--rounds, --duration, --connections and --threads must be positive")
 
-    signal.signal(signal.SIGTERM, compare.on_sigterm)
-    compare.become_subreaper()
-    status = 0
-    try:
+    with compare.OwnedProcesses("scaling.py") as owner:
         if any(s.runtime == "peers" for s in servers):
             compare.ensure_venv()
         compare.ensure_debian(["wrk"])
         with tempfile.TemporaryDirectory(prefix="squall-scaling-") as tmp:
-            status = benchmark(args, servers, counts, Path(tmp))
-    except KeyboardInterrupt:
-        print("scaling.py: interrupted", file=sys.stderr)
-        status = 130
-    finally:
-        left = compare.sweep()
-        print(f"left: {' '.join(map(str, left)) if left else 'none'}", flush=True)
-        if left:
-            status = status or 1
-    return status
+            owner.status = benchmark(args, servers, counts, Path(tmp))
+    return owner.status
 
 
 def benchmark(args: argparse.Namespace, servers: list[Server], counts: list[int], tmp: Path) -> int:

@@ -7,7 +7,6 @@ exit status 2 (usage) or 1 (runtime), never a traceback.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import logging
 import os
@@ -150,6 +149,8 @@ def run(config: Config) -> NoReturn:
         sharing(listeners),
         os.getpid(),
     )
+    from squall.worker import import_worker_modules
+
     import_worker_modules()
     if config.preload:
         gc.collect()
@@ -188,24 +189,6 @@ def sharing(listeners: SharedListeners | ReusePortListeners) -> str:
     if listeners.steering is None:
         return ", one socket each (SO_REUSEPORT)"
     return ", one socket each (SO_REUSEPORT), to the least-loaded worker (eBPF)"
-
-
-def import_worker_modules() -> None:
-    """Import what every worker runs before the first fork, never after.
-
-    A worker forked later (a restart, a reload, a scale-up) then starts
-    serving without importing them: about 20 ms of each restart here. The
-    workers also share those pages with the supervisor instead of each
-    holding its own copy.
-    """
-    import squall.metrics
-    import squall.server
-    import squall.tls
-    import squall.websocket
-    import squall.worker  # noqa: F401
-
-    with contextlib.suppress(ImportError):  # the stock asyncio loop serves without it
-        import uvloop  # noqa: F401
 
 
 def make_plugins(config: Config) -> list[Plugin]:

@@ -94,6 +94,9 @@ class HTTPServer:
     def start(self, num_processes: int | None = 1, max_restarts: int | None = None) -> None:
         """Fork `num_processes` workers (None or <= 0: one per CPU); 1 forks nothing."""
         if num_processes != 1:
+            from squall.worker import import_worker_modules
+
+            import_worker_modules()  # before the fork: a restarted worker imports nothing
             process.fork_processes(num_processes, max_restarts)
         sockets, self._bound = self._bound, []
         self.add_sockets(sockets)
