@@ -188,7 +188,7 @@ def sharing(listeners: SharedListeners | ReusePortListeners) -> str:
         return ""
     if listeners.steering is None:
         return ", one socket each (SO_REUSEPORT)"
-    return ", one socket each (SO_REUSEPORT), to the least-loaded worker (eBPF)"
+    return ", one socket each (SO_REUSEPORT), to the least-loaded worker (eBPF), a shared queue under churn"
 
 
 def make_plugins(config: Config) -> list[Plugin]:

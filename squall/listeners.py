@@ -6,7 +6,9 @@ others.
 
 Reuse-port mode: each slot (task id) has its own SO_REUSEPORT sockets, and
 new connections are spread across them: to the worker with the fewest in
-hand where eBPF allows (`squall.steering`), else by the kernel's hash. The
+hand where eBPF allows (`squall.steering`), else by the kernel's hash. With
+steering, the group also has an overflow socket that every worker serves,
+for the program to use while connections churn on every worker. The
 supervisor holds every slot's sockets, and a successor inherits its slot's,
 so reloads, request quotas and watchdog restarts never close a listener.
 Scale-down, a restart delay and degrade close a slot's; what is queued on
@@ -89,6 +91,10 @@ class ReusePortListeners:
             except SteeringUnavailable as exc:
                 self._stop_steering(exc)
             self._steer(lambda steering: steering.add(0, first))
+        self.overflow: list[socket.socket] = []
+        if self.steering is not None:
+            self.overflow = open_binds(self.specs, reuse_port=True, backlog=backlog)
+            self._steer(lambda steering: steering.add_overflow(self.overflow))
         if self.steering is None and not migrate_req_enabled():
             logger.debug(
                 "net.ipv4.tcp_migrate_req is off: closing a worker slot's socket "
@@ -122,7 +128,7 @@ class ReusePortListeners:
         return None if self.steering is None else self.steering.report_for(task_id)
 
     def for_slot(self, task_id: int) -> list[socket.socket]:
-        return self.slots[task_id] + self.shared
+        return self.slots[task_id] + self.overflow + self.shared
 
     def keep_only(self, task_id: int) -> None:
         for other, sockets in list(self.slots.items()):
@@ -143,8 +149,9 @@ class ReusePortListeners:
     def close_all(self) -> None:
         for task_id in list(self.slots):
             self.close_slot(task_id)
-        for sock in self.shared:
+        for sock in self.overflow + self.shared:
             sock.close()
+        self.overflow = []
         if self.steering is not None:
             self.steering.close()
             self.steering = None

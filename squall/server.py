@@ -175,6 +175,7 @@ class HTTPServer:
         proxy_protocol = self.proxy_protocol
         tls = self.ssl_context
         scheme = "https" if tls is not None else "http"
+        serving: dict[str, None] = {}  # in order, once each (a slot's socket and the overflow)
         for sock in self._sockets if sockets is None else sockets:
             factory = functools.partial(
                 HTTPProtocol,
@@ -188,7 +189,8 @@ class HTTPServer:
             else:
                 server = await loop.create_server(factory, sock=sock, backlog=backlog, ssl=tls)
             self._servers.append(server)
-            logger.debug("serving on %s", describe_socket(sock))
+            serving[describe_socket(sock)] = None
+        logger.debug("serving on %s", ", ".join(serving))
         if state.on_closed is not None:
             state.on_closed(len(state.connections))  # not what a predecessor left
 

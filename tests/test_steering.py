@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from squall.steering import MAX_SLOTS, Steering, SteeringUnavailable
+from squall.steering import CHURN_NS, MAX_SLOTS, Steering, SteeringUnavailable
 from tests.service import Service, Services, free_port
 
 
@@ -57,16 +57,22 @@ def _listener(port: int) -> socket.socket:
 
 
 class Group:
-    """`count` listening sockets in one reuse-port group, steered; the test plays the workers."""
+    """`count` listening sockets in one reuse-port group, steered; the test plays the workers.
 
-    def __init__(self, count: int) -> None:
+    With `overflow`, one more socket in the group, as the overflow (`OVERFLOW` in counts).
+    """
+
+    def __init__(self, count: int, overflow: bool = False, churn_ns: int = CHURN_NS) -> None:
         self.sockets: list[socket.socket | None] = []
         for _ in range(count):
             self.sockets.append(_listener(self.port if self.sockets else 0))
-        self.steering = Steering(1)
+        self.overflow = _listener(self.port) if overflow else None
+        self.steering = Steering(1, churn_ns)
         for slot, sock in enumerate(self.sockets):
             assert sock is not None
             self.steering.add(slot, [sock])
+        if self.overflow is not None:
+            self.steering.add_overflow([self.overflow])
         self.reports = [self.steering.report_for(slot) for slot in range(count)]
         self.clients: list[socket.socket] = []
 
@@ -88,12 +94,12 @@ class Group:
         got: Counter[int] = Counter()
         deadline = time.monotonic() + 5
         while sum(got.values()) < expected and time.monotonic() < deadline:
-            live = [sock for sock in self.sockets if sock is not None]
+            live = [sock for sock in [*self.sockets, self.overflow] if sock is not None]
             ready, _, _ = select.select(live, [], [], 0.5)
             for sock in ready:
                 conn, _ = sock.accept()
                 conn.close()
-                got[self.sockets.index(sock)] += 1
+                got[OVERFLOW if sock is self.overflow else self.sockets.index(sock)] += 1
         assert sum(got.values()) == expected, f"accepted {dict(got)} of {expected}"
         return got
 
@@ -112,15 +118,26 @@ class Group:
         sock.close()
 
     def close(self) -> None:
-        for sock in [*self.sockets, *self.clients]:
+        for sock in [*self.sockets, self.overflow, *self.clients]:
             if sock is not None:
                 sock.close()
         self.steering.close()
 
 
+OVERFLOW = -1
+
+
 @pytest.fixture
 def group() -> Iterator[Group]:
     made = Group(3)
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def churning() -> Iterator[Group]:
+    """Three slots and the overflow; a report counts as recent for a minute."""
+    made = Group(3, overflow=True, churn_ns=60 * 10**9)
     yield made
     made.close()
 
@@ -167,6 +184,37 @@ def test_a_closed_slot_gets_nothing_and_a_new_one_its_share(group: Group) -> Non
     group.open_slot(3)
     group.connect(30)
     assert group.accept_all(30) == {0: 10, 2: 10, 3: 10}
+
+
+def test_while_every_worker_is_closing_connections_the_overflow_takes_new_ones(
+    churning: Group,
+) -> None:
+    for report in churning.reports:
+        report(0)
+    churning.connect(9)
+    # Whichever worker is free first accepts them; no slot counts them as its own.
+    assert churning.accept_all(9) == {OVERFLOW: 9}
+    churning.connect(6)
+    assert churning.accept_all(6) == {OVERFLOW: 6}
+
+
+def test_a_worker_that_closed_nothing_lately_turns_the_overflow_off(churning: Group) -> None:
+    churning.reports[0](0)
+    churning.reports[2](0)  # slot 1 has not closed a connection since it started
+    churning.connect(9)
+    assert churning.accept_all(9) == {0: 3, 1: 3, 2: 3}
+
+
+def test_reports_older_than_the_churn_window_are_quiet() -> None:
+    made = Group(2, overflow=True)  # the real window: a millisecond
+    try:
+        for report in made.reports:
+            report(0)
+        time.sleep(20 * CHURN_NS / 1e9)
+        made.connect(8)
+        assert made.accept_all(8) == {0: 4, 1: 4}
+    finally:
+        made.close()
 
 
 # -- squall ---------------------------------------------------------------------------------
@@ -247,6 +295,29 @@ def test_workers_keep_no_handle_on_the_program(services: Services) -> None:
         # Only the shared array's mapping (its own descriptor, kept by mmap).
         assert "anon_inode:bpf-prog" not in handles, handles
         assert handles.count("anon_inode:bpf-map") == 1, handles
+
+
+def listening(pid: int, port: int) -> set[int]:
+    """Inodes of the sockets `pid` holds that listen on TCP `port`."""
+    listeners = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "0A" and int(fields[1].rpartition(":")[2], 16) == port:
+            listeners.add(int(fields[9]))
+    held = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):  # closed meanwhile
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("socket:["):
+                held.add(int(target[len("socket:[") : -1]))
+    return held & listeners
+
+
+def test_every_worker_serves_its_own_socket_and_the_overflow(services: Services) -> None:
+    service, port = start(services)
+    first, second = (listening(pid, port) for pid in service.workers())
+    assert len(first) == len(second) == 2, (first, second)
+    assert len(first & second) == 1, (first, second)
 
 
 def test_a_blocked_worker_is_passed_over(services: Services) -> None:
