@@ -91,10 +91,16 @@ class ReusePortListeners:
             except SteeringUnavailable as exc:
                 self._stop_steering(exc)
             self._steer(lambda steering: steering.add(0, first))
+        # Served by every worker; should steering stop later, the hash counts it as one more.
         self.overflow: list[socket.socket] = []
         if self.steering is not None:
-            self.overflow = open_binds(self.specs, reuse_port=True, backlog=backlog)
-            self._steer(lambda steering: steering.add_overflow(self.overflow))
+            overflow = open_binds(self.specs, reuse_port=True, backlog=backlog)
+            self._steer(lambda steering: steering.add_overflow(overflow))
+            if self.steering is None:
+                for sock in overflow:
+                    sock.close()
+            else:
+                self.overflow = overflow
         if self.steering is None and not migrate_req_enabled():
             logger.debug(
                 "net.ipv4.tcp_migrate_req is off: closing a worker slot's socket "
