@@ -95,12 +95,11 @@ class ReusePortListeners:
         self.overflow: list[socket.socket] = []
         if self.steering is not None:
             overflow = open_binds(self.specs, reuse_port=True, backlog=backlog)
-            self._steer(lambda steering: steering.add_overflow(overflow))
-            if self.steering is None:
+            if self._steer(lambda steering: steering.add_overflow(overflow)):
+                self.overflow = overflow
+            else:
                 for sock in overflow:
                     sock.close()
-            else:
-                self.overflow = overflow
         if self.steering is None and not migrate_req_enabled():
             logger.debug(
                 "net.ipv4.tcp_migrate_req is off: closing a worker slot's socket "
@@ -113,13 +112,16 @@ class ReusePortListeners:
             self.slots[task_id] = opened
             self._steer(lambda steering: steering.add(task_id, opened))
 
-    def _steer(self, change: Callable[[Steering], object]) -> None:
+    def _steer(self, change: Callable[[Steering], object]) -> bool:
         """Tell the steering of a change; should it fail, the kernel's hash takes over."""
-        if self.steering is not None:
-            try:
-                change(self.steering)
-            except SteeringUnavailable as exc:
-                self._stop_steering(exc)
+        if self.steering is None:
+            return False
+        try:
+            change(self.steering)
+        except SteeringUnavailable as exc:
+            self._stop_steering(exc)
+            return False
+        return True
 
     def _stop_steering(self, why: OSError) -> None:
         logger.info("connections go by the kernel's hash, not by load: %s", why)

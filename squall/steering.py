@@ -167,12 +167,15 @@ def _load_map(dst: int, fd: int) -> bytes:
     return _insn(0x18, dst, 1, 0, fd) + _insn(0)  # ld_imm64 dst, map[fd]
 
 
+def _store_key(key: int, register: int | None) -> bytes:
+    """*(u32 *)(fp - 4) = the constant `key`, or `register`."""
+    return _insn(0x62, 10, 0, -4, key) if register is None else _insn(0x63, 10, register, -4)
+
+
 def _lookup(slots: int, key: int = 0, register: int | None = None) -> list[bytes]:
     """r0 = &slots[key] or NULL; the key a constant, or in `register`."""
-    # *(u32 *)(fp - 4) = key
-    store = _insn(0x62, 10, 0, -4, key) if register is None else _insn(0x63, 10, register, -4)
     return [
-        store,
+        _store_key(key, register),
         _insn(0xBF, 2, 10),
         _insn(0x07, 2, 0, 0, -4),  # r2 = fp - 4
         *_split(_load_map(1, slots)),
@@ -254,9 +257,8 @@ def program(slots: int, sockarray: int, count: int, churn_ns: int = CHURN_NS) ->
 
 def _select(sockarray: int, key: int = 0, register: int | None = None) -> list[bytes]:
     """r0 = sk_select_reuseport(ctx in r6, sockarray, &key, 0): 0 once chosen."""
-    store = _insn(0x62, 10, 0, -4, key) if register is None else _insn(0x63, 10, register, -4)
     return [
-        store,
+        _store_key(key, register),
         _insn(0xBF, 1, 6),
         *_split(_load_map(2, sockarray)),
         _insn(0xBF, 3, 10),
