@@ -208,9 +208,9 @@ def program(slots: int, sockarray: int, count: int, churn_ns: int = CHURN_NS) ->
             ("next", 0x15, 1, 0),  # no socket
             _insn(0x79, 1, 0, 8 * REPORTED_AT),
             _insn(0x79, 2, 10, -16),
-            _insn(0x1F, 2, 1),  # r2 = now - reported at (a future time: long ago)
+            _insn(0x1F, 2, 1),  # r2 = now - reported at (QUIET, ahead of now, wraps: long ago)
             *_split(_imm64(3, churn_ns)),
-            ("recent", 0xBD, 2, 3),
+            ("recent", 0xBD, 2, 3),  # within churn_ns
             _insn(0x7A, 10, 0, -24, 0),  # this one is quiet: no overflow
             "recent",
             _insn(0x79, 1, 0, 8 * REPORT),
