@@ -22,11 +22,11 @@ import contextlib
 import datetime
 import http.client
 import json
-import statistics
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -102,19 +102,16 @@ def report(args: argparse.Namespace, runs: dict[str, list[Run]], when: datetime.
             lines.append(f"| {server.name} | failed | | | | | | | | |")
             continue
 
-        def med(values: list[float]) -> float:
-            return statistics.median(values)
-
         young = [generation(r, "0", "count") + generation(r, "1", "count") for r in got]
         young_max = [max(generation(r, "0", "max_ms"), generation(r, "1", "max_ms")) for r in got]
         lines.append(
-            f"| {server.name} | {med([r.rps for r in got]):,.0f} | {med([r.p99_ms for r in got]):.2f} "
+            f"| {server.name} | {median([r.rps for r in got]):,.0f} | {median([r.p99_ms for r in got]):.2f} "
             f"| {sum(r.errors for r in got)} "
-            f"| {med([min(w['frozen'] for w in r.workers) for r in got]):,.0f} "
-            f"| {med([generation(r, '2', 'count') for r in got]):.0f} "
-            f"| {med([generation(r, '2', 'max_ms') for r in got]):.2f} "
-            f"| {med([generation(r, '2', 'total_ms') for r in got]):.1f} "
-            f"| {med(young):.0f} | {med(young_max):.2f} |"
+            f"| {median([min(w['frozen'] for w in r.workers) for r in got]):,.0f} "
+            f"| {median([generation(r, '2', 'count') for r in got]):.0f} "
+            f"| {median([generation(r, '2', 'max_ms') for r in got]):.2f} "
+            f"| {median([generation(r, '2', 'total_ms') for r in got]):.1f} "
+            f"| {median(young):.0f} | {median(young_max):.2f} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -159,7 +159,6 @@ class ReusePortListeners:
             self.close_slot(task_id)
         for sock in self.overflow + self.shared:
             sock.close()
-        self.overflow = []
         if self.steering is not None:
             self.steering.close()
             self.steering = None

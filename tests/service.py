@@ -58,6 +58,13 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
         return False
 
 
+def listeners_on(port: int) -> set[int]:
+    """Inodes of the TCP sockets listening on 127.0.0.1:`port` (from /proc/net/tcp)."""
+    wanted = f"0100007F:{port:04X}"
+    rows = [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
+    return {int(row[9]) for row in rows if row[1] == wanted and row[3] == "0A"}
+
+
 def children_of(pid: int) -> list[int]:
     try:
         text = Path(f"/proc/{pid}/task/{pid}/children").read_text()

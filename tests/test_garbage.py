@@ -66,6 +66,5 @@ def test_a_worker_freezes_what_the_started_app_holds(tmp_path: Path) -> None:
     app = "tests.apps.gc_probe:asgi"
     with running_squall(tmp_path, app, "--interface", "asgi", workers=1) as (_service, port):
         frozen = int(_body(port, "/gc/frozen"))
-    assert frozen > 1000, (
-        f"only {frozen} objects frozen"
-    )  # squall, asyncio, the app: tens of thousands
+    # squall, asyncio and the app: tens of thousands.
+    assert frozen > 1000, f"only {frozen} objects frozen"

@@ -26,7 +26,7 @@ import httpx
 import pytest
 
 from squall.steering import CHURN_NS, MAX_SLOTS, Steering, SteeringUnavailable
-from tests.service import Service, Services, free_port
+from tests.service import Service, Services, free_port, listeners_on
 
 
 def _steering_or_reason() -> str | None:
@@ -297,25 +297,21 @@ def test_workers_keep_no_handle_on_the_program(services: Services) -> None:
         assert handles.count("anon_inode:bpf-map") == 1, handles
 
 
-def listening(pid: int, port: int) -> set[int]:
-    """Inodes of the sockets `pid` holds that listen on TCP `port`."""
-    listeners = set()
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if fields[3] == "0A" and int(fields[1].rpartition(":")[2], 16) == port:
-            listeners.add(int(fields[9]))
+def sockets_held(pid: int) -> set[int]:
+    """Inodes of the sockets among `pid`'s file descriptors."""
     held = set()
     for fd in os.listdir(f"/proc/{pid}/fd"):
         with contextlib.suppress(OSError):  # closed meanwhile
             target = os.readlink(f"/proc/{pid}/fd/{fd}")
             if target.startswith("socket:["):
                 held.add(int(target[len("socket:[") : -1]))
-    return held & listeners
+    return held
 
 
 def test_every_worker_serves_its_own_socket_and_the_overflow(services: Services) -> None:
     service, port = start(services)
-    first, second = (listening(pid, port) for pid in service.workers())
+    listeners = listeners_on(port)
+    first, second = (sockets_held(pid) & listeners for pid in service.workers())
     assert len(first) == len(second) == 2, (first, second)
     assert len(first & second) == 1, (first, second)
 

@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from tests.load import Load
-from tests.service import Service, Services, alive, free_port, wait_until
+from tests.service import Service, Services, alive, free_port, listeners_on, wait_until
 
 SCRIPTS = Path(__file__).parent / "scripts"
 
@@ -88,14 +88,6 @@ def test_graceful_stop_finishes_the_request_in_flight(services: Services, tmp_pa
 SOCKET_MODES = {"reuse-port (default)": [], "shared": ["--shared-socket"]}
 
 
-def listening_sockets(port: int) -> int:
-    """How many TCP sockets listen on 127.0.0.1:`port` (from /proc/net/tcp)."""
-    wanted = f"0100007F:{port:04X}"
-    with open("/proc/net/tcp") as table:
-        rows = [line.split() for line in table.readlines()[1:]]
-    return sum(1 for row in rows if row[1] == wanted and row[3] == "0A")
-
-
 @pytest.mark.parametrize("mode", SOCKET_MODES)
 def test_socket_per_worker_by_default_one_when_shared(
     services: Services, tmp_path: Path, mode: str
@@ -106,11 +98,11 @@ def test_socket_per_worker_by_default_one_when_shared(
     # Steered, the group has one more: the overflow socket that every worker serves.
     overflow = int("least-loaded worker (eBPF)" in service.output())
     expected = 3 + overflow if per_worker else 1
-    assert listening_sockets(port) == expected
+    assert len(listeners_on(port)) == expected
     assert ("one socket each (SO_REUSEPORT)" in service.output()) == per_worker
     service.send(signal.SIGTTOU)
     service.wait_for_workers(2)
-    wait_until(lambda: listening_sockets(port) == expected - per_worker, timeout=10)
+    wait_until(lambda: len(listeners_on(port)) == expected - per_worker, timeout=10)
 
 
 @pytest.mark.parametrize("mode", SOCKET_MODES)
