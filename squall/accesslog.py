@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 
 from squall import process
-from squall.http.protocol import RequestCycle
+from squall.http.cycle import RequestCycle
 
 logger = logging.getLogger("squall.access")
 

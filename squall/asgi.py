@@ -9,13 +9,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 from urllib.parse import unquote
 
-from squall.http.core import checked_headers
-from squall.http.protocol import RequestCycle, Upgraded
-from squall.websocket import WebSocketOptions, is_websocket_request, upgrade_asgi
+from squall.http.core import ResponseError
+from squall.http.cycle import RequestCycle, Upgraded
+from squall.websocket import WebSocketOptions, upgrade_asgi
 
 logger = logging.getLogger("squall.asgi")
 
@@ -36,9 +36,7 @@ class ClientDisconnected(OSError):
 
 
 class ASGIAdapter:
-    """Serves an ASGI 3 app; each request runs as a task."""
-
-    streaming = True
+    """Serves an ASGI 3 app; each request runs as a task, from its head on."""
 
     def __init__(
         self,
@@ -54,15 +52,14 @@ class ASGIAdapter:
         self.lifespan = Lifespan(app, self.state)
         self._tasks: set[asyncio.Task[None]] = set()  # the loop keeps only weak references
 
+    def begin(self, cycle: RequestCycle) -> bool:
+        """The app reads the body through `receive` as it comes."""
+        self.handle(cycle)
+        return True
+
     def handle(self, cycle: RequestCycle) -> None:
         request = cycle.request
         assert request is not None
-        if request.upgrade and not cycle.body_complete and is_websocket_request(request):
-            # A WebSocket handshake: hand it back to the connection, which offers
-            # it to `upgrade` when its message ends (a few lines further into the
-            # same data_received) and calls `handle` again if that declines.
-            cycle.started = False
-            return
         raw_path = request.path
         path = raw_path.decode("latin-1")
         if "%" in path:
@@ -107,10 +104,12 @@ class ASGIAdapter:
         try:
             await self.app(scope, exchange.receive, exchange.send)
         except Exception as exc:
-            if cycle.disconnected or _caused_by_disconnect(exc):
+            if cycle.disconnected or _caused_by(exc, ClientDisconnected):
                 # Our send() raised ClientDisconnected, which frameworks may wrap
                 # in their own exception: a client leaving is not an app error.
                 logger.debug("client disconnected during %s %s", scope["method"], scope["path"])
+            elif _caused_by(exc, ResponseError):
+                exchange.fail()  # the cycle has logged it, and answered or closed
             else:
                 logger.exception("exception in ASGI app for %s %s", scope["method"], scope["path"])
                 exchange.fail()
@@ -132,10 +131,11 @@ class ASGIAdapter:
             self._tasks.discard(exchange.task)
 
 
-def _caused_by_disconnect(exc: BaseException | None) -> bool:
+def _caused_by(exc: BaseException | None, kind: type[BaseException]) -> bool:
+    """`exc` is a `kind`, or was raised while handling one (frameworks wrap them)."""
     seen = 0
     while exc is not None and seen < 10:
-        if isinstance(exc, ClientDisconnected):
+        if isinstance(exc, kind):
             return True
         exc = exc.__cause__ or exc.__context__
         seen += 1
@@ -151,7 +151,7 @@ class _Exchange:
         self.cycle = cycle
         self.task: asyncio.Task[None] | None = None
         self.status: int | None = None
-        self.headers: list[tuple[bytes, bytes]] = []
+        self.headers: Iterable[tuple[bytes, bytes]] = ()
         self.body_done = False
 
     async def receive(self) -> Message:
@@ -174,8 +174,9 @@ class _Exchange:
         if kind == "http.response.start":
             if self.status is not None or cycle.response_started:
                 raise RuntimeError("ASGI app sent 'http.response.start' twice")
-            self.status = int(message["status"])
-            self.headers = checked_headers(message.get("headers", ()))
+            self.status = message["status"]
+            # Checked by the core with the head, as every interface's are.
+            self.headers = message.get("headers", ())
         elif kind == "http.response.body":
             if self.status is None:
                 raise RuntimeError("ASGI app sent 'http.response.body' before 'start'")

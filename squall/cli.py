@@ -19,7 +19,14 @@ from typing import Any, NoReturn
 
 from squall import __version__, process
 from squall.appload import import_app
-from squall.config import SETTINGS, Config, Setting, from_environment, from_file
+from squall.config import (
+    LIMIT_SETTINGS,
+    SETTINGS,
+    Config,
+    Setting,
+    from_environment,
+    from_file,
+)
 from squall.cpus import cpu_count
 from squall.errors import SquallError, UsageError
 from squall.listeners import ReusePortListeners, SharedListeners
@@ -38,9 +45,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _typed(setting: Setting) -> Callable[[str], Any]:
-    kind = {"_count": "a whole number", "_seconds": "a number of seconds"}.get(
-        getattr(setting.parse, "__name__", ""), "valid"
-    )
+    kind = {
+        "_count": "a whole number",
+        "_seconds": "a number of seconds",
+        "_size": "a number of bytes (such as 65536, 64K or 10M)",
+    }.get(getattr(setting.parse, "__name__", ""), "valid")
 
     def convert(text: str) -> Any:
         try:
@@ -62,11 +71,17 @@ def build_parser() -> argparse.ArgumentParser:
     for setting in SETTINGS:
         if setting.switch:
             parser.add_argument(
-                setting.flag, dest=setting.name, action="store_const", const=True, help=setting.help
+                setting.flag,
+                *setting.aliases,
+                dest=setting.name,
+                action="store_const",
+                const=True,
+                help=setting.help,
             )
             continue
         parser.add_argument(
             setting.flag,
+            *setting.aliases,
             dest=setting.name,
             type=_typed(setting),
             action="append" if setting.repeated else "store",
@@ -214,6 +229,7 @@ def serve_worker(
     app: Any = None,
     report_load: Callable[[int], object] | None = None,
 ) -> NoReturn:
+    from squall.http.core import Limits
     from squall.metrics import worker_recorder
     from squall.server import HTTPServer
     from squall.tls import server_context
@@ -234,6 +250,7 @@ def serve_worker(
         app,
         interface=config.interface,
         keepalive_timeout=config.keepalive_timeout,
+        limits=Limits(**{field: getattr(config, name) for name, field in LIMIT_SETTINGS.items()}),
         root_path=config.root_path,
         max_requests=quota,
         threads=config.threads,
@@ -242,6 +259,7 @@ def serve_worker(
         access_log=config.access_log,
         forwarded_allow_ips=config.forwarded_allow_ips,
         proxy_protocol=config.proxy_protocol,
+        proxy_allow_from=config.proxy_allow_from,
         ssl_context=tls,
         websocket=WebSocketOptions(
             config.ws_max_size, config.ws_ping_interval, config.ws_ping_timeout

@@ -7,12 +7,14 @@ from `SETTINGS`; `Config.validate` gives each bad value one clear message.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from squall.appload import INTERFACES
 from squall.errors import UsageError
+from squall.http.core import DEFAULT_LIMITS
 
 ENV_PREFIX = "SQUALL_"
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
@@ -31,6 +33,7 @@ class Setting:
     choices: tuple[str, ...] | None = None
     repeated: bool = False  # may be given several times (a list)
     switch: bool = False  # a flag without a value
+    aliases: tuple[str, ...] = ()  # other spellings of the flag (gunicorn's, say)
 
     @property
     def env_key(self) -> str:
@@ -67,6 +70,12 @@ class Config:
     access_log: str = "off"
     forwarded_allow_ips: str = ""
     proxy_protocol: bool = False
+    proxy_allow_from: str = "127.0.0.1,::1"
+    limit_request_line: int = DEFAULT_LIMITS.max_target_bytes
+    limit_request_fields: int = DEFAULT_LIMITS.max_header_count
+    limit_request_field_size: int = DEFAULT_LIMITS.max_field_bytes
+    limit_request_headers: int = DEFAULT_LIMITS.max_header_bytes
+    limit_request_body: int = DEFAULT_LIMITS.max_body_bytes
     certfile: str | None = None
     keyfile: str | None = None
     ws_max_size: int = 16 * 1024 * 1024
@@ -117,10 +126,16 @@ class Config:
             from squall.http.proxy_headers import TrustedProxies
 
             TrustedProxies(self.forwarded_allow_ips)  # a bad entry is a UsageError now
+        if self.proxy_allow_from.strip():
+            from squall.http.proxy_accept import AllowList
+
+            AllowList(self.proxy_allow_from)  # a bad entry is a UsageError now
         if self.keyfile is not None and self.certfile is None:
             raise UsageError("--keyfile needs --certfile")
-        if self.ws_max_size < 1:
-            raise UsageError(f"--ws-max-size must be 1 or more, not {self.ws_max_size}")
+        for name in (*LIMIT_SETTINGS, "ws_max_size"):
+            if getattr(self, name) < 1:
+                flag = "--" + name.replace("_", "-")
+                raise UsageError(f"{flag} must be 1 or more, not {getattr(self, name)}")
         if self.access_log not in ACCESS_LOG_FORMATS:
             raise UsageError(f"--access-log must be one of {', '.join(ACCESS_LOG_FORMATS)}")
         if self.threads < 1:
@@ -149,6 +164,29 @@ def _switch(text: str) -> bool:
     if lowered in ("0", "false", "no", "off", ""):
         return False
     raise ValueError(text)
+
+
+_SIZE = re.compile(r"([0-9]+)\s*(?:([kmg])i?b?|b)?", re.ASCII | re.IGNORECASE)
+_UNITS = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def _size(text: str) -> int:
+    """A number of bytes: 65536, or with a binary suffix, 64K, 10M, 1G (also 10MiB, 10MB)."""
+    match = _SIZE.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(text)
+    number, unit = match.groups()
+    return int(number) * (_UNITS[unit.lower()] if unit else 1)
+
+
+#: The request limits, each a `squall.http.core.Limits` field.
+LIMIT_SETTINGS = {
+    "limit_request_line": "max_target_bytes",
+    "limit_request_fields": "max_header_count",
+    "limit_request_field_size": "max_field_bytes",
+    "limit_request_headers": "max_header_bytes",
+    "limit_request_body": "max_body_bytes",
+}
 
 
 def _seconds(text: str) -> float:
@@ -327,8 +365,52 @@ SETTINGS: tuple[Setting, ...] = (
         "proxy_protocol",
         "--proxy-protocol",
         _switch,
-        "expect a PROXY protocol (v1 or v2) header on every connection",
+        "read a PROXY protocol (v1 or v2) header, before any TLS, on connections from --proxy-allow-from",
         switch=True,
+    ),
+    Setting(
+        "proxy_allow_from",
+        "--proxy-allow-from",
+        str,
+        "with --proxy-protocol: the peers whose PROXY header is read, addresses or networks "
+        "(comma-separated, * for all; default 127.0.0.1,::1); others are served as plain clients",
+        "IPS",
+    ),
+    Setting(
+        "limit_request_line",
+        "--limit-request-line",
+        _size,
+        f"the longest request target (URL), in bytes, else 414 (default {DEFAULT_LIMITS.max_target_bytes})",
+        "BYTES",
+    ),
+    Setting(
+        "limit_request_fields",
+        "--limit-request-fields",
+        _count,
+        f"the most header fields in a request, else 431 (default {DEFAULT_LIMITS.max_header_count})",
+        "N",
+    ),
+    Setting(
+        "limit_request_field_size",
+        "--limit-request-field-size",
+        _size,
+        f"the longest header field line (name, value, separator and CRLF), in bytes, else 431 (default {DEFAULT_LIMITS.max_field_bytes})",
+        "BYTES",
+        aliases=("--limit-request-field_size",),
+    ),
+    Setting(
+        "limit_request_headers",
+        "--limit-request-headers",
+        _size,
+        f"the largest request head (target and all header fields), in bytes, else 431 (default {DEFAULT_LIMITS.max_header_bytes})",
+        "BYTES",
+    ),
+    Setting(
+        "limit_request_body",
+        "--limit-request-body",
+        _size,
+        "the largest request body, in bytes (suffixes K, M, G), else 413 (default 100M)",
+        "BYTES",
     ),
     Setting(
         "certfile",
@@ -355,9 +437,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "ws_max_size",
         "--ws-max-size",
-        _count,
-        "the largest WebSocket message accepted, in bytes (default 16 MiB)",
+        _size,
+        "the largest WebSocket message accepted, in bytes (suffixes K, M, G), else close 1009 (default 16M)",
         "BYTES",
+        aliases=("--websocket-max-message-size",),
     ),
     Setting(
         "ws_ping_interval",
@@ -446,6 +529,7 @@ def _from_python(path: str, setting: Setting, value: Any) -> Any:
 
 _FILE_TYPES: dict[Callable[[str], Any], tuple[tuple[type, ...], str]] = {
     _count: ((int,), "a whole number"),
+    _size: ((int, str), "a number of bytes (65536, or a string such as '64K' or '10M')"),
     _seconds: ((int, float), "a number of seconds"),
     _switch: ((bool,), "True or False"),
 }

@@ -47,12 +47,12 @@ from squall.http.core import (
     ServerConnection,
     error_response,
 )
-from squall.http.protocol import Metrics
+from squall.http.state import Metrics
 from squall.sockets import bind_sockets, bind_unix_socket, parse_bind
 from squall.supervisor import PluginBase
 
 if TYPE_CHECKING:
-    from squall.http.protocol import RequestCycle
+    from squall.http.cycle import RequestCycle
     from squall.supervisor import Supervisor, WorkerProcess
 
 __all__ = ["BUCKETS_MS", "MetricsPlugin", "SlotRecorder", "worker_recorder"]
@@ -528,12 +528,15 @@ class MetricsPlugin(PluginBase):
                 break
 
     def _answer(self, client: _Client, request: Request) -> None:
-        if request.upgrade or len(client.out) >= MAX_PENDING_OUTPUT:
-            request.keep_alive = False
+        conn = client.conn
+        if len(client.out) >= MAX_PENDING_OUTPUT:
+            conn.close_after_response()
         status, headers, body = self._route(request)
-        client.out += client.conn.encode_response(request, status, headers, body)
+        client.out += conn.encode_response(request, status, headers, body)
         client.last_active = time.monotonic()
-        if not request.keep_alive:
+        if conn.keep_alive:
+            conn.start_next_cycle()
+        else:
             client.closing = True
 
     def _route(self, request: Request) -> Response:

@@ -15,8 +15,11 @@ from squall.accesslog import make_access_log
 from squall.appload import detect_interface
 from squall.errors import UsageError
 from squall.http.core import DEFAULT_LIMITS, Limits
-from squall.http.protocol import App, HTTPProtocol, Metrics, ServerState
+from squall.http.cycle import App
+from squall.http.protocol import HTTPProtocol
+from squall.http.proxy_accept import DEFAULT_ALLOW_FROM, Address, AllowList, ProxyAcceptor
 from squall.http.proxy_headers import make_forwarded
+from squall.http.state import Metrics, ServerState
 from squall.sockets import bind_sockets, default_backlog, describe_socket
 from squall.websocket import WebSocketOptions
 
@@ -46,6 +49,7 @@ class HTTPServer:
         access_log: str = "off",
         forwarded_allow_ips: str = "",
         proxy_protocol: bool = False,
+        proxy_allow_from: str = DEFAULT_ALLOW_FROM,
         ssl_context: ssl.SSLContext | None = None,
         websocket: WebSocketOptions | None = None,
         metrics: Metrics | None = None,
@@ -59,6 +63,8 @@ class HTTPServer:
         self.access_log = access_log
         self.forwarded_allow_ips = forwarded_allow_ips
         self.proxy_protocol = proxy_protocol
+        # Whose PROXY header is read (a bad entry is a UsageError here).
+        self.proxy_allow = AllowList(proxy_allow_from) if proxy_protocol else None
         self.ssl_context = ssl_context
         self.websocket = websocket or WebSocketOptions()
         self.metrics = metrics
@@ -72,6 +78,7 @@ class HTTPServer:
         self._bound: list[socket.socket] = []
         self._sockets: list[socket.socket] = []
         self._servers: list[asyncio.AbstractServer] = []
+        self._acceptors: list[ProxyAcceptor] = []  # with the PROXY protocol, instead of servers
         self._backlog: int | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -165,6 +172,17 @@ class HTTPServer:
             metrics=self.metrics,
         )
         self.state.on_closed = self.on_closed
+        if self.proxy_protocol and self.on_closed is not None:
+            self.state.on_closed = self._report_load
+
+    def _report_load(self, open_connections: int) -> None:
+        """Steering's count: connections served plus those whose PROXY header is awaited."""
+        if self.on_closed is not None:
+            self.on_closed(open_connections + self.pending_connections())
+
+    def pending_connections(self) -> int:
+        """Accepted connections not served yet: their PROXY header (or TLS handshake) is awaited."""
+        return sum(acceptor.in_hand for acceptor in self._acceptors)
 
     async def start_serving(self, sockets: list[socket.socket] | None = None) -> None:
         loop = asyncio.get_running_loop()
@@ -172,17 +190,16 @@ class HTTPServer:
         assert state is not None, "startup() first"
         backlog = self._backlog or default_backlog()
 
-        proxy_protocol = self.proxy_protocol
         tls = self.ssl_context
         scheme = "https" if tls is not None else "http"
         serving: dict[str, None] = {}  # in order, once each (a slot's socket and the overflow)
         for sock in self._sockets if sockets is None else sockets:
+            if self.proxy_allow is not None:
+                self._accept_proxied(sock, scheme, backlog)
+                serving[describe_socket(sock)] = None
+                continue
             factory = functools.partial(
-                HTTPProtocol,
-                state,
-                scheme=scheme,
-                proxy_protocol=proxy_protocol,
-                server=_specific_address(sock),
+                HTTPProtocol, state, scheme=scheme, server=_specific_address(sock)
             )
             if sock.family == getattr(socket, "AF_UNIX", None):
                 server = await loop.create_unix_server(factory, sock=sock, backlog=backlog, ssl=tls)
@@ -194,11 +211,47 @@ class HTTPServer:
         if state.on_closed is not None:
             state.on_closed(len(state.connections))  # not what a predecessor left
 
+    def _accept_proxied(self, sock: socket.socket, scheme: str, backlog: int) -> None:
+        """Accept on `sock` here, reading allowed peers' PROXY headers before any TLS."""
+        state = self.state
+        assert state is not None and self.proxy_allow is not None
+        listener = _specific_address(sock)
+
+        def make_protocol(client: Address | None, server: Address | None) -> HTTPProtocol:
+            return HTTPProtocol(state, scheme, server=server or listener, client=client)
+
+        metrics = state.metrics
+
+        def opened() -> None:
+            if metrics is not None:
+                metrics.connection_opened()
+
+        def closed(handed_over: bool) -> None:
+            if metrics is not None:
+                metrics.connection_closed()  # handed over, the protocol counts it from now on
+            if not handed_over and state.on_closed is not None:
+                state.on_closed(len(state.connections))
+
+        acceptor = ProxyAcceptor(
+            sock,
+            make_protocol,
+            allow=self.proxy_allow,
+            ssl_context=self.ssl_context,
+            header_timeout=self.header_timeout,
+            backlog=backlog,
+            on_open=opened,
+            on_close=closed,
+        )
+        acceptor.start()
+        self._acceptors.append(acceptor)
+
     def stop_accepting(self) -> None:
         """Close this process's listeners; queued connections go to the other workers."""
         for server in self._servers:
             server.close()
         self._servers.clear()
+        for acceptor in self._acceptors:
+            acceptor.close()  # the connections whose header is coming stay, and are served
         if self.state is not None:
             self.state.on_closed = None  # a successor speaks for this worker's sockets
 
@@ -211,10 +264,12 @@ class HTTPServer:
         websocket.close_all()  # 1001 (going away) to open WebSockets; new handshakes get 503
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while state.connections and loop.time() < deadline:
+        while (state.connections or self.pending_connections()) and loop.time() < deadline:
             await asyncio.sleep(0.02)
         # Upgraded connections are not in state.connections: they close by their own handshake.
         closed = await websocket.wait_all_closed(max(0.0, deadline - loop.time()))
+        for acceptor in self._acceptors:
+            acceptor.abort()
         return not state.connections and closed
 
     async def shutdown(self) -> None:

@@ -13,9 +13,8 @@ Streaming, as in tornado:
   head: `prepare()`, then `data_received(chunk)` for each piece of body as it
   arrives (reading pauses while it works), then the method.
 
-Every other handler runs once its body is complete. The Application is a
-streaming adapter (the connection calls it at each request's head) and
-decides per request:
+Every other handler runs once its body is complete. The connection asks the
+Application at the head of each request with a body (`begin`), which decides:
 - no body: the handler runs at once (its empty body is complete);
 - a Content-Length within the connection's buffer (`BODY_BUFFER_HIGH`): the
   request goes back to the connection, which runs it when its message ends;
@@ -37,8 +36,8 @@ from functools import cached_property
 from typing import Any, ClassVar, TypeVar
 from urllib.parse import parse_qs, unquote, urljoin
 
-from squall.http.core import Request
-from squall.http.protocol import BODY_BUFFER_HIGH, RequestCycle, Upgraded
+from squall.http.core import ResponseError
+from squall.http.cycle import BODY_BUFFER_HIGH, RequestCycle, Upgraded
 from squall.http.status import reason_phrase
 
 logger = logging.getLogger("squall.web")
@@ -350,14 +349,18 @@ class RequestHandler:
         if self._finished:
             raise RuntimeError("cannot flush() after finish()")
         cycle = self._cycle
-        if not self._headers_written:
-            self._headers_written = True
-            cycle.start(self._status, self._encoded_headers())
-        if self._chunks:
-            data = b"".join(self._chunks) if len(self._chunks) != 1 else self._chunks[0]
-            self._chunks.clear()
-            if not cycle.complete:
-                cycle.write(data)
+        try:
+            if not self._headers_written:
+                self._headers_written = True
+                cycle.start(self._status, self._encoded_headers(), self._reason)
+            if self._chunks:
+                data = b"".join(self._chunks) if len(self._chunks) != 1 else self._chunks[0]
+                self._chunks.clear()
+                if not cycle.complete:
+                    cycle.write(data)
+        except ResponseError:
+            self._finished = True  # the cycle has logged it, and answered or closed
+            raise
         cycle.flush()
         return _Drained(cycle)
 
@@ -371,10 +374,13 @@ class RequestHandler:
         cycle = self._cycle
         if self._headers_written:
             if not cycle.complete:
-                if self._chunks:
-                    cycle.write(b"".join(self._chunks))
-                    self._chunks.clear()
-                cycle.end()
+                try:
+                    if self._chunks:
+                        cycle.write(b"".join(self._chunks))
+                        self._chunks.clear()
+                    cycle.end()
+                except ResponseError:
+                    return  # the cycle has logged it and ended the connection
             self.on_finish()
             return
         chunks = self._chunks
@@ -383,7 +389,10 @@ class RequestHandler:
         if self._status in (204, 304) or 100 <= self._status < 200:
             body = b""
             headers = [h for h in headers if h[0].lower() != b"content-type"]
-        cycle.respond(self._status, headers, body)
+        try:
+            cycle.respond(self._status, headers, body, self._reason)
+        except ResponseError:
+            return  # the cycle has logged it and answered with a 500
         if type(self).on_finish is not RequestHandler.on_finish:
             self.on_finish()
 
@@ -400,6 +409,32 @@ class RequestHandler:
         self._finished = True
         if not self._cycle.complete:
             self._cycle.abort()
+
+    # -- an Upgrade -----------------------------------------------------------------
+
+    @classmethod
+    def take_over(
+        cls, application: Application, cycle: RequestCycle, trailing: bytes, found: Found
+    ) -> Upgraded | None:
+        """An Upgrade request routed here: the protocol that takes over its connection, or None.
+
+        `Application.upgrade` calls it on the routed class, before any handler
+        exists, with what `find_handler` found and the bytes that followed the
+        request's head. None (this default) answers the request in HTTP like
+        any other; `squall.websocket.WebSocketHandler` takes WebSocket
+        handshakes. A handler made here is attached to `cycle` with `_bind`.
+        """
+        return None
+
+    def _bind(self, cycle: RequestCycle, args: Sequence[str], kwargs: dict[str, str]) -> None:
+        """Attach the handler to its request cycle and to its route's groups."""
+        self._cycle = cycle
+        self.path_args = list(args) if args else []
+        self.path_kwargs = kwargs
+
+    def is_finished(self) -> bool:
+        """Whether the response is complete (`finish()` was called, or it was cut off)."""
+        return self._finished
 
     # -- execution ----------------------------------------------------------------
 
@@ -502,6 +537,8 @@ class RequestHandler:
         if isinstance(exc, StreamClosedError):
             logger.debug("client disconnected during %s", self._summary())
             status = 0
+        elif isinstance(exc, ResponseError):
+            status = 0  # the cycle has logged it, and answered or closed
         elif isinstance(exc, HTTPError):
             if exc.log_message:
                 logger.warning("%d %s: %s", exc.status_code, self._summary(), exc.log_message)
@@ -578,9 +615,6 @@ class Application:
     groups become the handler method's arguments (named groups as keywords).
     """
 
-    #: The connection calls `handle` at each request's head; see the module docstring.
-    streaming = True
-
     def __init__(self, handlers: Sequence[Route] | None = None, **settings: Any) -> None:
         self.settings = settings
         self._routes: list[tuple[re.Pattern[str], type[RequestHandler], dict[str, Any]]] = []
@@ -615,46 +649,48 @@ class Application:
         return None
 
     def upgrade(self, cycle: RequestCycle, trailing: bytes) -> Upgraded | None:
-        """A WebSocket handshake to a `WebSocketHandler` route takes over the connection."""
-        from squall.websocket import upgrade_application
+        """An Upgrade request: its route's handler class may take over the connection.
 
-        return upgrade_application(self, cycle, trailing)
+        See `RequestHandler.take_over` (a `WebSocketHandler` takes a WebSocket
+        handshake); None answers the request in HTTP.
+        """
+        request = cycle.request
+        if request is None:
+            return None
+        path = request.path.decode("latin-1")
+        found = self.find_handler(unquote(path) if "%" in path else path)
+        if found is None:
+            return None
+        return found[0].take_over(self, cycle, trailing, found)
 
     def handle(self, cycle: RequestCycle) -> None:
-        if not cycle.body_complete:
-            # The connection runs a streaming app at the head only when a body
-            # follows; a bodyless request (an Upgrade too) comes here complete.
-            head = cycle.request
-            assert head is not None
-            self._begin(cycle, head)
-            return
+        """A request whose body is complete (or that has none): dispatch it now."""
         self._dispatch(cycle, HTTPServerRequest(cycle))
 
-    def _begin(self, cycle: RequestCycle, head: Request) -> None:
+    def begin(self, cycle: RequestCycle) -> bool:
         """At the head of a request with a body: when to run it."""
         if self._streaming_routes:
             server_request = HTTPServerRequest(cycle, b"")
             found = self.find_handler(server_request.path)
             if found is not None and found[0]._stream_request_body:
                 self._dispatch(cycle, server_request, found)
-                return
-        if head.expect_continue and not cycle.continue_sent:
-            # What the connection does for an app that runs once the body is in.
-            cycle._send_continue()
+                return True
+        head = cycle.request
+        assert head is not None
         for name, value in head.headers:
             if name == b"content-length":  # never with Transfer-Encoding: the parser refuses both
                 if int(value) <= BODY_BUFFER_HIGH:
                     # It fits in the connection's buffer, which never pauses below
-                    # it: hand the request back to the connection, which runs it
-                    # once its body is complete (`cycle.body`), with no task.
-                    cycle.started = False
-                    return
+                    # it: the connection runs it once its body is complete
+                    # (`cycle.body`), with no task.
+                    return False
                 break
         # A larger (or chunked) body: this task reads all of it; the parser
         # bounds its size (Limits.max_body_bytes, 413).
         task = cycle.loop.create_task(self._read_then_dispatch(cycle))
         _running.add(task)
         task.add_done_callback(_running.discard)
+        return True
 
     async def _read_then_dispatch(self, cycle: RequestCycle) -> None:
         chunks: list[bytes] = []

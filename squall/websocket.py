@@ -3,7 +3,7 @@
 Three layers, the lowest shared:
 
 - `WebSocketSession` is the protocol that owns a connection once the HTTP
-  layer hands it over (`squall.http.protocol.Upgraded`). wsproto does the
+  layer hands it over (`squall.http.cycle.Upgraded`). wsproto does the
   framing (sans-IO); the session adds what wsproto leaves to its user:
   answering pings, reassembling fragments under `max_size`, server pings with
   a pong deadline, the closing handshake with a deadline, flow control in
@@ -12,8 +12,8 @@ Three layers, the lowest shared:
   any response).
 - `ASGIWebSocket` speaks the ASGI `websocket` scope (spec 2.4, with the
   `websocket.http.response` denial extension) over a session.
-- `WebSocketHandler` is squall's own, tornado-like API, routed by an
-  `Application` through `upgrade_application`.
+- `WebSocketHandler` is squall's own, tornado-like API: an `Application`
+  hands it the handshakes routed to it (`RequestHandler.take_over`).
 
 Every live session of the process is in a registry, so a worker that drains
 can end them with 1001 (going away): `close_all` starts the closing
@@ -49,11 +49,11 @@ from wsproto.events import Request as HandshakeRequest
 from wsproto.utilities import ProtocolError
 
 from squall.http.core import checked_headers
-from squall.web import Application, HTTPServerRequest, RequestHandler
+from squall.web import Application, Found, HTTPServerRequest, RequestHandler
 
 if TYPE_CHECKING:
     from squall.http.core import Request
-    from squall.http.protocol import RequestCycle
+    from squall.http.cycle import RequestCycle
 
 logger = logging.getLogger("squall.websocket")
 
@@ -78,6 +78,9 @@ MAX_QUEUED_MESSAGES = 32
 MAX_QUEUED_BYTES = 1024 * 1024
 # Bytes a client may send after its handshake, before the server has answered it.
 MAX_EARLY_BYTES = 64 * 1024
+# A connection we close still sends what it has buffered: a client that reads
+# nothing would keep it open (and its buffer held) forever. It is dropped then.
+FLUSH_TIMEOUT = 5.0
 
 WEBSOCKET_VERSION = b"13"
 
@@ -243,7 +246,7 @@ def start_session(
 class WebSocketSession:
     """One WebSocket connection: wsproto framing on the upgraded transport.
 
-    It implements `squall.http.protocol.Upgraded`; the app side uses
+    It implements `squall.http.cycle.Upgraded`; the app side uses
     `accept`/`reject`, `receive`, `send`, `close`.
     """
 
@@ -273,8 +276,11 @@ class WebSocketSession:
         self._parts: list[Any] = []  # the pieces of a fragmented message, all str or all bytes
         self._part_bytes = 0
         self._failed = False  # closed by us for a protocol reason: ignore what follows
-        self._reading_paused = False
-        self._write_paused = False
+        self._reading_paused = False  # the transport's reading is paused (see `_update_reading`)
+        self._inbox_full = False  # the app has not taken what was queued for it
+        self._write_paused = False  # the transport's buffer is past its high-water mark
+        self._high_water = _high_water(self.transport)
+        self._pending_pong: bytes | None = None  # the latest ping's payload, not answered yet
         self._write_waiters: list[asyncio.Future[None]] = []
         self._lost = False
         self._closed_waiter: asyncio.Future[None] | None = None
@@ -282,10 +288,11 @@ class WebSocketSession:
         self._pong_handle: asyncio.TimerHandle | None = None
         self._ping_payload: bytes | None = None
         self._close_handle: asyncio.TimerHandle | None = None
+        self._drop_handle: asyncio.TimerHandle | None = None
         if connection is not None:
             _live.add(self)
-            if len(self._early) > MAX_EARLY_BYTES:
-                self._pause_reading()
+            self._check_high_water()  # the HTTP connection may have been paused already
+            self._update_reading()
 
     # -- facts -------------------------------------------------------------------
 
@@ -319,8 +326,7 @@ class WebSocketSession:
         self._write(data)
         self._schedule_ping()
         early, self._early = bytes(self._early), bytearray()
-        if self._reading_paused:
-            self._resume_reading()
+        self._update_reading()
         if early:
             self._feed(early)
 
@@ -369,11 +375,12 @@ class WebSocketSession:
             return item
         self._inbox_bytes -= len(item)
         if (
-            self._reading_paused
+            self._inbox_full
             and len(self._inbox) <= MAX_QUEUED_MESSAGES // 2
             and self._inbox_bytes <= MAX_QUEUED_BYTES // 2
         ):
-            self._resume_reading()
+            self._inbox_full = False
+            self._update_reading()
         return item
 
     def _deliver(self, item: str | bytes | Closed) -> None:
@@ -381,7 +388,8 @@ class WebSocketSession:
         if not isinstance(item, Closed):
             self._inbox_bytes += len(item)
             if len(self._inbox) >= MAX_QUEUED_MESSAGES or self._inbox_bytes >= MAX_QUEUED_BYTES:
-                self._pause_reading()
+                self._inbox_full = True
+                self._update_reading()
         self._wake_receiver()
 
     def _wake_receiver(self) -> None:
@@ -469,7 +477,11 @@ class WebSocketSession:
     def _close_timed_out(self) -> None:
         self._close_handle = None
         logger.debug("no close frame from the client within %.1f s", self.options.close_timeout)
-        self._close_transport()
+        transport = self.transport
+        if transport is not None and not self._lost and transport.get_write_buffer_size():
+            self.abort()  # not even our close frame has left: the client reads nothing
+        else:
+            self._close_transport()
 
     def _fail(self, code: int, reason: str) -> None:
         """Close for a reason of ours (too big, protocol error, no pong): the app learns at once."""
@@ -506,7 +518,7 @@ class WebSocketSession:
         if state is State.CONNECTING:
             self._early += data
             if len(self._early) > MAX_EARLY_BYTES:
-                self._pause_reading()
+                self._update_reading()
         elif state is State.OPEN or state is State.CLOSING:
             try:
                 self._feed(data)
@@ -523,14 +535,16 @@ class WebSocketSession:
         self._lost = True
         _live.discard(self)
         self._cancel_ping()
-        if self._close_handle is not None:
-            self._close_handle.cancel()
-            self._close_handle = None
+        for handle in (self._close_handle, self._drop_handle):
+            if handle is not None:
+                handle.cancel()
+        self._close_handle = self._drop_handle = None
         if self.state is not State.REJECTED:
             self._end(1006, "")
             if self.state is not State.CONNECTING:
                 self.state = State.CLOSED
         self._early.clear()
+        self._pending_pong = None
         self._wake_receiver()
         self._wake_writers()
         closed = self._closed_waiter
@@ -538,11 +552,19 @@ class WebSocketSession:
             closed.set_result(None)
 
     def pause_writing(self) -> None:
+        # The client reads slower than we write. Each ping it sends would queue
+        # a pong behind what it does not read: read no more until it catches up.
         self._write_paused = True
+        self._update_reading()
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        payload, self._pending_pong = self._pending_pong, None
+        ws = self._ws
+        if payload is not None and ws is not None and ws.state is ConnectionState.OPEN:
+            self._write(ws.send(Pong(payload=payload)))
         self._wake_writers()
+        self._update_reading()
 
     def _wake_writers(self) -> None:
         waiters, self._write_waiters = self._write_waiters, []
@@ -564,7 +586,12 @@ class WebSocketSession:
                     self._message_part(event.data, event.message_finished)
             elif isinstance(event, Ping):
                 if ws.state is ConnectionState.OPEN:
-                    self._write(ws.send(event.response()))
+                    if self._write_paused:
+                        # Read before reading paused: only the latest ping is answered,
+                        # once writing resumes (RFC 6455 section 5.5.3 allows it).
+                        self._pending_pong = bytes(event.payload)
+                    else:
+                        self._write(ws.send(event.response()))
             elif isinstance(event, Pong):
                 self._pong_received(event.payload)
             elif isinstance(event, CloseConnection):
@@ -648,7 +675,7 @@ class WebSocketSession:
 
     def _pong_timed_out(self) -> None:
         self._pong_handle = None
-        if self._reading_paused and self.state is State.OPEN:
+        if self._inbox_full and self.state is State.OPEN:
             # The pong may be waiting behind messages the app has not read
             # yet: our own backpressure, no sign of a dead client. Wait on.
             self._pong_handle = self.loop.call_later(
@@ -672,20 +699,69 @@ class WebSocketSession:
         transport = self.transport
         if transport is not None and not self._lost and not transport.is_closing():
             transport.write(data)
+            if not self._write_paused:
+                self._check_high_water()
+
+    def _check_high_water(self) -> None:
+        """Catch up with a transport that paused writing before this session began.
+
+        The transport calls `pause_writing` when its buffer first passes the
+        high-water mark; one already paused (a response the client had not
+        read when it asked for the upgrade) says nothing more until it
+        resumes. Past the mark, the transport is paused, so `resume_writing`
+        will come.
+        """
+        transport = self.transport
+        high = self._high_water
+        if (
+            high is not None
+            and transport is not None
+            and not self._lost
+            and transport.get_write_buffer_size() > high
+        ):
+            self._write_paused = True
+            self._update_reading()
 
     def _close_transport(self) -> None:
-        if self.transport is not None and not self._lost:
-            self.transport.close()
+        if self.transport is None or self._lost:
+            return
+        self.transport.close()  # once what is buffered is sent...
+        if self._drop_handle is None:
+            # ... which a client that reads nothing never lets happen.
+            self._drop_handle = self.loop.call_later(FLUSH_TIMEOUT, self.abort)
 
-    def _pause_reading(self) -> None:
-        if not self._reading_paused and self.transport is not None and not self._lost:
+    def _update_reading(self) -> None:
+        """Read from the client unless something holds it back.
+
+        Three things do: the app has not taken the messages queued for it;
+        the client sent too much before its handshake was answered; the
+        client does not read what we write (`pause_writing`), when each ping
+        or close it sends would queue an answer in the transport's buffer.
+        """
+        transport = self.transport
+        if transport is None or self._lost:
+            return
+        hold = (
+            self._write_paused
+            or self._inbox_full
+            or (self.state is State.CONNECTING and len(self._early) > MAX_EARLY_BYTES)
+        )
+        if hold and not self._reading_paused:
             self._reading_paused = True
-            self.transport.pause_reading()
-
-    def _resume_reading(self) -> None:
-        if self._reading_paused and self.transport is not None and not self._lost:
+            transport.pause_reading()
+        elif not hold and self._reading_paused:
             self._reading_paused = False
-            self.transport.resume_reading()
+            transport.resume_reading()
+
+
+def _high_water(transport: asyncio.Transport | None) -> int | None:
+    """The transport's high-water mark for writing, if it tells."""
+    if transport is None:
+        return None
+    try:
+        return int(transport.get_write_buffer_limits()[1])
+    except (AttributeError, NotImplementedError):
+        return None
 
 
 # -- ASGI ----------------------------------------------------------------------------
@@ -931,6 +1007,35 @@ class WebSocketHandler(RequestHandler):
 
     # -- execution ---------------------------------------------------------------------
 
+    @classmethod
+    def take_over(
+        cls, application: Application, cycle: RequestCycle, trailing: bytes, found: Found
+    ) -> WebSocketSession | None:
+        """A WebSocket handshake routed here takes the connection (`Application.upgrade`).
+
+        Any other Upgrade (no valid handshake) returns None and is answered in
+        HTTP: `get` says 400. Options come from the application's
+        `websocket_options` setting, else the defaults.
+        """
+        request = cycle.request
+        if request is None or not is_websocket_request(request):
+            return None
+        options = application.settings.get("websocket_options") or DEFAULT_OPTIONS
+        session = start_session(cycle, trailing, options)
+        if session is None or session.state is not State.CONNECTING:
+            return session  # None: HTTP answers; else refused in HTTP already
+        _route_class, route_kwargs, args, path_kwargs = found
+        try:
+            handler = cls(application, HTTPServerRequest(cycle), **route_kwargs)
+        except Exception:
+            logger.exception("could not create %s for %r", cls.__name__, request)
+            session.reject(500)
+            return session
+        handler._bind(cycle, args, path_kwargs)
+        handler._session = session
+        _spawn(handler._serve_websocket(session, handler.path_args, path_kwargs), cycle.loop)
+        return session
+
     async def _serve_websocket(
         self, session: WebSocketSession, args: list[str], kwargs: dict[str, str]
     ) -> None:
@@ -938,7 +1043,7 @@ class WebSocketHandler(RequestHandler):
             prepared = self.prepare()
             if prepared is not None and inspect.isawaitable(prepared):
                 await prepared
-            if self._finished or session.state is not State.CONNECTING:
+            if self.is_finished() or session.state is not State.CONNECTING:
                 session.state = State.REJECTED
                 return  # prepare answered in HTTP, or the client left
             origin = self.request.headers.get("Origin")
@@ -980,43 +1085,3 @@ class WebSocketHandler(RequestHandler):
             self.on_close()
         except Exception:
             logger.exception("uncaught exception in on_close of %s", self._summary())
-
-
-def upgrade_application(
-    application: Application,
-    cycle: RequestCycle,
-    trailing: bytes,
-    options: WebSocketOptions | None = None,
-) -> WebSocketSession | None:
-    """`Application.upgrade`: a handshake routed to a `WebSocketHandler` takes the connection.
-
-    Any other request (another route, no valid handshake) returns None and
-    is answered in HTTP. Options come from `options`, else the application's
-    `websocket_options` setting, else the defaults.
-    """
-    request = cycle.request
-    if request is None or not is_websocket_request(request):
-        return None
-    found = application.find_handler(unquote(request.path.decode("latin-1")))
-    if found is None:
-        return None
-    handler_class, kwargs, args, path_kwargs = found
-    if not (isinstance(handler_class, type) and issubclass(handler_class, WebSocketHandler)):
-        return None
-    if options is None:
-        options = application.settings.get("websocket_options") or DEFAULT_OPTIONS
-    session = start_session(cycle, trailing, options)
-    if session is None or session.state is not State.CONNECTING:
-        return session  # None: HTTP answers (the handler's `get` says 400)
-    try:
-        handler = handler_class(application, HTTPServerRequest(cycle), **kwargs)
-    except Exception:
-        logger.exception("could not create %s for %r", handler_class.__name__, request)
-        session.reject(500)
-        return session
-    handler._cycle = cycle
-    handler.path_args = list(args)
-    handler.path_kwargs = path_kwargs
-    handler._session = session
-    _spawn(handler._serve_websocket(session, args, path_kwargs), cycle.loop)
-    return session

@@ -14,26 +14,43 @@ iteration run in a pool thread. The two threads meet in two bounded buffers:
   acknowledged only after `cycle.drain()`, so a client that reads slowly holds
   the app's thread, not the worker's memory.
 
-When the client goes away, reads return b"" and the response's iteration
-stops (the iterable's `close()` is still called); the write() callable raises
-`ClientDisconnected`.
+A request body that ends without being complete (the client disconnected
+or half-closed early, a chunk broke the framing, the body timed out or went
+over its size limit) never reads as a short complete body: the read that needs
+more than really arrived raises `RequestBodyError` (an `OSError`), and so does
+every read after it. Reads that the bytes which did arrive can satisfy return
+them first. An app that lets it propagate gets one log line, no traceback; the
+server has already answered the request itself (400, 408 or 413) or the client
+is gone, so nothing else is sent.
+
+When the client goes away, the response's iteration stops (the iterable's
+`close()` is still called); the write() callable raises `ClientDisconnected`.
+
+Request header names that contain "_" are left out of the environ, as nginx
+and gunicorn do: `X_Forwarded_For` would otherwise become
+`HTTP_X_FORWARDED_FOR`, indistinguishable from `X-Forwarded-For`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import os
+import re
 import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
-from squall.http.protocol import RequestCycle
+from squall.http.core import ResponseError
+
+if TYPE_CHECKING:
+    from squall.http.cycle import RequestCycle
 
 logger = logging.getLogger("squall.wsgi")
 
@@ -52,14 +69,39 @@ _POLL = 1.0
 _tasks: set[asyncio.Future[Any]] = set()  # the loop keeps only weak references to tasks
 
 
+#: PEP 3333's status: a three-digit code, one space, a reason phrase (maybe empty) of
+#: latin-1 text without control characters other than HTAB.
+_STATUS = re.compile(r"([1-9][0-9][0-9]) ([\t\x20-\x7e\x80-\xff]*)")
+
+
 class ClientDisconnected(OSError):
     """The write() callable was used after the client had gone."""
 
 
+class RequestBodyError(OSError):
+    """`wsgi.input`: the request body ended without being complete.
+
+    Raised by the read that needs more body than really arrived, and by every
+    read after it. Its message says why: the client disconnected, the body
+    broke a framing rule (or a size limit), or it timed out.
+    """
+
+
+def _body_failure(cycle: RequestCycle) -> str:
+    """Why the body of `cycle` ended without being complete: the message to raise."""
+    error = cycle.error
+    if error is None:
+        return "client disconnected before the request body was complete"
+    if error.status == 408:
+        return f"request body timed out ({error.reason})"
+    if error.status == 400 and "incomplete" in error.reason:
+        # The connection's read side ended (EOF, a half-close) mid-body.
+        return "client disconnected before the request body was complete"
+    return f"request body invalid ({error.status} {error.reason})"
+
+
 class WSGIAdapter:
     """Serves a WSGI app; it starts at the request's head and streams the body."""
-
-    streaming = True
 
     def __init__(
         self,
@@ -73,7 +115,14 @@ class WSGIAdapter:
         self.worker_id = worker_id
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="squall-wsgi")
 
+    def begin(self, cycle: RequestCycle) -> bool:
+        """At the head of a request with a body: the app runs now, `wsgi.input`
+        streams the body as it comes (`InputStream`)."""
+        self.handle(cycle)
+        return True
+
     def handle(self, cycle: RequestCycle) -> None:
+        """Run the app for `cycle`: at its head (see `begin`), or with its body complete."""
         environ = self.environ(cycle)
         loop = cycle.loop
         stream = environ["wsgi.input"]
@@ -119,6 +168,10 @@ class WSGIAdapter:
             "squall.worker_id": self.worker_id,
         }
         for name, value in request.headers:
+            # It would pass for the same name with "-" (see the module's doc). (find,
+            # not `in`: on 3.11 `in` first tries b"_" as an int, a formatted TypeError.)
+            if name.find(b"_") >= 0:
+                continue
             key = name.decode("latin-1").upper().replace("-", "_")
             text = value.decode("latin-1")
             if key == "CONTENT_TYPE" or key == "CONTENT_LENGTH":
@@ -142,10 +195,17 @@ class WSGIAdapter:
                 raise exc_info[1].with_traceback(exc_info[2])
             if head and exc_info is None:
                 raise RuntimeError("start_response() called twice without exc_info")
-            head[:] = [
-                int(status.split(" ", 1)[0]),
-                [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers],
-            ]
+            match = _STATUS.fullmatch(status) if isinstance(status, str) else None
+            if match is None:
+                raise ValueError(
+                    "start_response(): status must be 'NNN reason' (a str: a three-digit "
+                    f"code, one space, a reason phrase), not {status!r}"
+                )
+            try:
+                encoded = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+            except (AttributeError, TypeError, ValueError) as exc:
+                raise _header_error(headers) from exc
+            head[:] = [int(match[1]), encoded, match[2]]
             return write
 
         def send(data: bytes) -> bool:
@@ -153,7 +213,7 @@ class WSGIAdapter:
             if not head:
                 raise RuntimeError("write() before start_response()")
             if not output.head_sent:
-                output.start(head[0], head[1])
+                output.start(head[0], head[1], head[2])
             return output.write(bytes(data)) if data else not output.gone
 
         def write(data: bytes) -> None:
@@ -164,7 +224,7 @@ class WSGIAdapter:
         try:
             chunks = result if isinstance(result, list) else None
             if chunks is not None and not output.head_sent and head:
-                output.respond(head[0], head[1], b"".join(chunks))
+                output.respond(head[0], head[1], head[2], b"".join(chunks))
                 return
             for chunk in result:
                 # PEP 3333: the head waits for the first non-empty chunk.
@@ -184,6 +244,32 @@ class WSGIAdapter:
                 close()
 
 
+def _header_error(headers: Any) -> Exception:
+    """What is wrong with the headers given to start_response(), as an exception to raise."""
+    try:
+        items = list(headers)
+    except TypeError:
+        return TypeError(f"start_response(): headers must be a list, not {type(headers).__name__}")
+    for header in items:
+        try:
+            name, value = header
+        except (TypeError, ValueError):
+            return TypeError(
+                f"start_response(): each header must be a (name, value) tuple, not {header!r}"
+            )
+        if not isinstance(name, str) or not isinstance(value, str):
+            return TypeError(
+                "start_response(): header names and values must be str (PEP 3333), "
+                f"not {type(name).__name__} and {type(value).__name__} in {header!r}"
+            )
+        try:
+            name.encode("latin-1")
+            value.encode("latin-1")
+        except UnicodeEncodeError:
+            return ValueError(f"start_response(): header {header!r} is not latin-1 text")
+    return TypeError(f"start_response(): invalid headers {headers!r}")
+
+
 def _done(
     future: asyncio.Future[None], cycle: RequestCycle, stream: InputStream | io.BytesIO
 ) -> None:
@@ -193,7 +279,17 @@ def _done(
     exc = future.exception()
     if exc is None:
         return
-    logger.error("exception in WSGI app (pid %d)", os.getpid(), exc_info=exc)
+    if isinstance(exc, RequestBodyError):
+        # Not a bug in the app: the client's body was cut off or broken. One line.
+        request = cycle.request
+        logger.info(
+            "WSGI app stopped on an incomplete request body: %s %s: %s",
+            request.method if request is not None else "-",
+            request.path.decode("latin-1") if request is not None else "-",
+            exc,
+        )
+    else:
+        logger.error("exception in WSGI app (pid %d)", os.getpid(), exc_info=exc)
     if cycle.complete or cycle.disconnected:
         return
     if cycle.response_started:
@@ -232,13 +328,15 @@ class _Output:
 
     # -- the app's thread ----------------------------------------------------------
 
-    def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+    def start(self, status: int, headers: list[tuple[bytes, bytes]], reason: str) -> None:
         self.head_sent = True
-        self.loop.call_soon_threadsafe(self._start, status, headers)
+        self.loop.call_soon_threadsafe(self._start, status, headers, reason)
 
-    def respond(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+    def respond(
+        self, status: int, headers: list[tuple[bytes, bytes]], reason: str, body: bytes
+    ) -> None:
         self.head_sent = True
-        self.loop.call_soon_threadsafe(self._respond, status, headers, body)
+        self.loop.call_soon_threadsafe(self._respond, status, headers, reason, body)
 
     def write(self, data: bytes) -> bool:
         """Hand `data` to the loop, waiting while the window is full; False if gone."""
@@ -263,13 +361,25 @@ class _Output:
         cycle = self.cycle
         return not (cycle.complete or cycle.disconnected)
 
-    def _start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
-        if self._usable() and not self.cycle.response_started:
-            self.cycle.start(status, headers)
+    # The core refuses a response that would break HTTP/1.1 (`ResponseError`): the
+    # cycle has logged it and answered 500 or closed the connection; the app's
+    # thread is told the client is gone, so that it stops producing.
 
-    def _respond(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+    def _start(self, status: int, headers: list[tuple[bytes, bytes]], reason: str) -> None:
         if self._usable() and not self.cycle.response_started:
-            self.cycle.respond(status, headers, body)
+            try:
+                self.cycle.start(status, headers, reason)
+            except ResponseError:
+                self._acknowledge(0, gone=True)
+
+    def _respond(
+        self, status: int, headers: list[tuple[bytes, bytes]], reason: str, body: bytes
+    ) -> None:
+        if self._usable() and not self.cycle.response_started:
+            try:
+                self.cycle.respond(status, headers, body, reason)
+            except ResponseError:
+                self._acknowledge(0, gone=True)
 
     def _write(self, data: bytes) -> None:
         cycle = self.cycle
@@ -277,7 +387,11 @@ class _Output:
         if not self._usable() or not cycle.response_started:
             self._acknowledge(size, gone=True)
             return
-        cycle.write(data)
+        try:
+            cycle.write(data)
+        except ResponseError:  # more than the declared Content-Length: the connection ends
+            self._acknowledge(size, gone=True)
+            return
         if self._draining:
             self._unacked += size
             return
@@ -312,7 +426,8 @@ class _Output:
     def _end(self) -> None:
         cycle = self.cycle
         if cycle.response_started and not cycle.complete:
-            cycle.end()  # on a connection that is gone, this only closes the books
+            with contextlib.suppress(ResponseError):  # shorter than declared: logged, closed
+                cycle.end()  # on a connection that is gone, this only closes the books
 
 
 class InputStream:
@@ -321,8 +436,15 @@ class InputStream:
     The loop side (`begin`, `_feed`, `abandon`) feeds a queue of pieces; the
     thread side (`read`, `readline`, `readlines`, iteration) takes them all at
     once into its own buffer. Reads follow file semantics: `read(n)` returns
-    n bytes unless the body ends first; at the end, b"". A body cut off by the
-    client (or by a timeout or a size limit) ends where it was cut.
+    n bytes unless the body ends first; at the end, b"".
+
+    A body that ends without being complete (`cycle.body_complete` false when
+    `receive_body` says no more follows: the client disconnected, a framing
+    rule or size limit broke, a timeout) has no end: the first read that needs
+    more than arrived (`read()`, `read(n)` short of n, `readline()` short of a
+    newline, and so `readlines()` and iteration) raises `RequestBodyError`,
+    and so does every read after it. Reads that what arrived can satisfy
+    return it first.
     """
 
     def __init__(self, cycle: RequestCycle, limit: int = INPUT_BUFFER) -> None:
@@ -335,6 +457,7 @@ class InputStream:
         self._queue: deque[bytes] = deque()
         self._queued = 0
         self._eof = False
+        self._failure: str | None = None  # set with _eof: why the body is incomplete
         self._abandoned = False
         self._wanted = False  # the feeder should start (after a 100-continue wait)
         self._space: asyncio.Future[None] | None = None  # the feeder waits for the app
@@ -343,6 +466,7 @@ class InputStream:
         # Thread side: what was taken from the queue, and how much of it was read.
         self._buffer = b""
         self._pos = 0
+        self._raised: str | None = None  # a read raised: every later one raises too
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -363,8 +487,8 @@ class InputStream:
 
     async def _feed(self) -> None:
         cycle = self._cycle
+        more = True
         try:
-            more = True
             while more:
                 data, more = await cycle.receive_body()
                 with self._lock:
@@ -381,7 +505,12 @@ class InputStream:
                     space = self._space = self._loop.create_future()
                 await space
         finally:
+            # Ended without its proper end: a disconnect, a body error, a timeout,
+            # or this task cancelled (the worker stops).
+            failure = None if cycle.body_complete else _body_failure(cycle)
             with self._lock:
+                if not self._eof:
+                    self._failure = failure
                 self._eof = True
                 self._space = None
                 self._arrived.notify()
@@ -408,6 +537,7 @@ class InputStream:
             while not self._queue and not self._eof:
                 if self._loop.is_closed():
                     self._eof = True
+                    self._failure = "the worker stopped before the request body was complete"
                     break
                 self._arrived.wait(_POLL)
             if not self._queue:
@@ -428,6 +558,18 @@ class InputStream:
     def _available(self) -> int:
         return len(self._buffer) - self._pos
 
+    def _check(self) -> None:
+        """Before a read: raise if an earlier read raised."""
+        if self._raised is not None:
+            raise RequestBodyError(self._raised)
+
+    def _ended(self) -> None:
+        """The body has ended where the reader wanted more: raise if it was incomplete."""
+        failure = self._failure  # final once _more() has returned False
+        if failure is not None:
+            self._raised = failure
+            raise RequestBodyError(failure)
+
     def _take(self, size: int) -> bytes:
         start = self._pos
         self._pos = start + size
@@ -437,15 +579,20 @@ class InputStream:
         return self._buffer[start : start + size]
 
     def read(self, size: int | None = -1) -> bytes:
+        self._check()
         if size is None or size < 0:
             while self._more():
                 pass
+            self._ended()
             return self._take(self._available())
-        while self._available() < size and self._more():
-            pass
+        while self._available() < size:
+            if not self._more():
+                self._ended()
+                break
         return self._take(min(size, self._available()))
 
     def readline(self, size: int | None = -1) -> bytes:
+        self._check()
         limit = -1 if size is None else size
         scanned = 0  # bytes past self._pos already searched for a newline
         while True:
@@ -458,6 +605,7 @@ class InputStream:
                 return self._take(limit)
             scanned = available
             if not self._more():
+                self._ended()
                 return self._take(self._available())
 
     def readlines(self, hint: int | None = -1) -> list[bytes]:

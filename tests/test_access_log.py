@@ -21,7 +21,7 @@ import pytest
 
 from squall.accesslog import escape, make_access_log
 from squall.http.core import Request
-from squall.http.protocol import RequestCycle
+from squall.http.cycle import RequestCycle
 from tests.service import Service, free_port
 
 TIMEOUT = 5.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -12,6 +13,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from squall.cli import parse_config
+from squall.config import ENV_PREFIX
+from squall.errors import UsageError
+from squall.http.core import DEFAULT_LIMITS
 from tests.service import ROOT, Services, alive, free_port, wait_until
 
 
@@ -77,6 +82,26 @@ def error_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
             1,
             "RuntimeError: database unreachable",
         ),
+        (
+            ["examples.demo:app", "--limit-request-body", "10X"],
+            2,
+            "argument --limit-request-body: '10X' is not a number of bytes",
+        ),
+        (
+            ["examples.demo:app", "--limit-request-line", "0"],
+            2,
+            "--limit-request-line must be 1 or more, not 0",
+        ),
+        (
+            ["examples.demo:app", "--limit-request-field_size", "-5"],
+            2,
+            "is not a number of bytes",
+        ),
+        (
+            ["examples.demo:app", "--proxy-protocol", "--proxy-allow-from", "10.0.0.1,proxy"],
+            2,
+            "--proxy-allow-from: 'proxy' is not an IP address, a network or *",
+        ),
     ],
 )
 def test_bad_input_gives_one_clear_error(args: list[str], status: int, message: str) -> None:
@@ -108,17 +133,75 @@ def test_settings_from_environment_are_validated() -> None:
         capture_output=True,
         text=True,
         timeout=20,
-        env={**__import__("os").environ, "SQUALL_WORKERS": "two"},
+        env={**os.environ, "SQUALL_WORKERS": "two"},
     )
     assert result.returncode == 2
     assert "invalid value 'two' for SQUALL_WORKERS" in result.stderr
+
+
+@pytest.fixture
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in list(os.environ):
+        if key.startswith(ENV_PREFIX):
+            monkeypatch.delenv(key)
+
+
+@pytest.mark.usefixtures("clean_environment")
+def test_limits_defaults_suffixes_and_gunicorn_spellings() -> None:
+    config = parse_config(["app:app"])
+    assert config.limit_request_line == 8192
+    assert config.limit_request_fields == 100
+    assert config.limit_request_field_size == DEFAULT_LIMITS.max_field_bytes
+    assert config.limit_request_headers == 65536
+    assert config.limit_request_body == 100 * 1024 * 1024
+    assert config.ws_max_size == 16 * 1024 * 1024
+    assert config.proxy_allow_from == "127.0.0.1,::1"
+    config = parse_config(
+        [
+            "app:app",
+            *("--limit-request-body", "10M"),
+            *("--limit-request-headers", "64k"),
+            *("--limit-request-field_size", "1000"),  # gunicorn's spelling
+            *("--websocket-max-message-size", "1MiB"),
+            *("--limit-request-line", "2KB"),
+        ]
+    )
+    assert config.limit_request_body == 10 * 1024 * 1024
+    assert config.limit_request_headers == 64 * 1024
+    assert config.limit_request_field_size == 1000
+    assert config.ws_max_size == 1024 * 1024
+    assert config.limit_request_line == 2048
+    assert parse_config(["app:app", "--limit-request-body", "1G"]).limit_request_body == 1 << 30
+
+
+@pytest.mark.usefixtures("clean_environment")
+def test_limits_from_environment_and_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conf = tmp_path / "conf.py"
+    conf.write_text('limit_request_body = "2M"\nlimit_request_fields = 50\n')
+    monkeypatch.setenv("SQUALL_LIMIT_REQUEST_FIELDS", "60")
+    monkeypatch.setenv("SQUALL_PROXY_ALLOW_FROM", "10.0.0.0/8, 2001:db8::/32")
+    config = parse_config(["app:app", "--config", str(conf)])
+    assert config.limit_request_body == 2 * 1024 * 1024
+    assert config.limit_request_fields == 60  # the environment wins over the file
+    assert config.proxy_allow_from == "10.0.0.0/8, 2001:db8::/32"
+    monkeypatch.setenv("SQUALL_LIMIT_REQUEST_BODY", "0")
+    with pytest.raises(UsageError, match="--limit-request-body must be 1 or more, not 0"):
+        parse_config(["app:app"])
+    monkeypatch.delenv("SQUALL_LIMIT_REQUEST_BODY")
+    conf.write_text("limit_request_headers = 1.5\n")
+    with pytest.raises(
+        UsageError, match=r"limit_request_headers in --config file .* number of bytes"
+    ):
+        parse_config(["app:app", "--config", str(conf)])
 
 
 def test_demo_with_a_worker_per_cpu_answers_curl_and_stops_clean(services: Services) -> None:
     port = free_port()
     service = services.squall("examples.demo:app", "--workers", "0", "--bind", f"127.0.0.1:{port}")
     service.wait_for_port(port)
-    workers = service.wait_for_workers(len(__import__("os").sched_getaffinity(0)))
+    workers = service.wait_for_workers(len(os.sched_getaffinity(0)))
     curl = shutil.which("curl")
     assert curl is not None
     result = subprocess.run(

@@ -54,12 +54,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from squall.http.core import (
+    CLOSED,
     DEFAULT_LIMITS,
+    DONE,
     END_OF_MESSAGE,
+    IDLE,
     Data,
     Limits,
     Request,
     RequestError,
+    ResponseError,
     ServerConnection,
     checked_headers,
     continue_response,
@@ -67,7 +71,7 @@ from squall.http.core import (
 )
 
 CORPUS = Path(__file__).parent / "requests"
-ERROR_STATUSES = {400, 413, 414, 431}
+ERROR_STATUSES = {400, 413, 414, 431, 501}
 REQUIRED_KEYS = ("method", "target", "version", "headers")
 OPTIONAL_KEYS = (
     "body",
@@ -370,8 +374,10 @@ def test_a_closed_connection_parses_nothing_and_holds_no_cycle() -> None:
     assert isinstance(request, Request)
     conn.close()
     assert conn.receive_data(b"P/1.1\r\nHost: a\r\n\r\n") == []
-    # What a response still in progress needs keeps working after the close.
-    assert conn.encode_response(request, 200, [], b"ok").endswith(b"\r\n\r\nok")
+    # A response still in progress may go on being framed after the close: it
+    # goes nowhere, and nothing raises.
+    assert conn.encode_response(request, 200, [], b"ok") == b""
+    assert conn.our_state == CLOSED
     gc.collect()
     gc.disable()
     try:
@@ -436,10 +442,12 @@ def parse_response(raw: bytes) -> ParsedResponse:
     return out
 
 
-def request_for(raw: bytes) -> Request:
-    events = ServerConnection().receive_data(raw)
+def answering(raw: bytes) -> tuple[ServerConnection, Request]:
+    """A connection that has read the request in `raw`, and that request."""
+    conn = ServerConnection()
+    events = conn.receive_data(raw)
     assert isinstance(events[0], Request), events
-    return events[0]
+    return conn, events[0]
 
 
 GET11 = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
@@ -455,8 +463,7 @@ def head_of(raw: bytes) -> bytes:
 
 
 def test_encode_response_sets_content_length_and_body() -> None:
-    conn = ServerConnection()
-    request = request_for(GET11)
+    conn, request = answering(GET11)
     raw = conn.encode_response(request, 200, [(b"content-type", b"text/plain")], b"hello")
     assert raw.startswith(b"HTTP/1.1 200 OK\r\n")
     assert raw.endswith(b"\r\n\r\nhello")
@@ -466,18 +473,19 @@ def test_encode_response_sets_content_length_and_body() -> None:
     assert resp.values(b"content-type") == [b"text/plain"]
     assert resp.values(b"transfer-encoding") == []
     assert resp.values(b"connection") == []
-    assert resp.keep_alive and request.keep_alive
+    assert resp.keep_alive and conn.keep_alive and conn.our_state == DONE
 
 
 def test_encode_response_empty_body() -> None:
-    request = request_for(GET11)
-    raw = ServerConnection().encode_response(request, 200, [], b"")
+    conn, request = answering(GET11)
+    raw = conn.encode_response(request, 200, [], b"")
     resp = parse_response(raw)
     assert resp.complete and resp.body == b"" and resp.values(b"content-length") == [b"0"]
 
 
 def test_date_and_server_headers() -> None:
-    raw = ServerConnection().encode_response(request_for(GET11), 200, [], b"x")
+    conn, request = answering(GET11)
+    raw = conn.encode_response(request, 200, [], b"x")
     resp = parse_response(raw)
     (date,) = resp.values(b"date")
     assert DATE_RE.match(date), date
@@ -485,25 +493,23 @@ def test_date_and_server_headers() -> None:
 
 
 def test_head_gets_content_length_but_no_body() -> None:
-    conn = ServerConnection()
-    request = request_for(HEAD11)
+    conn, request = answering(HEAD11)
     raw = conn.encode_response(request, 200, [], b"0123456789")
     assert raw == head_of(raw), "a HEAD response has no body bytes"
     resp = parse_response(raw)
     assert resp.values(b"content-length") == [b"10"]
     assert resp.body == b""
     # Streaming to HEAD: a head only, no chunks, no last chunk.
-    request = request_for(HEAD11)
+    conn, request = answering(HEAD11)
     raw = conn.start_response(request, 200, [])
     assert raw == head_of(raw)
-    assert conn.encode_body(request, b"data") == b""
-    assert conn.end_response(request) == b""
+    assert conn.encode_body(b"data") == b""
+    assert conn.end_response() == b""
 
 
 @pytest.mark.parametrize("status", [204, 304])
 def test_no_body_statuses(status: int) -> None:
-    conn = ServerConnection()
-    request = request_for(GET11)
+    conn, request = answering(GET11)
     raw = conn.encode_response(request, status, [(b"Content-Length", b"3")], b"abc")
     assert raw == head_of(raw)
     resp = parse_response(raw)
@@ -512,41 +518,39 @@ def test_no_body_statuses(status: int) -> None:
     assert resp.values(b"transfer-encoding") == []
     assert resp.keep_alive
     # Streaming: no chunked framing either.
-    request = request_for(GET11)
+    conn, request = answering(GET11)
     raw = conn.start_response(request, status, [])
     assert b"transfer-encoding" not in raw.lower() and b"content-length" not in raw.lower()
-    assert conn.encode_body(request, b"abc") == b""
-    assert conn.end_response(request) == b""
+    assert conn.encode_body(b"abc") == b""
+    assert conn.end_response() == b""
     assert parse_response(raw).complete
 
 
 def test_start_response_without_length_is_chunked_on_http11() -> None:
-    conn = ServerConnection()
-    request = request_for(GET11)
+    conn, request = answering(GET11)
     head = conn.start_response(request, 200, [(b"content-type", b"text/plain")])
-    assert request.chunked_response
-    first = conn.encode_body(request, b"hello")
+    assert b"transfer-encoding: chunked" in head
+    first = conn.encode_body(b"hello")
     assert first == b"5\r\nhello\r\n"
-    second = conn.encode_body(request, b"x" * 26)
+    second = conn.encode_body(b"x" * 26)
     assert second == b"1a\r\n" + b"x" * 26 + b"\r\n"
-    assert conn.encode_body(request, b"") == b"", "an empty piece must not end the body"
-    last = conn.end_response(request)
+    assert conn.encode_body(b"") == b"", "an empty piece must not end the body"
+    last = conn.end_response()
     assert last == b"0\r\n\r\n"
     resp = parse_response(head + first + second + last)
     assert resp.values(b"transfer-encoding") == [b"chunked"]
     assert resp.values(b"content-length") == []
     assert resp.complete and resp.body == b"hello" + b"x" * 26
-    assert resp.keep_alive and request.keep_alive
+    assert resp.keep_alive and conn.keep_alive
 
 
 def test_start_response_with_content_length_is_raw() -> None:
-    conn = ServerConnection()
-    request = request_for(GET11)
+    conn, request = answering(GET11)
     head = conn.start_response(request, 200, [(b"Content-Length", b"8")])
-    assert not request.chunked_response
-    pieces = [conn.encode_body(request, b"1234"), conn.encode_body(request, b"5678")]
+    assert b"transfer-encoding" not in head
+    pieces = [conn.encode_body(b"1234"), conn.encode_body(b"5678")]
     assert pieces == [b"1234", b"5678"]
-    assert conn.end_response(request) == b""
+    assert conn.end_response() == b""
     resp = parse_response(head + b"".join(pieces))
     assert resp.values(b"content-length") == [b"8"]
     assert resp.values(b"transfer-encoding") == []
@@ -554,13 +558,12 @@ def test_start_response_with_content_length_is_raw() -> None:
 
 
 def test_http10_without_length_closes() -> None:
-    conn = ServerConnection()
-    request = request_for(GET10)
+    conn, request = answering(GET10)
     head = conn.start_response(request, 200, [])
-    assert not request.chunked_response and not request.keep_alive
-    body = conn.encode_body(request, b"until close")
+    assert b"transfer-encoding" not in head and not conn.keep_alive
+    body = conn.encode_body(b"until close")
     assert body == b"until close"
-    assert conn.end_response(request) == b""
+    assert conn.end_response() == b""
     resp = parse_response(head + body)
     assert resp.values(b"connection") == [b"close"]
     assert resp.values(b"transfer-encoding") == [] and resp.values(b"content-length") == []
@@ -568,44 +571,41 @@ def test_http10_without_length_closes() -> None:
 
 
 def test_http10_keep_alive_request_with_length() -> None:
-    conn = ServerConnection()
-    request = request_for(GET10_KEEP)
-    assert request.keep_alive
+    conn, request = answering(GET10_KEEP)
+    assert request.keep_alive  # the client's wish
     raw = conn.encode_response(request, 200, [], b"ok")
     resp = parse_response(raw)
     assert resp.values(b"connection") == [b"keep-alive"]
     assert resp.values(b"content-length") == [b"2"]
-    assert request.keep_alive and resp.complete and resp.body == b"ok"
+    assert conn.keep_alive and resp.complete and resp.body == b"ok"
 
 
 def test_http10_keep_alive_request_streaming_without_length_closes() -> None:
-    conn = ServerConnection()
-    request = request_for(GET10_KEEP)
+    conn, request = answering(GET10_KEEP)
     head = conn.start_response(request, 200, [])
-    assert not request.keep_alive and not request.chunked_response
+    assert not conn.keep_alive and b"transfer-encoding" not in head
     assert parse_response(head).values(b"connection") == [b"close"]
 
 
 def test_http10_request_without_keep_alive_closes_even_with_length() -> None:
-    request = request_for(GET10)
-    resp = parse_response(ServerConnection().encode_response(request, 200, [], b"ok"))
-    assert resp.values(b"connection") == [b"close"] and not request.keep_alive
+    conn, request = answering(GET10)
+    resp = parse_response(conn.encode_response(request, 200, [], b"ok"))
+    assert resp.values(b"connection") == [b"close"] and not conn.keep_alive
 
 
 def test_request_connection_close_gives_connection_close() -> None:
-    request = request_for(GET11_CLOSE)
-    resp = parse_response(ServerConnection().encode_response(request, 200, [], b"ok"))
+    conn, request = answering(GET11_CLOSE)
+    resp = parse_response(conn.encode_response(request, 200, [], b"ok"))
     assert resp.values(b"connection") == [b"close"]
-    assert not resp.keep_alive and not request.keep_alive
+    assert not resp.keep_alive and not conn.keep_alive
 
 
 @pytest.mark.parametrize("value", [b"close", b"Close", b"keep-alive, close"])
 def test_app_connection_close_ends_keep_alive(value: bytes) -> None:
-    conn = ServerConnection()
-    request = request_for(GET11)
+    conn, request = answering(GET11)
     raw = conn.encode_response(request, 200, [(b"Connection", value)], b"bye")
     resp = parse_response(raw)
-    assert not request.keep_alive
+    assert not conn.keep_alive
     assert not resp.keep_alive
     assert resp.values(b"connection"), "the close is announced"
     assert all(b"close" in v.lower() for v in resp.values(b"connection"))
@@ -613,12 +613,11 @@ def test_app_connection_close_ends_keep_alive(value: bytes) -> None:
 
 
 def test_app_framing_headers_are_replaced() -> None:
-    conn = ServerConnection()
-    request = request_for(GET11)
+    conn, request = answering(GET11)
     raw = conn.encode_response(
         request,
         200,
-        [(b"Content-Length", b"999"), (b"Transfer-Encoding", b"gzip"), (b"X-Kept", b"1")],
+        [(b"Content-Length", b"3"), (b"Transfer-Encoding", b"gzip"), (b"X-Kept", b"1")],
         b"abc",
     )
     resp = parse_response(raw)
@@ -628,29 +627,32 @@ def test_app_framing_headers_are_replaced() -> None:
     assert resp.complete and resp.body == b"abc"
 
 
+def test_app_content_length_that_disagrees_with_the_body_is_refused() -> None:
+    conn, request = answering(GET11)
+    with pytest.raises(ResponseError, match="Content-Length"):
+        conn.encode_response(request, 200, [(b"Content-Length", b"999")], b"abc")
+    assert conn.our_state == IDLE
+
+
 def test_app_transfer_encoding_is_not_doubled_when_streaming() -> None:
-    conn = ServerConnection()
-    request = request_for(GET11)
+    conn, request = answering(GET11)
     head = conn.start_response(request, 200, [(b"Transfer-Encoding", b"chunked")])
-    resp = parse_response(head + conn.encode_body(request, b"ab") + conn.end_response(request))
+    resp = parse_response(head + conn.encode_body(b"ab") + conn.end_response())
     assert resp.values(b"transfer-encoding") == [b"chunked"]
     assert resp.complete and resp.body == b"ab"
 
 
-def test_app_content_length_not_a_number_falls_back_to_chunked() -> None:
-    conn = ServerConnection()
-    request = request_for(GET11)
-    head = conn.start_response(request, 200, [(b"Content-Length", b"lots")])
-    assert request.chunked_response
-    resp = parse_response(head + conn.encode_body(request, b"ab") + conn.end_response(request))
-    assert resp.values(b"content-length") == []
-    assert resp.values(b"transfer-encoding") == [b"chunked"]
-    assert resp.body == b"ab"
+def test_app_content_length_not_a_number_is_refused() -> None:
+    conn, request = answering(GET11)
+    with pytest.raises(ResponseError, match="Content-Length"):
+        conn.start_response(request, 200, [(b"Content-Length", b"lots")])
+    assert conn.our_state == IDLE, "nothing was framed: a 500 may still take its place"
 
 
 def test_app_headers_keep_order_and_repeats() -> None:
     headers = [(b"Set-Cookie", b"a=1"), (b"X-A", b"x"), (b"Set-Cookie", b"b=2")]
-    resp = parse_response(ServerConnection().encode_response(request_for(GET11), 200, headers, b""))
+    conn, request = answering(GET11)
+    resp = parse_response(conn.encode_response(request, 200, headers, b""))
     assert resp.values(b"set-cookie") == [b"a=1", b"b=2"]
     assert resp.values(b"x-a") == [b"x"]
 
@@ -660,8 +662,9 @@ def test_pipelined_responses_parse_back_to_back() -> None:
     first, _, second, _ = conn.receive_data(GET11 + GET11)
     assert isinstance(first, Request) and isinstance(second, Request)
     raw = conn.encode_response(first, 200, [], b"one")
-    raw += conn.start_response(second, 200, []) + conn.encode_body(second, b"two")
-    raw += conn.end_response(second)
+    conn.start_next_cycle()
+    raw += conn.start_response(second, 200, []) + conn.encode_body(b"two")
+    raw += conn.end_response()
     bodies: list[bytes] = []
 
     class Recorder:
@@ -805,6 +808,10 @@ def test_fuzz_mutated_requests_never_raise(data: bytes, cuts: list[int], limits:
 @given(mutated_request(), st.lists(st.integers(0, 1 << 16), min_size=1, max_size=6))
 def test_fuzz_split_points_do_not_matter(data: bytes, cuts: list[int]) -> None:
     # Far below every default limit, so the result may not depend on the reads.
+    # An unterminated head is held until its blank line (its parse cost stays
+    # linear however it is split), so where the input stops inside one, what is
+    # held may not have met the parser yet; the closing blank line sends it there.
+    data += b"\r\n\r\n"
     assert feed([data]).comparable() == feed(split_at(data, cuts)).comparable()
 
 
@@ -823,7 +830,7 @@ def test_fuzz_split_points_do_not_matter(data: bytes, cuts: list[int]) -> None:
     ],
 )
 def test_headers_that_could_split_a_response_are_refused(name: bytes, value: bytes) -> None:
-    with pytest.raises(RuntimeError, match="invalid response header"):
+    with pytest.raises(ResponseError, match="invalid response header"):
         checked_headers([(b"content-type", b"text/plain"), (name, value)])
 
 
@@ -833,5 +840,5 @@ def test_ordinary_headers_pass_as_given() -> None:
         (b"location", b"https://example.com:8443/a?b=c#d"),  # ':' is fine in a value
         (b"x-empty", b""),
     ]
-    assert checked_headers(headers) is headers
+    assert checked_headers(headers) == headers
     assert checked_headers(tuple(headers)) == headers

@@ -3,13 +3,18 @@
 Unit tests feed `parse_proxy_header` bytes (whole, byte by byte, broken) and
 run the `make_forwarded` callback on a real `Request` in a stand-in cycle
 (the callback touches only `client`, `scheme` and `request`). End-to-end
-tests run real squall processes and talk to them over raw sockets and httpx.
+tests run real squall processes and talk to them over raw sockets and httpx;
+the PROXY protocol ones also over TLS (the header in cleartext, then the `ssl`
+module's handshake), and from 127.0.0.2, a loopback address outside the
+default `--proxy-allow-from`.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import socket
+import ssl
 import struct
 import sys
 import time
@@ -20,10 +25,11 @@ from typing import Any, cast
 
 import httpx
 import pytest
+import trustme
 
 from squall.errors import UsageError
 from squall.http.core import Request
-from squall.http.protocol import RequestCycle
+from squall.http.cycle import RequestCycle
 from squall.http.proxy_headers import make_forwarded, parse_forwarded, parse_node
 from squall.http.proxy_protocol import (
     V2_SIGNATURE,
@@ -31,7 +37,7 @@ from squall.http.proxy_protocol import (
     ProxyProtocolError,
     parse_proxy_header,
 )
-from tests.service import Service, free_port, wait_until
+from tests.service import Service, Services, free_port, wait_until
 
 TIMEOUT = 5.0
 
@@ -485,6 +491,8 @@ class Server:
     service: Service
     port: int
     unix: Path | None = None
+    metrics_port: int | None = None
+    ca_file: Path | None = None
 
 
 def start_server(
@@ -546,14 +554,67 @@ def trusted_web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 @pytest.fixture(scope="module")
 def proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    # The PROXY header's client is trusted for forwarding headers when it is in 10/8.
+    # PROXY headers are read from the default peers, 127.0.0.1 and ::1. The
+    # header's client is trusted for forwarding headers when it is in 10/8.
+    metrics_port = free_port()
     server = start_server(
         tmp_path_factory,
         "tests.apps.echo_client:app",
         "--proxy-protocol",
         "--forwarded-allow-ips",
         "10.0.0.0/8",
+        "--header-timeout",
+        "1",
+        "--metrics",
+        f"127.0.0.1:{metrics_port}",
+        unix=True,
     )
+    server.metrics_port = metrics_port
+    yield server
+    server.service.stop()
+
+
+@pytest.fixture(scope="module")
+def restricted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    # PROXY headers are read from 10.9.9.9 only; the test client is 127.0.0.1.
+    server = start_server(
+        tmp_path_factory,
+        "tests.apps.echo_client:app",
+        "--proxy-protocol",
+        "--proxy-allow-from",
+        "10.9.9.9",
+        "--forwarded-allow-ips",
+        "127.0.0.1",
+    )
+    yield server
+    server.service.stop()
+
+
+@pytest.fixture(scope="module")
+def ca_file_and_pem(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A test CA's certificate, and the server's chain and key in one PEM file."""
+    directory = tmp_path_factory.mktemp("proxy-tls")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    ca_file = directory / "ca.pem"
+    pem = directory / "server.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    cert.private_key_and_cert_chain_pem.write_to_path(str(pem))
+    return ca_file, pem
+
+
+@pytest.fixture(scope="module")
+def tls_proxied(
+    tmp_path_factory: pytest.TempPathFactory, ca_file_and_pem: tuple[Path, Path]
+) -> Iterator[Server]:
+    server = start_server(
+        tmp_path_factory,
+        "tests.apps.echo_client:app",
+        "--proxy-protocol",
+        "--certfile",
+        str(ca_file_and_pem[1]),
+    )
+    server.ca_file = ca_file_and_pem[0]
     yield server
     server.service.stop()
 
@@ -720,6 +781,38 @@ def test_e2e_squall_application_remote_ip(trusted_web: Server) -> None:
     assert answer["protocol"] == "http"
 
 
+# -- the PROXY protocol, end to end ------------------------------------------------------------
+#
+# The header is read before anything else (before TLS too), and only from the
+# peers in --proxy-allow-from (default 127.0.0.1 and ::1). The forwarding
+# headers are then judged on the client the PROXY header names; from a peer
+# whose header is not read, on the peer itself.
+
+
+def connect(port: int, source: str = "127.0.0.1") -> socket.socket:
+    """A connection from `source`: 127.0.0.2 is loopback too, but not in the default list."""
+    return socket.create_connection(("127.0.0.1", port), TIMEOUT, source_address=(source, 0))
+
+
+def status_of(port: int, data: bytes, source: str = "127.0.0.1") -> tuple[bytes, bytes]:
+    """The status line and body of the one answer to `data`."""
+    with connect(port, source) as sock:
+        sock.sendall(data)
+        head, body = Reader(sock).response()
+    return head.partition(b"\r\n")[0], body
+
+
+def closed_within(sock: socket.socket, seconds: float) -> bool:
+    """True when the server closes `sock` within `seconds`, without a byte in reply."""
+    sock.settimeout(seconds)
+    try:
+        return sock.recv(65536) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
 @pytest.mark.parametrize(
     ("header", "client"),
     [
@@ -750,11 +843,12 @@ def test_e2e_proxy_protocol_without_address_keeps_the_peer(proxied: Server, head
 
 
 def test_e2e_proxy_protocol_then_trusted_forwarding_headers(proxied: Server) -> None:
-    # The PROXY header says the peer is 10.1.2.3, a trusted proxy: its headers apply.
+    # The PROXY header says the client is 10.1.2.3, a trusted proxy: its headers
+    # apply, although the real peer (127.0.0.1) is not in --forwarded-allow-ips.
     request = b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 203.0.113.44\r\n\r\n"
     proxy = b"PROXY TCP4 10.1.2.3 192.0.2.10 5555 80\r\n"
     assert exchange(proxied.port, proxy + request)[0]["client"] == ["203.0.113.44", 0]
-    # From a peer outside 10/8 the same header is ignored.
+    # From a client outside 10/8 the same header is ignored.
     proxy = b"PROXY TCP4 198.51.100.3 192.0.2.10 5555 80\r\n"
     assert exchange(proxied.port, proxy + request)[0]["client"] == ["198.51.100.3", 5555]
 
@@ -770,9 +864,184 @@ def test_e2e_proxy_protocol_then_trusted_forwarding_headers(proxied: Server) -> 
     ids=["plain-http", "bad-v1-address", "bad-v2-version", "overlong-v1"],
 )
 def test_e2e_connection_without_a_valid_header_is_closed(proxied: Server, data: bytes) -> None:
+    # From an allowed peer the header is required: a client that could skip it could forge it.
     workers = proxied.service.workers()
     assert closed_without_answer(proxied.port, data)
     # The worker lives on and serves the next, well-behaved connection.
     assert exchange(proxied.port, V1_TCP4 + GET)[0]["client"] == ["192.0.2.1", 56324]
     assert proxied.service.workers() == workers
     wait_until(lambda: "closing connection from" in proxied.service.output(), timeout=TIMEOUT)
+
+
+def test_e2e_proxy_protocol_on_a_unix_socket(proxied: Server) -> None:
+    # A Unix socket's peer has no address: it is always allowed.
+    assert proxied.unix is not None
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(TIMEOUT)
+        sock.connect(str(proxied.unix))
+        sock.sendall(V2_TCP6 + GET)
+        answer = json.loads(Reader(sock).response()[1])
+    assert answer["client"] == ["2001:db8::5", 40001]
+
+
+def test_e2e_silent_or_slow_header_is_closed_after_the_header_timeout(proxied: Server) -> None:
+    # --header-timeout 1: nothing at all, or half a header, and the connection is closed.
+    with connect(proxied.port) as silent, connect(proxied.port) as slow:
+        slow.sendall(V1_TCP4[:10])
+        started = time.monotonic()
+        assert closed_within(silent, 4.0)
+        assert closed_within(slow, 4.0)
+        assert 0.8 < time.monotonic() - started < 4.0
+    assert exchange(proxied.port, V2_TCP4 + GET)[0]["client"] == ["203.0.113.5", 40000]
+
+
+def open_connections(server: Server) -> int:
+    text = httpx.get(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=TIMEOUT).text
+    for line in text.splitlines():
+        if line.startswith("squall_connections_open "):
+            return int(float(line.split()[1]))
+    raise AssertionError(text)
+
+
+def test_e2e_connections_are_counted_while_their_header_is_read(proxied: Server) -> None:
+    wait_until(lambda: open_connections(proxied) == 0, timeout=TIMEOUT)
+    with connect(proxied.port) as waiting:
+        waiting.sendall(V1_TCP4[:10])  # held by the worker, its header incomplete
+        wait_until(lambda: open_connections(proxied) == 1, timeout=TIMEOUT)
+        waiting.sendall(V1_TCP4[10:] + GET)  # then served, and still one connection
+        Reader(waiting).response()
+        assert open_connections(proxied) == 1
+    wait_until(lambda: open_connections(proxied) == 0, timeout=TIMEOUT)
+    with connect(proxied.port) as dropped:
+        dropped.sendall(b"PROXY TCP4 nonsense\r\n")  # let go of without being served
+        assert closed_within(dropped, TIMEOUT)
+    wait_until(lambda: open_connections(proxied) == 0, timeout=TIMEOUT)
+
+
+def test_e2e_peer_outside_the_default_list_is_a_plain_client(proxied: Server) -> None:
+    # 127.0.0.2 is not in the default --proxy-allow-from (127.0.0.1, ::1).
+    status, body = status_of(proxied.port, V1_TCP4 + GET, source="127.0.0.2")
+    assert status.startswith(b"HTTP/1.1 400 "), status
+    assert b"192.0.2.1" not in body
+    with connect(proxied.port, source="127.0.0.2") as sock:
+        sock.sendall(GET)
+        assert json.loads(Reader(sock).response()[1])["client"][0] == "127.0.0.2"
+
+
+@pytest.mark.parametrize("header", [V1_TCP4, V2_TCP4], ids=["v1", "v2"])
+def test_e2e_proxy_header_from_a_peer_not_allowed_is_a_bad_request(
+    restricted: Server, header: bytes
+) -> None:
+    # --proxy-allow-from 10.9.9.9: from 127.0.0.1, a PROXY header is not read.
+    # It is a malformed request: 400, and the app never runs, let alone sees the claim.
+    status, body = status_of(restricted.port, header + GET)
+    assert status.startswith(b"HTTP/1.1 400 "), status
+    assert b"192.0.2.1" not in body and b"203.0.113.5" not in body
+
+
+def test_e2e_plain_http_from_a_peer_not_allowed(restricted: Server) -> None:
+    answers = exchange(restricted.port, GET + GET, requests=2)
+    assert [answer["client"][0] for answer in answers] == ["127.0.0.1", "127.0.0.1"]
+    # Its forwarding headers are judged on the peer itself: 127.0.0.1 is trusted.
+    request = b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 203.0.113.44\r\n\r\n"
+    assert exchange(restricted.port, request)[0]["client"] == ["203.0.113.44", 0]
+    assert "closing connection from" not in restricted.service.output()
+
+
+def tls_client(server: Server) -> ssl.SSLContext:
+    assert server.ca_file is not None
+    return ssl.create_default_context(cafile=str(server.ca_file))
+
+
+@pytest.mark.parametrize(
+    ("pieces", "client"),
+    [
+        ([V1_TCP4], ["192.0.2.1", 56324]),
+        ([V1_TCP6[:9], V1_TCP6[9:]], ["2001:db8::1", 56324]),
+        ([V2_TCP4[:5], V2_TCP4[5:17], V2_TCP4[17:]], ["203.0.113.5", 40000]),
+    ],
+    ids=["v1", "v1-split", "v2-split"],
+)
+def test_e2e_proxy_header_before_tls(
+    tls_proxied: Server, pieces: list[bytes], client: list[Any]
+) -> None:
+    # What an L4 load balancer does: the header in cleartext, then the client's TLS.
+    with connect(tls_proxied.port) as raw:
+        for index, piece in enumerate(pieces):
+            if index:
+                time.sleep(0.05)
+            raw.sendall(piece)
+        with tls_client(tls_proxied).wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall(GET + GET)
+            reader = Reader(tls)
+            answers = [json.loads(reader.response()[1]) for _ in range(2)]
+    assert [answer["client"] for answer in answers] == [client, client]
+    assert answers[0]["scheme"] == "https"
+
+
+def test_e2e_tls_from_a_peer_not_allowed_needs_no_header(tls_proxied: Server) -> None:
+    with (
+        connect(tls_proxied.port, source="127.0.0.2") as raw,
+        tls_client(tls_proxied).wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        tls.sendall(GET)
+        answer = json.loads(Reader(tls).response()[1])
+    assert answer["client"][0] == "127.0.0.2"
+    assert answer["scheme"] == "https"
+
+
+def test_e2e_tls_without_the_header_from_an_allowed_peer_is_closed(tls_proxied: Server) -> None:
+    with connect(tls_proxied.port) as raw, pytest.raises((ssl.SSLError, OSError)):
+        tls_client(tls_proxied).wrap_socket(raw, server_hostname="localhost")
+    wait_until(lambda: "closing connection from" in tls_proxied.service.output(), timeout=TIMEOUT)
+    assert tls_proxied.service.workers()
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_e2e_out_of_file_descriptors_is_logged_once_without_spinning(
+    services: Services,
+) -> None:
+    # A worker with 64 file descriptors, and more connections held (each waiting
+    # for its header) than it can take: accept fails with EMFILE.
+    port = free_port()
+    launcher = (
+        "import os, resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64)); "
+        "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
+    )
+    service = services.start(
+        [
+            sys.executable,
+            "-c",
+            launcher,
+            *("-m", "squall", "tests.apps.echo_client:app"),
+            *("--bind", f"127.0.0.1:{port}", "--workers", "1"),
+            *("--proxy-protocol", "--header-timeout", "30"),
+        ]
+    )
+    service.wait_for_port(port)
+    (worker,) = service.wait_for_workers(1)
+    held = []
+    try:
+        for _ in range(80):
+            held.append(connect(port))
+        service.wait_for_log("cannot accept connections", timeout=TIMEOUT)
+        before = cpu_seconds(worker)
+        time.sleep(1.5)  # three retries
+        assert cpu_seconds(worker) - before < 0.5  # not spinning on the listening socket
+        assert service.output().count("cannot accept connections") == 1
+    finally:
+        for sock in held:
+            sock.close()
+    # With descriptors free again, it accepts again.
+    wait_until(lambda: served(port), TIMEOUT)
+
+
+def served(port: int) -> bool:
+    try:
+        return bool(exchange(port, V1_TCP4 + GET)[0]["client"] == ["192.0.2.1", 56324])
+    except (OSError, AssertionError):
+        return False

@@ -1,20 +1,27 @@
 """WSGI (PEP 3333) served for real: `squall tests.apps.wsgi_app:app --interface wsgi`.
 
-One service with two workers serves the whole module. The app's response
-iterable records its close() as a file in a directory named by an
-environment variable, checked from the test.
+One service with two workers serves `tests.apps.wsgi_app` for the whole
+module. The app's response iterable records its close() as a file in a
+directory named by an environment variable, checked from the test. A second
+service, one worker, serves `tests.apps.wsgi_body` for the request body
+(`wsgi.input`), header-name and start_response checks; that app records what
+its reads saw the same way.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import socket
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
 
 from tests.apps.wsgi_app import CLOSE_DIR_ENV, SECRET
+from tests.apps.wsgi_body import RECORD_DIR_ENV
 from tests.service import ServedApp, ask_each_worker, served_app, wait_until
 
 TIMEOUT = httpx.Timeout(5.0)
@@ -250,3 +257,237 @@ def test_service_healthy_at_the_end(server: ServedApp, client: httpx.Client) -> 
     assert client.get("/worker").status_code == 200
     assert server.service.proc.poll() is None
     assert len(server.service.workers()) == 2
+
+
+# -- wsgi.input integrity ----------------------------------------------------------------
+#
+# A body that ends before it is complete (the client half-closed or left, a
+# chunk broke the framing, the body timed out) must never read as a short
+# complete body: every read raises `RequestBodyError`, an OSError. Bytes that
+# really arrived are returned to reads that they can satisfy; the read that
+# needs more than arrived raises, and so does every read after it. Served by
+# tests/apps/wsgi_body.py, one worker, which records what each read saw.
+
+BODY_TIMEOUT = 2.0
+READ_MODES = ("all", "length", "n", "line", "lines", "iter")
+DISCONNECTED = "client disconnected before the request body was complete"
+INVALID = "request body invalid"
+
+
+@pytest.fixture(scope="module")
+def body_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedApp]:
+    base = tmp_path_factory.mktemp("wsgi-body")
+    with served_app(
+        base,
+        "tests.apps.wsgi_body:app",
+        "--interface",
+        "wsgi",
+        "--body-timeout",
+        str(BODY_TIMEOUT),
+        data_env=RECORD_DIR_ENV,
+        workers=1,
+    ) as served:
+        yield served
+
+
+def send_raw(port: int, *parts: bytes, half_close: bool = False, timeout: float = 5.0) -> bytes:
+    """Send `parts` (a short pause between them), maybe half-close; what came back until close."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        for i, part in enumerate(parts):
+            if i:
+                time.sleep(0.1)  # the server sees the parts in separate reads
+            sock.sendall(part)
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                chunk = sock.recv(65536)
+            except (TimeoutError, ConnectionResetError):
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def record_of(server: ServedApp, token: str) -> str:
+    path = server.data_dir / token
+    wait_until(path.exists, timeout=10)
+    return path.read_text()
+
+
+def assert_raised(record: str, message: str, got: int) -> None:
+    assert not record.startswith("len:"), f"a cut-off body read as complete: {record}"
+    assert record.startswith(f"exc:RequestBodyError:OSError=True:got:{got}:"), record
+    assert message in record, record
+
+
+# What each read mode had returned when the read that needed more raised:
+# b"line1\nabcd" of a declared 100 bytes.
+HALF_CLOSED_GOT = {"all": 0, "length": 0, "n": 8, "line": 6, "lines": 0, "iter": 6}
+
+
+@pytest.mark.parametrize("mode", READ_MODES)
+def test_half_closed_body_raises(body_server: ServedApp, mode: str) -> None:
+    token = f"half-closed-{mode}"
+    send_raw(
+        body_server.port,
+        f"POST /read?mode={mode}&token={token} HTTP/1.1\r\nHost: t\r\n"
+        "Content-Length: 100\r\n\r\nline1\nabcd".encode(),
+        half_close=True,
+    )
+    assert_raised(record_of(body_server, token), DISCONNECTED, HALF_CLOSED_GOT[mode])
+
+
+# b"hello" arrived whole, then a chunk size that is not hex.
+BAD_CHUNK_GOT = {"all": 0, "n": 4, "line": 0, "lines": 0, "iter": 0}
+
+
+@pytest.mark.parametrize("mode", sorted(BAD_CHUNK_GOT))
+def test_bad_chunk_raises(body_server: ServedApp, mode: str) -> None:
+    token = f"bad-chunk-{mode}"
+    raw = send_raw(
+        body_server.port,
+        f"POST /read?mode={mode}&token={token} HTTP/1.1\r\nHost: t\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n".encode(),
+        b"xyz\r\nmore\r\n0\r\n\r\n",
+    )
+    assert_raised(record_of(body_server, token), INVALID, BAD_CHUNK_GOT[mode])
+    assert raw.startswith(b"HTTP/1.1 400 "), raw  # the server's answer, not the app's
+
+
+def test_silent_body_times_out_and_raises(body_server: ServedApp) -> None:
+    token = "timed-out"
+    send_raw(
+        body_server.port,
+        f"POST /read?mode=all&token={token} HTTP/1.1\r\nHost: t\r\n"
+        "Content-Length: 100\r\n\r\nline1\nabcd".encode(),
+        timeout=BODY_TIMEOUT + 5,
+    )
+    record = record_of(body_server, token)
+    assert not record.startswith("len:"), record
+    assert record.startswith("exc:RequestBodyError:OSError=True:got:0:"), record
+    assert "timed out" in record or DISCONNECTED in record, record
+
+
+def test_uncaught_body_error_is_one_line_and_worker_lives(body_server: ServedApp) -> None:
+    pid = httpx.get(f"{body_server.url}/worker", timeout=TIMEOUT).text
+    start = len(body_server.service.output())
+    send_raw(
+        body_server.port,
+        b"POST /uncaught?token=uncaught HTTP/1.1\r\nHost: t\r\n"
+        b"Content-Length: 100\r\n\r\n0123456789",
+        half_close=True,
+    )
+    body_server.service.wait_for_log("/uncaught", timeout=5)
+    time.sleep(0.3)  # anything else it would log comes with it
+    log = body_server.service.output()[start:]
+    assert log.count(DISCONNECTED) == 1, log
+    assert "Traceback" not in log, log
+    assert not (body_server.data_dir / "uncaught").exists()  # read() never returned
+    assert httpx.get(f"{body_server.url}/worker", timeout=TIMEOUT).text == pid
+
+
+def _lines_body(size: int) -> bytes:
+    line = bytes(range(32, 127)) + b"\n"  # 96 bytes
+    return (line * (size // len(line) + 1))[:size]
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+@pytest.mark.parametrize("size", [11, 1_500_000], ids=["small", "large"])
+@pytest.mark.parametrize("mode", READ_MODES)
+def test_complete_body_reads_fully(
+    body_server: ServedApp, mode: str, size: int, chunked: bool
+) -> None:
+    if chunked and mode == "length":
+        pytest.skip("a chunked body has no CONTENT_LENGTH to read")
+    body = _lines_body(size)
+    content: Any = body
+    if chunked:  # an iterable makes httpx send it chunked, in pieces
+        content = iter([body[i : i + 100_000] for i in range(0, len(body), 100_000)])
+    with httpx.Client(base_url=body_server.url, timeout=TIMEOUT) as fresh:
+        response = fresh.post("/read", params={"mode": mode}, content=content)
+    assert response.status_code == 200, response.text
+    assert response.text == f"len:{size} sha:{hashlib.sha256(body).hexdigest()}"
+
+
+# -- request header names ----------------------------------------------------------------
+
+
+def test_header_names_with_underscores_are_dropped(body_server: ServedApp) -> None:
+    # Otherwise X_Forwarded_For would pass for X-Forwarded-For, and
+    # Content_Length override the real one (nginx and gunicorn drop them too).
+    raw = send_raw(
+        body_server.port,
+        b"POST /headers HTTP/1.1\r\nHost: t\r\n"
+        b"X_Forwarded_For: 6.6.6.6\r\n"
+        b"X-Forwarded-For: 1.2.3.4\r\n"
+        b"Content_Length: 999\r\n"
+        b"Content_Type: text/evil\r\n"
+        b"X_Only: underscore\r\n"
+        b"Content-Type: text/plain\r\n"
+        b"Content-Length: 4\r\nConnection: close\r\n\r\nbody",
+    )
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), raw
+    environ = json.loads(body)
+    assert environ["HTTP_X_FORWARDED_FOR"] == "1.2.3.4"
+    assert environ["CONTENT_LENGTH"] == "4"
+    assert environ["CONTENT_TYPE"] == "text/plain"
+    assert "HTTP_X_ONLY" not in environ
+    assert not {"6.6.6.6", "999", "text/evil", "underscore"} & set(environ.values()), environ
+
+
+# -- start_response checks ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", ["200", "200OK", "2000 OK", "20 OK", " 200 OK", "abc OK"])
+def test_bad_status_is_500_with_a_clear_error(body_server: ServedApp, status: str) -> None:
+    start = len(body_server.service.output())
+    response = httpx.get(f"{body_server.url}/status", params={"s": status}, timeout=TIMEOUT)
+    assert response.status_code == 500
+    body_server.service.wait_for_log("status must be 'NNN reason'", timeout=5)
+    assert repr(status) in body_server.service.output()[start:]
+
+
+def test_custom_status_and_reason_accepted(body_server: ServedApp) -> None:
+    response = httpx.get(
+        f"{body_server.url}/status", params={"s": "299 Custom Reason"}, timeout=TIMEOUT
+    )
+    assert response.status_code == 299
+    assert response.reason_phrase == "Custom Reason"
+    assert response.content == b"status given"
+
+
+@pytest.mark.parametrize("kind", ["bytes-name", "bytes-value", "int-value"])
+def test_non_str_header_is_500_with_a_clear_error(body_server: ServedApp, kind: str) -> None:
+    start = len(body_server.service.output())
+    response = httpx.get(f"{body_server.url}/header", params={"kind": kind}, timeout=TIMEOUT)
+    assert response.status_code == 500
+    assert "x-bad" not in response.headers
+    body_server.service.wait_for_log("header names and values must be str", timeout=5)
+    assert "X-Bad" in body_server.service.output()[start:]
+
+
+def test_body_service_healthy_at_the_end(body_server: ServedApp) -> None:
+    assert httpx.get(f"{body_server.url}/worker", timeout=TIMEOUT).status_code == 200
+    assert body_server.service.proc.poll() is None
+    assert len(body_server.service.workers()) == 1
+
+
+def test_header_refused_by_the_core_is_one_500(body_server: ServedApp) -> None:
+    # The HTTP core refuses a value with CR LF (response splitting) for every
+    # interface; WSGI passes it the app's headers and lets it answer.
+    start = len(body_server.service.output())
+    response = httpx.get(
+        f"{body_server.url}/header", params={"kind": "crlf-value"}, timeout=TIMEOUT
+    )
+    assert response.status_code == 500
+    assert "x-injected" not in response.headers
+    assert "x-bad" not in response.headers
+    time.sleep(0.3)  # anything else it would log comes with it
+    log = body_server.service.output()[start:]
+    assert "Traceback" not in log, log
+    assert httpx.get(f"{body_server.url}/worker", timeout=TIMEOUT).status_code == 200

@@ -20,6 +20,7 @@ Rules kept here (RFC 9112):
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,27 +35,29 @@ from squall.http.status import status_line
 class Limits:
     """Every size limit of the request parser, each with its status code."""
 
-    max_target_bytes: int = 8192  # 414 URI Too Long
-    max_header_bytes: int = 65536  # 431 Request Header Fields Too Large
-    max_header_count: int = 100  # 431
-    max_body_bytes: int = 1 << 30  # 413 Content Too Large
+    max_target_bytes: int = 8192  # 414 URI Too Long (--limit-request-line)
+    max_header_bytes: int = 65536  # 431 Request Header Fields Too Large, the whole block
+    # 431, one header field, name and value; by default only the block bounds it
+    # (gunicorn's and nginx's 8 KiB would refuse the large cookies some apps set).
+    max_field_bytes: int = 65536
+    max_header_count: int = 100  # 431 (--limit-request-fields)
+    max_body_bytes: int = 100 * 1024 * 1024  # 413 Content Too Large (--limit-request-body)
 
 
 DEFAULT_LIMITS = Limits()
 
 
 class Request:
-    """A parsed request head, plus the framing state of its response."""
+    """A parsed request head. Immutable once handed out: the response's framing
+    state lives in the `ServerConnection`, not here."""
 
     __slots__ = (
         "body_expected",
-        "chunked_response",
         "expect_continue",
         "headers",
         "http_version",
         "keep_alive",
         "method",
-        "no_response_body",
         "path",
         "query",
         "target",
@@ -68,16 +71,22 @@ class Request:
         http_version: str,
         headers: list[tuple[bytes, bytes]],
         keep_alive: bool,
+        upgrade: bool = False,
+        body_expected: bool = False,
+        expect_continue: bool = False,
+        path: bytes | None = None,
+        query: bytes = b"",
     ) -> None:
         self.method = method
         self.target = target
-        # (bytes.find, not `in`: on Python 3.11 `in` first tries the needle as an
-        # int, which costs a formatted TypeError each time.)
-        if target[:1] == b"/" and target.find(b"#") < 0:  # origin-form, the usual case
-            path, _, query = target.partition(b"?")
+        if path is not None:
             self.path: bytes = path
             self.query: bytes = query
-        elif target.find(b"://", 0, 12) >= 0 or target[:1] == b"/":  # absolute-form, or a fragment
+        # (bytes.find, not `in`: on Python 3.11 `in` first tries the needle as an
+        # int, which costs a formatted TypeError each time.)
+        elif target[:1] == b"/" and target.find(b"#") < 0:  # origin-form, the usual case
+            self.path, _, self.query = target.partition(b"?")
+        elif target[:1] == b"/":  # with a fragment
             url = httptools.parse_url(target)
             self.path = url.path or b"/"
             self.query = url.query or b""
@@ -85,13 +94,13 @@ class Request:
             self.path = target
             self.query = b""
         self.http_version = http_version
-        self.headers = headers
+        #: The client's wish: False after `Connection: close`, HTTP/1.0 without
+        #: keep-alive, or an Upgrade or CONNECT request.
         self.keep_alive = keep_alive
-        self.expect_continue = False
-        self.upgrade = False
-        self.body_expected = False
-        self.chunked_response = False
-        self.no_response_body = method == "HEAD"
+        self.headers = headers
+        self.upgrade = upgrade
+        self.body_expected = body_expected
+        self.expect_continue = expect_continue
 
     def header(self, name: bytes) -> bytes | None:
         """The first value of header `name` (lower-case), or None."""
@@ -145,19 +154,140 @@ class RequestError(Exception):
 
 Event = Request | Data | EndOfMessage | RequestError
 
+
+class _LastMessage(Exception):
+    """Raised in a parser callback: the client's last message has ended."""
+
+
+class ResponseError(RuntimeError):
+    """The app asked for a response that would break HTTP/1.1 framing or
+    inject bytes: refused before anything of it reached the wire."""
+
+
+# States of each side of the conversation (h11's names). The client side is the
+# parser's progress; the server side is the response being framed.
+IDLE = "IDLE"  # client: between messages or in a head; server: no response begun
+SEND_BODY = "SEND_BODY"  # a head is out, its body follows
+DONE = "DONE"  # the message is complete, and the connection may go on
+MUST_CLOSE = "MUST_CLOSE"  # the message is complete, and the connection ends after it
+ERROR = "ERROR"  # a rule was broken; nothing more is read or written
+CLOSED = "CLOSED"  # the connection is gone: what is still framed goes nowhere
+
 _NO_BODY_STATUSES = frozenset({204, 304})
 _METHODS = {
     name.encode("ascii"): name
     for name in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE")
 }
+_FRAMING = b"content-length"
 _OWN_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"connection"})
 _CHUNKED_END = b"0\r\n\r\n"
+_END_OF_HEAD = b"\r\n\r\n"
+_EMPTY_LINE_BYTES = (b"\r", b"\n")
+#: The end of a head, or what the parser will refuse at once (a bare CR or LF
+#: ending it, a control byte: a TLS handshake on a plain port, binary junk),
+#: so that nothing malformed is held waiting for a CRLF CRLF that never comes.
+_ODD_HEAD_END = re.compile(rb"\n\r?\n|\r(?!\n)|[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+#: Body-less bytes in a chunked message (trailers, chunk-size lines) past which
+#: the connection holds what comes until the next blank line and feeds it in one
+#: piece: httptools joins a field's pieces one read at a time, a cost that grows
+#: with the square of the number of reads.
+_TRAILER_HOLD = 1024
 #: What a closed connection holds instead of its parser: one without callbacks.
 _NO_PARSER = httptools.HttpRequestParser(object())
 
+# RFC 9110 5.1 and 5.5: a field name is a token; a value holds no CR, LF, NUL or
+# other control character but HTAB. Compiled patterns: no per-byte Python.
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_UNSAFE_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# RFC 9110 7.2 / RFC 3986 3.2.2: host [ ":" port ], no userinfo.
+_HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?")
+#: How much of a connection's first bytes is kept to tell an unknown method (501)
+#: from junk (400): a longer request line gets 400.
+_OPENING = 1024
+_REQUEST_LINE = re.compile(
+    rb"(?:\r?\n)*[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,32} [^ \x00-\x20\x7f]+ HTTP/1\.[01](?:\r|\n|$)"
+)
+#: Header names already checked, mapped to their lower-case form.
+_CHECKED_NAMES: dict[bytes, bytes] = {}
+_MAX_CHECKED_NAMES = 4096
+
+
+def _field_name(name: Any) -> bytes:
+    """`name` lower-cased, if it is a token (else ResponseError)."""
+    lower = _CHECKED_NAMES.get(name)
+    if lower is not None:
+        return lower
+    if type(name) is not bytes:
+        if not isinstance(name, (bytearray, memoryview)):
+            raise ResponseError(f"response header name {name!r} is not bytes")
+        name = bytes(name)
+    if _TOKEN.fullmatch(name) is None:
+        raise ResponseError(f"invalid response header name {name!r}")
+    lowered: bytes = name.lower()
+    if len(_CHECKED_NAMES) < _MAX_CHECKED_NAMES:
+        _CHECKED_NAMES[name] = lowered
+    return lowered
+
+
+def _check_value(name: bytes, value: Any) -> None:
+    try:
+        unsafe = _UNSAFE_VALUE.search(value)
+    except TypeError:
+        raise ResponseError(f"response header {name!r}: value {value!r} is not bytes") from None
+    if unsafe is not None:
+        raise ResponseError(f"invalid response header {name!r}: {value!r}")
+
+
+def checked_headers(headers: Any) -> list[tuple[bytes, bytes]]:
+    """An app's response headers as a list of pairs, refused (ResponseError) if
+    any could split or corrupt the response. The one check every interface uses:
+    the core applies it to every response head, and the WebSocket handshake to
+    the headers it hands to wsproto."""
+    try:
+        checked: list[tuple[bytes, bytes]] = [(name, value) for name, value in headers]
+    except (TypeError, ValueError):
+        raise ResponseError(f"response headers must be (name, value) pairs: {headers!r}") from None
+    for name, value in checked:
+        _field_name(name)
+        _check_value(name, value)
+    return checked
+
+
+def _reason_bytes(reason: str | bytes) -> bytes:
+    try:
+        raw = reason.encode("latin-1") if isinstance(reason, str) else bytes(reason)
+    except (UnicodeError, TypeError):
+        raise ResponseError(f"invalid reason phrase {reason!r}") from None
+    if _UNSAFE_VALUE.search(raw) is not None:
+        raise ResponseError(f"invalid reason phrase {reason!r}")
+    return raw
+
+
+#: Status lines with an app's own reason phrase ("200 OK" from every WSGI app).
+_REASON_LINES: dict[tuple[int, str | bytes], bytes] = {}
+
+
+def _status_line_with(status: int, reason: str | bytes) -> bytes:
+    line = _REASON_LINES.get((status, reason))
+    if line is None:
+        line = b"HTTP/1.1 %d %b\r\n" % (status, _reason_bytes(reason))
+        if len(_REASON_LINES) < _MAX_CHECKED_NAMES:
+            _REASON_LINES[(status, reason)] = line
+    return line
+
 
 class ServerConnection:
-    """Parses requests and frames responses for one client connection."""
+    """The server side of one HTTP/1.1 connection, as a state machine.
+
+    `their_state` follows the parser through the client's messages; `our_state`
+    the response being framed. Responses go out one at a time, in the order the
+    requests came; after each one `start_next_cycle()` readies the next, and is
+    refused unless the connection may go on. Every response head and body passes
+    through here, whichever interface produced it, so the rules of the
+    conversation hold for all of them: valid header fields, a body that keeps
+    to its Content-Length, no body where none may be, 1xx only as interim
+    responses.
+    """
 
     def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
         self.limits = limits
@@ -166,33 +296,94 @@ class ServerConnection:
         self._target = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_bytes = 0
-        self._head_fed = 0
-        self.in_head = False
-        self._began = False
+        self.their_state = IDLE
+        self.our_state = IDLE
+        self.in_head = False  # the parser is inside a head
+        self._in_message = False  # between a message's begin and its end
+        self._chunked = False  # the message being read is chunked
         self._body_bytes = 0
-        self._broken = False
+        self._unframed = 0  # bytes of a chunked message fed since its last body piece
+        self._framed = False  # the last feed held a head or a body piece
+        self._opening = b""  # the connection's first bytes, to tell an unknown method
+        #: Bytes held back until a blank line completes the head (or trailers) they begin.
+        self._held: bytearray | None = None
+        self._tail = b""  # the last bytes fed, for a blank line split across reads
+        self._messages_done = 0
+        self._responses_done = 0
         # The limits checked per callback, as plain attributes (the hot path).
         self._max_target_bytes = limits.max_target_bytes
         self._max_header_count = limits.max_header_count
         self._max_header_bytes = limits.max_header_bytes
+        self._max_field_bytes = limits.max_field_bytes
         #: After an Upgrade request: the bytes that followed its head (the new protocol's).
         self.trailing_data = b""
+        # The response being framed.
+        self._keep_alive = True  # after this response, the connection goes on
+        self._close_asked = False  # `close_after_response`: whatever the request wished
+        self._no_body = False  # HEAD, 1xx, 204, 304: the head alone
+        self._chunked_out = False
+        self._left = -1  # bytes still due under a declared Content-Length; -1: none declared
+        #: A response cut short by its app: the bytes it still owed.
+        self.short_by = 0
 
     # -- parsing -----------------------------------------------------------
 
+    @property
+    def head_in_progress(self) -> bool:
+        """A head (or trailer section) has begun and is not complete."""
+        return self.in_head or self._held is not None
+
     def receive_data(self, data: bytes) -> list[Event]:
         """Feed bytes from the client; return the events they complete."""
-        if self._broken:
+        if self.their_state is not IDLE and (
+            self.their_state is ERROR
+            or self.their_state is MUST_CLOSE
+            or self.their_state is CLOSED
+        ):
             return []
         events = self._events = []
-        self._began = False
+        held = self._held
+        if held is not None:
+            # Held until a blank line ends what they begin.
+            start = max(len(held) - 3, 0)
+            held += data
+            if _ODD_HEAD_END.search(held, start) is None:
+                self._check_held(held)
+                return events
+            self._held = None
+            data = bytes(held)
+        elif not self._in_message or self.in_head:
+            # A head: fed only once it is whole, so it costs one pass however
+            # many reads it came in. Empty lines before a request are ignored
+            # (RFC 9112 2.2).
+            if not self.in_head and data[:1] in _EMPTY_LINE_BYTES:
+                data = data.lstrip(b"\r\n")
+            if (
+                data.find(_END_OF_HEAD) < 0
+                and _ODD_HEAD_END.search(self._tail + data[:3]) is None
+                and _ODD_HEAD_END.search(data) is None
+            ):
+                if data:
+                    held = self._held = bytearray(data)
+                    self._check_held(held)
+                return events
+        elif (
+            self._chunked
+            and self._unframed > _TRAILER_HOLD
+            and _ODD_HEAD_END.search(self._tail + data) is None
+        ):
+            held = self._held = bytearray(data)
+            self._check_held(held)
+            return events
+        self._feed(data)
+        return events
+
+    def _feed(self, data: bytes) -> None:
+        if self._messages_done == 0 and len(self._opening) < _OPENING:
+            self._opening += data[:_OPENING]
+        self._framed = False
         try:
             self._parser.feed_data(data)
-            if self.in_head and not self._began:
-                # All of `data` went into a head that is still incomplete;
-                # httptools holds a partial header, so bound it here.
-                self._head_fed += len(data)
-                self._check_head_size()
         except httptools.HttpParserUpgrade as exc:
             offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
             self.trailing_data = data[offset:]
@@ -200,14 +391,49 @@ class ServerConnection:
             # head and message are already out as events. Anything after it is
             # another protocol, which this connection does not speak, so it
             # reads no further.
-            self._broken = True
+            self.their_state = MUST_CLOSE
+            return
         except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, _LastMessage):
+                return  # the client asked to close: what follows is not read
             self._fail(exc.__context__ if isinstance(exc.__context__, RequestError) else exc)
+            return
+        except httptools.HttpParserInvalidMethodError:
+            if self._messages_done == 0:
+                # Known only of the first request, whose start is at hand however
+                # it was split: the same bytes get the same answer.
+                self._fail(_unknown_method(self._opening))
+            else:
+                self._fail(RequestError(400, "malformed request: invalid method"))
+            return
         except httptools.HttpParserError as exc:
             self._fail(exc)
+            return
         except RequestError as exc:
             self._fail(exc)
-        return events
+            return
+        if self._in_message:
+            self._tail = data[-3:]
+            if self._chunked and not self.in_head:
+                if self._framed:
+                    self._unframed = 0
+                else:  # no body in it: chunk-size lines, or a trailer section
+                    self._unframed += len(data)
+                    if self._unframed > self._max_header_bytes:
+                        self._fail(RequestError(431, "request trailer section too large"))
+
+    def _check_held(self, held: bytearray) -> None:
+        """Bound what is held: the limits apply before the parser sees any of it."""
+        if len(held) <= self._max_header_bytes:
+            return
+        self._held = None
+        if self.in_head or not self._in_message:
+            if not self.in_head and held.find(b"\r\n") < 0 and len(held) > self._max_target_bytes:
+                self._fail(RequestError(414, "request target too long"))
+            else:
+                self._fail(RequestError(431, "request header block too large"))
+        else:
+            self._fail(RequestError(431, "request trailer section too large"))
 
     def close(self) -> None:
         """Let go of the parser: a connection that is gone parses nothing more.
@@ -216,23 +442,18 @@ class ServerConnection:
         that cycle outlives the connection until the garbage collector finds
         it, and with a connection per request the collector runs often.
         """
-        self._broken = True
+        self.their_state = self.our_state = CLOSED
+        self._held = None
         self._parser = _NO_PARSER
 
     def _fail(self, exc: BaseException) -> None:
-        self._broken = True
+        self.their_state = ERROR
+        self._held = None
         if isinstance(exc, RequestError):
             self._events.append(exc)
         else:
             reason = str(exc) or type(exc).__name__
             self._events.append(RequestError(400, f"malformed request: {reason}"))
-
-    def _check_head_size(self) -> None:
-        if self._head_fed <= self.limits.max_header_bytes:
-            return
-        if not self._headers and len(self._target) >= self.limits.max_target_bytes:
-            raise RequestError(414, "request target too long")
-        raise RequestError(431, "request header block too large")
 
     # httptools callbacks; they run inside feed_data.
 
@@ -240,10 +461,12 @@ class ServerConnection:
         self._target = b""
         self._headers = []
         self._head_bytes = 0
-        self._head_fed = 0
         self._body_bytes = 0
+        self._unframed = 0
+        self._chunked = False
         self.in_head = True
-        self._began = True
+        self._in_message = True
+        self.their_state = IDLE
 
     def on_url(self, piece: bytes) -> None:
         self._target += piece
@@ -255,9 +478,11 @@ class ServerConnection:
         headers = self._headers
         if len(headers) >= self._max_header_count:
             raise RequestError(431, "too many request headers")
-        # Counted here too, so the limit holds however the head was split
-        # into reads (name, ": ", value, CRLF).
-        self._head_bytes += len(name) + len(value) + 4
+        size = len(name) + len(value) + 4  # name, ": ", value, CRLF
+        if size > self._max_field_bytes:
+            raise RequestError(431, "request header field too large")
+        # Trailer fields count too, against the same limits as the head's.
+        self._head_bytes += size
         if self._head_bytes > self._max_header_bytes:
             raise RequestError(431, "request header block too large")
         if not self.in_head:
@@ -268,40 +493,82 @@ class ServerConnection:
         self.in_head = False
         parser = self._parser
         raw_method = parser.get_method()
-        request = Request(
-            _METHODS.get(raw_method) or raw_method.decode("ascii"),
-            self._target,
-            parser.get_http_version(),
-            self._headers,
-            parser.should_keep_alive(),
-        )
-        request.upgrade = parser.should_upgrade()
-        if request.http_version not in ("1.0", "1.1"):
-            raise RequestError(400, f"unsupported HTTP version {request.http_version}")
+        http_version = parser.get_http_version()
+        if http_version not in ("1.0", "1.1"):
+            raise RequestError(400, f"unsupported HTTP version {http_version}")
+        upgrade = parser.should_upgrade()
+        target = self._target
+        headers = self._headers
+        body_expected = expect_continue = False
+        host: bytes | None = None
         hosts = 0
-        for name, value in self._headers:
+        for name, value in headers:
             if name == b"content-length":
                 if not value.isdigit():
                     raise RequestError(400, "invalid Content-Length")
                 if int(value) > self.limits.max_body_bytes:
                     raise RequestError(413, "request body too large")
-                request.body_expected = value != b"0"
+                body_expected = value != b"0"
             elif name == b"transfer-encoding":
-                request.body_expected = True
-                if request.http_version == "1.0":
+                body_expected = True
+                if http_version == "1.0":
                     # RFC 9112 section 6.1: HTTP/1.0 framed by Transfer-Encoding is faulty.
                     raise RequestError(400, "Transfer-Encoding in an HTTP/1.0 request")
+                _check_transfer_coding(value)
+                self._chunked = True
             elif name == b"expect" and value.lower() == b"100-continue":
-                request.expect_continue = request.http_version == "1.1"
+                expect_continue = http_version == "1.1"
             elif name == b"host":
                 hosts += 1
+                host = value
         if hosts > 1:
             raise RequestError(400, "more than one Host header")  # RFC 9112 section 3.2
-        if hosts == 0 and request.http_version == "1.1":
-            raise RequestError(400, "missing Host header")
-        self._events.append(request)
+        if host is None:
+            if http_version == "1.1":
+                raise RequestError(400, "missing Host header")
+        elif _HOST.fullmatch(host) is None:
+            raise RequestError(400, "invalid Host header")
+        path: bytes | None = None
+        query = b""
+        if target.find(b"://", 0, 12) >= 0:
+            # Absolute form: its authority wins over Host (RFC 9112 section 3.2.2).
+            try:
+                url = httptools.parse_url(target)
+            except httptools.HttpParserInvalidURLError:
+                raise RequestError(400, "invalid request target") from None
+            if not url.host:
+                raise RequestError(400, "invalid request target")
+            authority = url.host if url.port is None else b"%b:%d" % (url.host, url.port)
+            if url.host.find(b":") >= 0:  # an IPv6 literal, which parse_url unbrackets
+                authority = b"[%b]" % url.host
+                if url.port is not None:
+                    authority += b":%d" % url.port
+            if _HOST.fullmatch(authority) is None:
+                raise RequestError(400, "invalid request target")
+            headers[:] = [(n, v) for n, v in headers if n != b"host"]
+            headers.append((b"host", authority))
+            path = url.path or b"/"
+            query = url.query or b""
+        keep_alive = parser.should_keep_alive() and not upgrade
+        self._events.append(
+            Request(
+                _METHODS.get(raw_method) or raw_method.decode("ascii"),
+                target,
+                http_version,
+                headers,
+                keep_alive,
+                upgrade,
+                body_expected,
+                expect_continue,
+                path,
+                query,
+            )
+        )
+        self.their_state = SEND_BODY
+        self._framed = True
 
     def on_body(self, body: bytes) -> None:
+        self._framed = True
         self._body_bytes += len(body)
         if self._body_bytes > self.limits.max_body_bytes:
             raise RequestError(413, "request body too large")
@@ -309,73 +576,191 @@ class ServerConnection:
 
     def on_message_complete(self) -> None:
         self._events.append(END_OF_MESSAGE)
+        self._in_message = False
+        self._messages_done += 1
+        self._tail = b""
+        if self._parser.should_keep_alive():
+            self.their_state = DONE
+        else:
+            self.their_state = MUST_CLOSE
+            raise _LastMessage  # stops the parser: nothing after it is read
 
     # -- responses ---------------------------------------------------------
+
+    @property
+    def keep_alive(self) -> bool:
+        """Whether the connection may go on after the response being framed."""
+        return self._keep_alive and not self._close_asked
+
+    def close_after_response(self) -> None:
+        """End the connection after the current response (a draining server)."""
+        self._close_asked = True
+
+    def start_next_cycle(self) -> None:
+        """The response is complete and the connection goes on: ready the next one."""
+        if self.our_state is not DONE:
+            raise ResponseError(f"cannot start a new response after {self.our_state}")
+        self.our_state = IDLE
+        self._keep_alive = True
+        self._no_body = self._chunked_out = False
+        self._left = -1
+
+    def encode_informational(
+        self, status: int, headers: Iterable[tuple[bytes, bytes]] = ()
+    ) -> bytes:
+        """An interim response (100 Continue, 103 Early Hints) before the final one.
+
+        101 is not one of them: switching protocols is the upgrade path's.
+        """
+        if self.our_state is not IDLE:
+            raise ResponseError("an interim response after the final one began")
+        if type(status) is not int or not 100 <= status < 200 or status == 101:
+            raise ResponseError(f"{status!r} is not an interim status")
+        line = _STATUS_LINES.get(status) or status_line(status)
+        if not headers:
+            return line + b"\r\n"
+        parts = [line]
+        for name, value in headers:
+            _field_name(name)
+            _check_value(name, value)
+            parts += (name, b": ", value, b"\r\n")
+        parts.append(b"\r\n")
+        return b"".join(parts)
 
     def encode_response(
         self,
         request: Request,
         status: int,
-        headers: list[tuple[bytes, bytes]],
+        headers: Iterable[tuple[bytes, bytes]],
         body: bytes,
+        reason: str | bytes | None = None,
     ) -> bytes:
         """A whole response in one piece, its length known."""
-        return self._head(request, status, headers, len(body), body)
-
-    def start_response(
-        self, request: Request, status: int, headers: list[tuple[bytes, bytes]]
-    ) -> bytes:
-        """The head of a response whose body follows in pieces."""
-        length: int | None = None
-        for name, value in headers:
-            if name.lower() == b"content-length":
-                try:
-                    length = int(value)
-                except ValueError:
-                    length = None
-        return self._head(request, status, headers, length)
-
-    def encode_body(self, request: Request, data: bytes) -> bytes:
-        if request.no_response_body or not data:
+        if self.our_state is CLOSED:
             return b""
-        if request.chunked_response:
-            return b"%x\r\n%b\r\n" % (len(data), data)
+        data = self._head(request, status, headers, reason, body)
+        self._finish()
         return data
 
-    def end_response(self, request: Request) -> bytes:
-        if request.chunked_response and not request.no_response_body:
+    def start_response(
+        self,
+        request: Request,
+        status: int,
+        headers: Iterable[tuple[bytes, bytes]],
+        reason: str | bytes | None = None,
+    ) -> bytes:
+        """The head of a response whose body follows (`encode_body`, `end_response`)."""
+        if self.our_state is CLOSED:
+            return b""
+        data = self._head(request, status, headers, reason, None)
+        self.our_state = SEND_BODY
+        return data
+
+    def encode_body(self, data: bytes) -> bytes:
+        """A piece of the body; past a declared Content-Length, refused."""
+        if self.our_state is not SEND_BODY:
+            if self.our_state is CLOSED:
+                return b""
+            raise ResponseError(f"response body while {self.our_state}")
+        if self._no_body or not data:
+            return b""
+        if self._chunked_out:
+            return b"%x\r\n%b\r\n" % (len(data), data)
+        left = self._left
+        if left >= 0:
+            if len(data) > left:
+                self.our_state = ERROR
+                raise ResponseError(
+                    f"response body longer than its Content-Length ({len(data) - left} bytes over)"
+                )
+            self._left = left - len(data)
+        return data
+
+    def end_response(self) -> bytes:
+        """The end of the body. One shorter than declared ends the connection."""
+        if self.our_state is not SEND_BODY:
+            if self.our_state is CLOSED:
+                return b""
+            raise ResponseError(f"end of response while {self.our_state}")
+        left = self._left
+        if left > 0 and not self._no_body:
+            self._keep_alive = False
+            self.short_by = left
+            self._finish()
+            raise ResponseError(
+                f"response body shorter than its Content-Length ({left} bytes short)"
+            )
+        self._finish()
+        if self._chunked_out and not self._no_body:
             return _CHUNKED_END
         return b""
+
+    def _finish(self) -> None:
+        self._responses_done += 1
+        # Answered before the request's own body was in: reading on would mean
+        # parsing the rest of that body as requests, so the connection ends.
+        if self._messages_done < self._responses_done:
+            self._keep_alive = False
+        self.our_state = DONE if self.keep_alive else MUST_CLOSE
 
     def _head(
         self,
         request: Request,
         status: int,
-        headers: list[tuple[bytes, bytes]],
-        length: int | None,
-        body: bytes = b"",
+        headers: Iterable[tuple[bytes, bytes]],
+        reason: str | bytes | None,
+        body: bytes | None,
     ) -> bytes:
-        """The head, and `body` after it unless the response has none."""
-        if status in _NO_BODY_STATUSES or status < 200:
-            request.no_response_body = True
-            length = None
-        parts = [_STATUS_LINES.get(status) or status_line(status), date_and_server_header()]
-        keep_alive = request.keep_alive
+        """The head, and `body` after it unless the response has none.
+
+        `body` None: a streamed response, framed by the app's Content-Length,
+        else chunked (HTTP/1.1) or by closing the connection (HTTP/1.0).
+        """
+        if self.our_state is not IDLE:
+            raise ResponseError(f"response head while {self.our_state}")
+        if type(status) is not int or not 200 <= status <= 599:
+            # 1xx are interim (`encode_informational`), 101 the upgrade path's.
+            raise ResponseError(f"invalid final status {status!r}")
+        if reason is None:
+            line = _STATUS_LINES.get(status) or status_line(status)
+        else:
+            line = _status_line_with(status, reason)
+        parts = [line, date_and_server_header()]
+        keep_alive = request.keep_alive and not self._close_asked
+        no_body = request.method == "HEAD" or status in _NO_BODY_STATUSES
+        declared = -1
         for name, value in headers:
-            lname = name.lower()
+            lname = _field_name(name)
+            _check_value(name, value)
             if lname in _OWN_HEADERS:
                 # Framing and the one Connection header are this module's job (below);
                 # an app's Connection header may only ask to close.
-                if lname == b"connection" and value.lower().find(b"close") >= 0:
+                if lname == _FRAMING:
+                    length = int(value) if value.isdigit() else -1
+                    if length < 0 or (declared >= 0 and length != declared):
+                        raise ResponseError(f"invalid response Content-Length {value!r}")
+                    declared = length
+                elif lname == b"connection" and value.lower().find(b"close") >= 0:
                     keep_alive = False
                 continue
             parts += (name, b": ", value, b"\r\n")
-        if length is not None:
-            parts.append(b"content-length: %d\r\n" % length)
-        elif request.no_response_body:
+        self._no_body = no_body
+        if body is not None:
+            if body and declared >= 0 and declared != len(body):
+                raise ResponseError(
+                    f"response body of {len(body)} bytes under Content-Length {declared}"
+                )
+            if status not in _NO_BODY_STATUSES:
+                parts.append(b"content-length: %d\r\n" % (len(body) or max(declared, 0)))
+        elif status in _NO_BODY_STATUSES:
             pass  # no body follows, so no framing to announce
+        elif declared >= 0:
+            parts.append(b"content-length: %d\r\n" % declared)
+            self._left = declared
+        elif no_body:
+            pass  # HEAD without a declared length
         elif request.http_version == "1.1":
-            request.chunked_response = True
+            self._chunked_out = True
             parts.append(b"transfer-encoding: chunked\r\n")
         else:
             keep_alive = False  # HTTP/1.0: the body ends when the connection does
@@ -383,26 +768,29 @@ class ServerConnection:
             parts.append(b"connection: close\r\n")
         elif request.http_version == "1.0":
             parts.append(b"connection: keep-alive\r\n")
-        request.keep_alive = keep_alive
+        self._keep_alive = keep_alive
         parts.append(b"\r\n")
-        if body and not request.no_response_body:
+        if body and not no_body:
             parts.append(body)
         return b"".join(parts)
 
 
-# What would split a response header; searched with a pattern, which on
-# Python 3.11 costs a quarter of five `in` tests.
-_UNSAFE_VALUE = re.compile(rb"[\r\n]")
-_UNSAFE_NAME = re.compile(rb"[\r\n:]")
+def _check_transfer_coding(value: bytes) -> None:
+    """The final coding must be chunked, the one squall decodes (RFC 9112 6.3).
+
+    Codings before it (`gzip, chunked`) reach the app still applied, with the
+    header that names them, as in gunicorn and uvicorn.
+    """
+    if value.lower().rpartition(b",")[2].strip(b" \t") != b"chunked":
+        raise RequestError(400, "chunked is not the final transfer coding")
 
 
-def checked_headers(headers: Any) -> list[tuple[bytes, bytes]]:
-    """An app's response headers as given (bytes-like pairs), refused if they could split it."""
-    checked: list[tuple[bytes, bytes]] = headers if isinstance(headers, list) else list(headers)
-    for name, value in checked:
-        if _UNSAFE_VALUE.search(value) or _UNSAFE_NAME.search(name):
-            raise RuntimeError(f"invalid response header {name!r}: {value!r}")
-    return checked
+def _unknown_method(opening: bytes) -> RequestError:
+    """501 for a well-formed request line whose method squall does not know
+    (RFC 9110 9.1); 400 for anything else."""
+    if _REQUEST_LINE.match(opening) is not None:
+        return RequestError(501, "method not implemented")
+    return RequestError(400, "malformed request: invalid method")
 
 
 def continue_response() -> bytes:

@@ -42,7 +42,7 @@ import re
 from collections.abc import Callable
 
 from squall.errors import UsageError
-from squall.http.protocol import RequestCycle
+from squall.http.cycle import RequestCycle
 
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 

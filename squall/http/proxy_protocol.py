@@ -3,9 +3,14 @@
 A load balancer that forwards TCP (not HTTP) puts one header in front of the
 connection's bytes; `parse_proxy_header` reads it. Sans-IO: it takes the bytes
 received so far and says "incomplete" (None), "this header, N bytes long", or
-raises `ProxyProtocolError`, in which case the connection must be closed: a
-listener configured for the PROXY protocol accepts nothing else, since a
-client that could skip the header could also forge it.
+raises `ProxyProtocolError`, in which case the connection must be closed: from
+a peer whose header is read (`--proxy-allow-from`), nothing else is accepted,
+since a client that could skip the header could also forge it. The socket
+side, before any TLS, is `squall.http.proxy_accept`.
+
+While the result is "incomplete", every byte given is part of the header (a
+v1 line ends at its LF, a v2 header at its stated length), so a reader may
+take them all off the socket without taking any byte that follows.
 
 Version 1 (text)::
 

@@ -31,7 +31,8 @@ WSGI (`--interface wsgi`):
                              writes `half-T`; answers the total and CRC32
 - `/hold?token=`             reads 64 KiB, then waits (at most 20 s) for the file `go-T`,
                              then reads the rest; answers the total
-- `/cut?token=`              reads until b"", then writes `cut-T` with the total
+- `/cut?token=`              reads until b"" and writes `cut-T` with the total, or
+                              writes `cut-T` with the error its read raised
 - `/lines`                   readline(), readline(size), iteration and readlines()
                              over the body, as JSON
 - `/worker`                  the pid
@@ -302,11 +303,15 @@ def wsgi(environ: dict[str, Any], start_response: StartResponse) -> Any:
         return _json(start_response, {"total": total})
     if path == "/cut":
         total = 0
-        while True:
-            data = stream.read(PIECE)
-            if not data:
-                break
-            total += len(data)
+        try:
+            while True:
+                data = stream.read(PIECE)
+                if not data:
+                    break
+                total += len(data)
+        except OSError as exc:  # the body can never be complete: reads raise, never b""
+            record(f"cut-{token}", f"{type(exc).__name__} after {total}")
+            raise
         record(f"cut-{token}", str(total))
         return _json(start_response, {"total": total})
     if path == "/lines":

@@ -1,0 +1,156 @@
+"""What all HTTP connections of one worker share: the app, the settings, the
+deadline ticker and the output held for the end of a loop pass.
+
+It knows a connection only as `Managed` (what the ticker, the flush and the
+drain call), so the asyncio shim imports this module and not the reverse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Protocol
+
+from squall.http.core import Limits
+from squall.http.cycle import App, RequestCycle, Upgrader
+
+logger = logging.getLogger("squall.http")
+
+# How often connection deadlines (keep-alive, header, body timeouts) are checked:
+# a timeout fires between its value and its value plus TICK.
+TICK = 0.5
+
+
+class Metrics(Protocol):
+    """Counts what a worker does (`--metrics`); absent, the protocol counts nothing."""
+
+    def connection_opened(self) -> None: ...
+
+    def connection_closed(self) -> None: ...
+
+    def request_started(self) -> None: ...
+
+    def request_finished(self, cycle: RequestCycle) -> None:
+        """`cycle.status`, `cycle.bytes_sent`, `cycle.started_at` (set when metrics are on)."""
+
+
+class Managed(Protocol):
+    """A connection, as the worker-wide state sees it."""
+
+    client: tuple[str, int] | None
+    deadline: float
+    body_deadline: float
+
+    def check_deadlines(self, now: float) -> None: ...
+
+    def flush_output(self) -> None: ...
+
+    def shutdown(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class ServerState:
+    """What all connections of one worker share."""
+
+    def __init__(
+        self,
+        app: App,
+        limits: Limits,
+        keepalive_timeout: float,
+        request_quota: int = 0,
+        on_quota: Callable[[], object] | None = None,
+        header_timeout: float = 10.0,
+        body_timeout: float = 30.0,
+        access_log: Callable[[RequestCycle], object] | None = None,
+        forwarded: Callable[[RequestCycle], object] | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.app = app
+        # Asked once: on Python 3.11 every get_running_loop() is a getpid() system call.
+        self.loop = asyncio.get_running_loop()
+        self.upgrade: Upgrader | None = getattr(app, "upgrade", None)
+        self.limits = limits
+        self.keepalive_timeout = keepalive_timeout
+        self.header_timeout = header_timeout  # a head begun must be complete within this
+        self.body_timeout = body_timeout  # the longest silence while a body is read
+        self.access_log = access_log  # called once per finished request
+        self.forwarded = forwarded  # rewrites client/scheme from trusted proxy headers
+        self.metrics = metrics
+        self.ticker: asyncio.TimerHandle | None = None
+        self.timed = access_log is not None or metrics is not None  # stamp started_at
+        self.connections: set[Managed] = set()
+        # Told how many connections stay open each time one closes (`squall.steering`).
+        self.on_closed: Callable[[int], object] | None = None
+        self.holding: list[Managed] = []  # connections with held output, flushed as one
+        self.draining = False
+        self.requests_served = 0
+        self.request_quota = request_quota  # 0: no quota
+        self.on_quota = on_quota
+
+    def start_ticker(self) -> None:
+        """Check every connection's deadlines a few times a second."""
+        self.ticker = self.loop.call_later(TICK, self._tick)
+
+    def _tick(self) -> None:
+        now = self.loop.time()
+        due = [
+            connection
+            for connection in self.connections
+            if (connection.deadline and now >= connection.deadline)
+            or (connection.body_deadline and now >= connection.body_deadline)
+        ]
+        for connection in due:  # acting may close connections: not while iterating the set
+            connection.check_deadlines(now)
+        self.ticker = self.loop.call_later(TICK, self._tick)
+
+    def stop_ticker(self) -> None:
+        if self.ticker is not None:
+            self.ticker.cancel()
+            self.ticker = None
+
+    def remove_connection(self, connection: Managed) -> None:
+        connections = self.connections
+        if connection in connections:
+            connections.remove(connection)
+            if self.on_closed is not None:
+                self.on_closed(len(connections))
+
+    def hold_output(self, connection: Managed) -> None:
+        """`connection` has output held back: write it after what is ready in this loop pass."""
+        holding = self.holding
+        holding.append(connection)
+        if len(holding) == 1:
+            self.loop.call_soon(self._flush_held)
+
+    def _flush_held(self) -> None:
+        holding, self.holding = self.holding, []
+        for connection in holding:
+            try:
+                connection.flush_output()
+            except Exception:  # one broken transport must not keep the others' output
+                logger.exception("error writing to %s", connection.client)
+                connection.close()
+
+    def request_done(self, cycle: RequestCycle) -> None:
+        """Count a finished request, and log and measure it once."""
+        self.requests_served += 1
+        if self.requests_served == self.request_quota and self.on_quota is not None:
+            self.on_quota()
+        self.report(cycle)
+
+    def report(self, cycle: RequestCycle) -> None:
+        """The access log line and the metrics of a request that has ended."""
+        if self.timed and not cycle.reported and cycle.request is not None:
+            cycle.reported = True
+            if self.access_log is not None:
+                self.access_log(cycle)
+            if self.metrics is not None:
+                self.metrics.request_finished(cycle)
+
+    def drain(self) -> None:
+        """Close idle connections now and every other one after its response."""
+        self.draining = True
+        for connection in list(self.connections):
+            connection.shutdown()
