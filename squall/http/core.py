@@ -214,7 +214,10 @@ _MAX_CHECKED_NAMES = 4096
 
 def _field_name(name: Any) -> bytes:
     """`name` lower-cased, if it is a token (else ResponseError)."""
-    lower = _CHECKED_NAMES.get(name)
+    try:
+        lower = _CHECKED_NAMES.get(name)
+    except TypeError:  # unhashable: a bytearray, checked below
+        lower = None
     if lower is not None:
         return lower
     if type(name) is not bytes:
@@ -268,7 +271,10 @@ _REASON_LINES: dict[tuple[int, str | bytes], bytes] = {}
 
 
 def _status_line_with(status: int, reason: str | bytes) -> bytes:
-    line = _REASON_LINES.get((status, reason))
+    try:
+        line = _REASON_LINES.get((status, reason))
+    except TypeError:  # unhashable: a bytearray, not cached
+        return b"HTTP/1.1 %d %b\r\n" % (status, _reason_bytes(reason))
     if line is None:
         line = b"HTTP/1.1 %d %b\r\n" % (status, _reason_bytes(reason))
         if len(_REASON_LINES) < _MAX_CHECKED_NAMES:
@@ -289,42 +295,45 @@ class ServerConnection:
     responses.
     """
 
+    # The state a connection starts in. Class attributes until first set: a
+    # connection per request makes the constructor part of the hot path.
+    their_state = IDLE
+    our_state = IDLE
+    in_head = False  # the parser is inside a head
+    _in_message = False  # between a message's begin and its end
+    _chunked = False  # the message being read is chunked
+    _target = b""
+    _head_bytes = 0
+    _body_bytes = 0
+    _unframed = 0  # bytes of a chunked message fed since its last body piece
+    _framed = False  # the last feed held a head or a body piece
+    _opening = b""  # the connection's first bytes, to tell an unknown method
+    #: Bytes held back until a blank line completes the head (or trailers) they begin.
+    _held: bytearray | None = None
+    _tail = b""  # the last bytes fed, for a blank line split across reads
+    _messages_done = 0
+    _responses_done = 0
+    #: After an Upgrade request: the bytes that followed its head (the new protocol's).
+    trailing_data = b""
+    # The response being framed.
+    _keep_alive = True  # after this response, the connection goes on
+    _close_asked = False  # `close_after_response`: whatever the request wished
+    _no_body = False  # HEAD, 1xx, 204, 304: the head alone
+    _chunked_out = False
+    _left = -1  # bytes still due under a declared Content-Length; -1: none declared
+    #: A response cut short by its app: the bytes it still owed.
+    short_by = 0
+
     def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
         self.limits = limits
         self._parser = httptools.HttpRequestParser(self)
         self._events: list[Event] = []
-        self._target = b""
         self._headers: list[tuple[bytes, bytes]] = []
-        self._head_bytes = 0
-        self.their_state = IDLE
-        self.our_state = IDLE
-        self.in_head = False  # the parser is inside a head
-        self._in_message = False  # between a message's begin and its end
-        self._chunked = False  # the message being read is chunked
-        self._body_bytes = 0
-        self._unframed = 0  # bytes of a chunked message fed since its last body piece
-        self._framed = False  # the last feed held a head or a body piece
-        self._opening = b""  # the connection's first bytes, to tell an unknown method
-        #: Bytes held back until a blank line completes the head (or trailers) they begin.
-        self._held: bytearray | None = None
-        self._tail = b""  # the last bytes fed, for a blank line split across reads
-        self._messages_done = 0
-        self._responses_done = 0
         # The limits checked per callback, as plain attributes (the hot path).
         self._max_target_bytes = limits.max_target_bytes
         self._max_header_count = limits.max_header_count
         self._max_header_bytes = limits.max_header_bytes
         self._max_field_bytes = limits.max_field_bytes
-        #: After an Upgrade request: the bytes that followed its head (the new protocol's).
-        self.trailing_data = b""
-        # The response being framed.
-        self._keep_alive = True  # after this response, the connection goes on
-        self._close_asked = False  # `close_after_response`: whatever the request wished
-        self._no_body = False  # HEAD, 1xx, 204, 304: the head alone
-        self._chunked_out = False
-        self._left = -1  # bytes still due under a declared Content-Length; -1: none declared
-        #: A response cut short by its app: the bytes it still owed.
-        self.short_by = 0
 
     # -- parsing -----------------------------------------------------------
 
@@ -335,10 +344,13 @@ class ServerConnection:
 
     def receive_data(self, data: bytes) -> list[Event]:
         """Feed bytes from the client; return the events they complete."""
-        if self.their_state is not IDLE and (
-            self.their_state is ERROR
-            or self.their_state is MUST_CLOSE
-            or self.their_state is CLOSED
+        if not data or (
+            self.their_state is not IDLE
+            and (
+                self.their_state is ERROR
+                or self.their_state is MUST_CLOSE
+                or self.their_state is CLOSED
+            )
         ):
             return []
         events = self._events = []
@@ -413,7 +425,8 @@ class ServerConnection:
             self._fail(exc)
             return
         if self._in_message:
-            self._tail = data[-3:]
+            # A short read keeps the end of the one before: a CRLF CRLF may span them.
+            self._tail = data[-3:] if len(data) >= 3 else (self._tail + data)[-3:]
             if self._chunked and not self.in_head:
                 if self._framed:
                     self._unframed = 0
@@ -620,9 +633,10 @@ class ServerConnection:
         if not headers:
             return line + b"\r\n"
         parts = [line]
-        for name, value in headers:
-            _field_name(name)
-            _check_value(name, value)
+        for name, value in checked_headers(headers):
+            if _field_name(name) in _OWN_HEADERS:
+                # RFC 9110 15.2: an interim response has no content and no framing.
+                raise ResponseError(f"{name!r} in an interim response")
             parts += (name, b": ", value, b"\r\n")
         parts.append(b"\r\n")
         return b"".join(parts)
@@ -729,24 +743,29 @@ class ServerConnection:
         keep_alive = request.keep_alive and not self._close_asked
         no_body = request.method == "HEAD" or status in _NO_BODY_STATUSES
         declared = -1
-        for name, value in headers:
-            lname = _field_name(name)
-            _check_value(name, value)
-            if lname in _OWN_HEADERS:
-                # Framing and the one Connection header are this module's job (below);
-                # an app's Connection header may only ask to close.
-                if lname == _FRAMING:
-                    length = int(value) if value.isdigit() else -1
-                    if length < 0 or (declared >= 0 and length != declared):
-                        raise ResponseError(f"invalid response Content-Length {value!r}")
-                    declared = length
-                elif lname == b"connection" and value.lower().find(b"close") >= 0:
-                    keep_alive = False
-                continue
-            parts += (name, b": ", value, b"\r\n")
+        try:
+            for name, value in headers:
+                lname = _field_name(name)
+                _check_value(name, value)
+                if lname in _OWN_HEADERS:
+                    # Framing and the one Connection header are this module's job (below);
+                    # an app's Connection header may only ask to close.
+                    if lname == _FRAMING:
+                        length = int(value) if value.isdigit() else -1
+                        if length < 0 or (declared >= 0 and length != declared):
+                            raise ResponseError(f"invalid response Content-Length {value!r}")
+                        declared = length
+                    elif lname == b"connection" and value.lower().find(b"close") >= 0:
+                        keep_alive = False
+                    continue
+                parts += (name, b": ", value, b"\r\n")
+        except (TypeError, ValueError):
+            checked_headers(headers)  # says what is wrong with them
+            raise
+
         self._no_body = no_body
         if body is not None:
-            if body and declared >= 0 and declared != len(body):
+            if declared >= 0 and declared != len(body) and (body or not no_body):
                 raise ResponseError(
                     f"response body of {len(body)} bytes under Content-Length {declared}"
                 )
