@@ -119,7 +119,9 @@ class HTTPServerRequest:
         path = request.path.decode("latin-1")
         self.path = unquote(path) if "%" in path else path
         # The whole body; b"" for a @stream_request_body handler (it gets data_received).
-        self.body = cycle.body if body is None else body
+        if body is None:
+            body = cycle.body if request.body_expected else b""
+        self.body = body
         self._query_arguments: dict[str, list[str]] | None = None
         self._body_arguments: dict[str, list[str]] | None = None
 
@@ -215,7 +217,8 @@ class RequestHandler:
         self._chunks: list[bytes] = []
         self._finished = False
         self._headers_written = False  # flush() has sent the head
-        self.initialize(**kwargs)
+        if kwargs or type(self).initialize is not RequestHandler.initialize:
+            self.initialize(**kwargs)
 
     def initialize(self, **kwargs: Any) -> None:
         """Hook for the keyword arguments given in the route."""
@@ -294,14 +297,18 @@ class RequestHandler:
     def write(self, chunk: str | bytes | dict[str, Any]) -> None:
         if self._finished:
             raise RuntimeError("cannot write() after finish()")
-        if isinstance(chunk, dict):
-            chunk = json.dumps(chunk).replace("</", "<\\/")
-            self.set_header("Content-Type", "application/json; charset=UTF-8")
-        if isinstance(chunk, str):
+        if type(chunk) is str:  # the usual case first
             chunk = chunk.encode("utf-8")
-        elif not isinstance(chunk, bytes | bytearray | memoryview):
-            raise TypeError(f"write() takes str, bytes or dict, not {type(chunk).__name__}")
-        self._chunks.append(bytes(chunk))
+        elif type(chunk) is not bytes:
+            if isinstance(chunk, dict):
+                chunk = json.dumps(chunk).replace("</", "<\\/")
+                self.set_header("Content-Type", "application/json; charset=UTF-8")
+            if isinstance(chunk, str):
+                chunk = chunk.encode("utf-8")
+            elif not isinstance(chunk, bytes | bytearray | memoryview):
+                raise TypeError(f"write() takes str, bytes or dict, not {type(chunk).__name__}")
+            chunk = bytes(chunk)
+        self._chunks.append(chunk)
 
     def redirect(self, url: str, permanent: bool = False, status: int | None = None) -> None:
         if self._headers_written:
@@ -443,8 +450,10 @@ class RequestHandler:
     def _execute(self, cycle: RequestCycle, args: Sequence[str], kwargs: dict[str, str]) -> None:
         """Run prepare and the method; sync handlers finish before this returns."""
         self._cycle = cycle
-        self.path_args = list(args) if args else []
-        self.path_kwargs = kwargs
+        if args:
+            self.path_args = list(args)
+        if kwargs:
+            self.path_kwargs = kwargs
         try:
             method_name = self.request.method
             if method_name not in self.SUPPORTED_METHODS:
@@ -465,7 +474,7 @@ class RequestHandler:
                     return
                 if self._finished:
                     return
-            result = method(*args, **kwargs)
+            result = method(*args, **kwargs) if args or kwargs else method()
             if result is not None and inspect.isawaitable(result):
                 self._continue_async(self._await_result(result))
                 return

@@ -338,9 +338,7 @@ def test_body_not_matching_declared_length_closes(
             first = conn.read_response()
             assert first.status == 500, conn.received
             second = conn.read_response()
-            assert second.status == 200 and second.body == str(target.pid).encode(), (
-                conn.received
-            )
+            assert second.status == 200 and second.body == str(target.pid).encode(), conn.received
             assert b"X-Forged" not in conn.received, conn.received
             target.assert_alive()
             return

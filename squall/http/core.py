@@ -27,6 +27,7 @@ from typing import Any
 import httptools
 
 from squall.http.date import date_and_server_header
+from squall.http.status import FINAL_LINES as _FINAL_LINES
 from squall.http.status import LINES as _STATUS_LINES
 from squall.http.status import status_line
 
@@ -155,10 +156,6 @@ class RequestError(Exception):
 Event = Request | Data | EndOfMessage | RequestError
 
 
-class _LastMessage(Exception):
-    """Raised in a parser callback: the client's last message has ended."""
-
-
 class ResponseError(RuntimeError):
     """The app asked for a response that would break HTTP/1.1 framing or
     inject bytes: refused before anything of it reached the wire."""
@@ -173,6 +170,7 @@ MUST_CLOSE = "MUST_CLOSE"  # the message is complete, and the connection ends af
 ERROR = "ERROR"  # a rule was broken; nothing more is read or written
 CLOSED = "CLOSED"  # the connection is gone: what is still framed goes nowhere
 
+_READS_NO_MORE = frozenset({MUST_CLOSE, ERROR, CLOSED})
 _NO_BODY_STATUSES = frozenset({204, 304})
 _METHODS = {
     name.encode("ascii"): name
@@ -182,7 +180,6 @@ _FRAMING = b"content-length"
 _OWN_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"connection"})
 _CHUNKED_END = b"0\r\n\r\n"
 _END_OF_HEAD = b"\r\n\r\n"
-_EMPTY_LINE_BYTES = (b"\r", b"\n")
 #: The end of a head, or what the parser will refuse at once (a bare CR or LF
 #: ending it, a control byte: a TLS handshake on a plain port, binary junk),
 #: so that nothing malformed is held waiting for a CRLF CRLF that never comes.
@@ -201,12 +198,18 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _UNSAFE_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 # RFC 9110 7.2 / RFC 3986 3.2.2: host [ ":" port ], no userinfo.
 _HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?")
-#: How much of a connection's first bytes is kept to tell an unknown method (501)
-#: from junk (400): a longer request line gets 400.
+#: How much of a connection's first head is looked at to tell an unknown method
+#: (501) from junk (400): a longer request line gets 400.
 _OPENING = 1024
 _REQUEST_LINE = re.compile(
     rb"(?:\r?\n)*[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,32} [^ \x00-\x20\x7f]+ HTTP/1\.[01](?:\r|\n|$)"
 )
+#: Host values already found valid: most requests repeat one of a few.
+_VALID_HOSTS: dict[bytes, bool] = {}
+#: Short header values already found safe (type and content), most of them
+#: the same few again and again.
+_SAFE_VALUES: set[bytes] = set()
+_MAX_SAFE_VALUE = 128
 #: Header names already checked, mapped to their lower-case form.
 _CHECKED_NAMES: dict[bytes, bytes] = {}
 _MAX_CHECKED_NAMES = 4096
@@ -295,37 +298,75 @@ class ServerConnection:
     responses.
     """
 
-    # The state a connection starts in. Class attributes until first set: a
-    # connection per request makes the constructor part of the hot path.
-    their_state = IDLE
-    our_state = IDLE
-    in_head = False  # the parser is inside a head
-    _in_message = False  # between a message's begin and its end
-    _chunked = False  # the message being read is chunked
-    _target = b""
-    _head_bytes = 0
-    _body_bytes = 0
-    _unframed = 0  # bytes of a chunked message fed since its last body piece
-    _framed = False  # the last feed held a head or a body piece
-    _opening = b""  # the connection's first bytes, to tell an unknown method
-    #: Bytes held back until a blank line completes the head (or trailers) they begin.
-    _held: bytearray | None = None
-    _tail = b""  # the last bytes fed, for a blank line split across reads
-    _messages_done = 0
-    _responses_done = 0
-    #: After an Upgrade request: the bytes that followed its head (the new protocol's).
-    trailing_data = b""
-    # The response being framed.
-    _keep_alive = True  # after this response, the connection goes on
-    _close_asked = False  # `close_after_response`: whatever the request wished
-    _no_body = False  # HEAD, 1xx, 204, 304: the head alone
-    _chunked_out = False
-    _left = -1  # bytes still due under a declared Content-Length; -1: none declared
-    #: A response cut short by its app: the bytes it still owed.
-    short_by = 0
+    # Slots: every request reads and writes these, and a connection per
+    # request makes the constructor part of the hot path.
+    __slots__ = (
+        "_body_bytes",
+        "_chunked",
+        "_chunked_out",
+        "_close_asked",
+        "_events",
+        "_framed",
+        "_head_bytes",
+        "_headers",
+        "_held",
+        "_in_message",
+        "_left",
+        "_max_field_bytes",
+        "_max_header_bytes",
+        "_max_header_count",
+        "_max_target_bytes",
+        "_messages_done",
+        "_no_body",
+        "_parser",
+        "_responses_done",
+        "_tail",
+        "_target",
+        "_their_keep_alive",
+        "_unframed",
+        "head_in_progress",
+        "in_head",
+        "keep_alive",
+        "limits",
+        "our_state",
+        "short_by",
+        "their_state",
+        "trailing_data",
+    )
 
     def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
         self.limits = limits
+        self.their_state = IDLE
+        self.our_state = IDLE
+        # The client side.
+        self.in_head = False  # the parser is inside a head
+        #: A head (or trailer section) has begun and is not complete: in the
+        #: parser or held back. Set once per read, for the connection's deadlines.
+        self.head_in_progress = False
+        self._in_message = False  # between a message's begin and its end
+        self._chunked = False  # the message being read is chunked
+        self._target = b""
+        self._head_bytes = 0
+        self._body_bytes = 0
+        self._unframed = 0  # bytes of a chunked message fed since its last body piece
+        self._framed = False  # the last feed held a head or a body piece
+        self._their_keep_alive = True  # the message being read lets the connection go on
+        #: Bytes held back until a blank line completes the head (or trailers) they begin.
+        self._held: bytearray | None = None
+        self._tail = b""  # the last bytes fed, for a blank line split across reads
+        self._messages_done = 0
+        self._responses_done = 0
+        #: After an Upgrade request: the bytes that followed its head (the new protocol's).
+        self.trailing_data = b""
+        # The response being framed.
+        #: Whether the connection may go on after the response being framed.
+        self.keep_alive = True
+        self._close_asked = False  # `close_after_response`: whatever the request wished
+        self._no_body = False  # HEAD, 1xx, 204, 304: the head alone
+        self._chunked_out = False
+        self._left = -1  # bytes still due under a declared Content-Length; -1: none declared
+        #: A response cut short by its app: the bytes it still owed.
+        self.short_by = 0
         self._parser = httptools.HttpRequestParser(self)
         self._events: list[Event] = []
         self._headers: list[tuple[bytes, bytes]] = []
@@ -337,21 +378,9 @@ class ServerConnection:
 
     # -- parsing -----------------------------------------------------------
 
-    @property
-    def head_in_progress(self) -> bool:
-        """A head (or trailer section) has begun and is not complete."""
-        return self.in_head or self._held is not None
-
     def receive_data(self, data: bytes) -> list[Event]:
         """Feed bytes from the client; return the events they complete."""
-        if not data or (
-            self.their_state is not IDLE
-            and (
-                self.their_state is ERROR
-                or self.their_state is MUST_CLOSE
-                or self.their_state is CLOSED
-            )
-        ):
+        if not data or self.their_state in _READS_NO_MORE:
             return []
         events = self._events = []
         held = self._held
@@ -364,35 +393,36 @@ class ServerConnection:
                 return events
             self._held = None
             data = bytes(held)
-        elif not self._in_message or self.in_head:
-            # A head: fed only once it is whole, so it costs one pass however
-            # many reads it came in. Empty lines before a request are ignored
-            # (RFC 9112 2.2).
-            if not self.in_head and data[:1] in _EMPTY_LINE_BYTES:
-                data = data.lstrip(b"\r\n")
+        elif self.in_head or not (self._in_message or self._messages_done):
+            # A head that began in an earlier read (or a connection's first
+            # head, which must be whole to tell 501 from 400) is held until the
+            # blank line that ends it, then fed in one piece: a head costs one
+            # pass however many reads it came in. Any other read goes to the
+            # parser, and holds a whole head more often than not.
+            if not self.in_head:
+                data = data.lstrip(b"\r\n")  # empty lines before a request (RFC 9112 2.2)
             if (
-                data.find(_END_OF_HEAD) < 0
+                not data.endswith(_END_OF_HEAD)  # a whole head and no body: the usual read
+                and data.find(_END_OF_HEAD) < 0
                 and _ODD_HEAD_END.search(self._tail + data[:3]) is None
                 and _ODD_HEAD_END.search(data) is None
             ):
                 if data:
                     held = self._held = bytearray(data)
+                    self.head_in_progress = True
                     self._check_held(held)
                 return events
         elif (
             self._chunked
+            and self._in_message
             and self._unframed > _TRAILER_HOLD
             and _ODD_HEAD_END.search(self._tail + data) is None
         ):
             held = self._held = bytearray(data)
+            self.head_in_progress = True
             self._check_held(held)
             return events
-        self._feed(data)
-        return events
-
-    def _feed(self, data: bytes) -> None:
-        if self._messages_done == 0 and len(self._opening) < _OPENING:
-            self._opening += data[:_OPENING]
+        # Fed here, not in a method of its own: this is every request's path.
         self._framed = False
         try:
             self._parser.feed_data(data)
@@ -404,26 +434,27 @@ class ServerConnection:
             # another protocol, which this connection does not speak, so it
             # reads no further.
             self.their_state = MUST_CLOSE
-            return
+            return events
         except httptools.HttpParserCallbackError as exc:
-            if isinstance(exc.__context__, _LastMessage):
-                return  # the client asked to close: what follows is not read
             self._fail(exc.__context__ if isinstance(exc.__context__, RequestError) else exc)
-            return
+            return events
         except httptools.HttpParserInvalidMethodError:
             if self._messages_done == 0:
-                # Known only of the first request, whose start is at hand however
-                # it was split: the same bytes get the same answer.
-                self._fail(_unknown_method(self._opening))
+                # Known only of the first request, whose head (or what ends it
+                # as malformed) is whole in this one read, however it was split:
+                # the same bytes get the same answer.
+                self._fail(_unknown_method(data[:_OPENING]))
             else:
                 self._fail(RequestError(400, "malformed request: invalid method"))
-            return
+            return events
         except httptools.HttpParserError as exc:
-            self._fail(exc)
-            return
+            if self.their_state is not MUST_CLOSE:  # else: data after the last message
+                self._fail(exc)
+            return events
         except RequestError as exc:
             self._fail(exc)
-            return
+            return events
+        self.head_in_progress = self.in_head
         if self._in_message:
             # A short read keeps the end of the one before: a CRLF CRLF may span them.
             self._tail = data[-3:] if len(data) >= 3 else (self._tail + data)[-3:]
@@ -434,6 +465,7 @@ class ServerConnection:
                     self._unframed += len(data)
                     if self._unframed > self._max_header_bytes:
                         self._fail(RequestError(431, "request trailer section too large"))
+        return events
 
     def _check_held(self, held: bytearray) -> None:
         """Bound what is held: the limits apply before the parser sees any of it."""
@@ -457,6 +489,7 @@ class ServerConnection:
         """
         self.their_state = self.our_state = CLOSED
         self._held = None
+        self.head_in_progress = False
         self._parser = _NO_PARSER
 
     def _fail(self, exc: BaseException) -> None:
@@ -470,22 +503,25 @@ class ServerConnection:
 
     # httptools callbacks; they run inside feed_data.
 
-    def on_message_begin(self) -> None:
-        self._target = b""
+    def on_url(self, piece: bytes) -> None:
+        if self.in_head:  # the target goes on
+            self._target += piece
+            if len(self._target) > self._max_target_bytes:
+                raise RequestError(414, "request target too long")
+            self._head_bytes += len(piece)
+            return
+        # A message begins.
+        self._target = piece
+        if len(piece) > self._max_target_bytes:
+            raise RequestError(414, "request target too long")
         self._headers = []
-        self._head_bytes = 0
+        self._head_bytes = len(piece)
         self._body_bytes = 0
         self._unframed = 0
         self._chunked = False
         self.in_head = True
         self._in_message = True
         self.their_state = IDLE
-
-    def on_url(self, piece: bytes) -> None:
-        self._target += piece
-        if len(self._target) > self._max_target_bytes:
-            raise RequestError(414, "request target too long")
-        self._head_bytes += len(piece)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         headers = self._headers
@@ -539,11 +575,14 @@ class ServerConnection:
         if host is None:
             if http_version == "1.1":
                 raise RequestError(400, "missing Host header")
-        elif _HOST.fullmatch(host) is None:
-            raise RequestError(400, "invalid Host header")
+        elif host not in _VALID_HOSTS:
+            if _HOST.fullmatch(host) is None:
+                raise RequestError(400, "invalid Host header")
+            if len(_VALID_HOSTS) < _MAX_CHECKED_NAMES:
+                _VALID_HOSTS[host] = True
         path: bytes | None = None
         query = b""
-        if target.find(b"://", 0, 12) >= 0:
+        if target[0] != 47 and target.find(b"://", 0, 12) >= 0:  # not "/": origin-form
             # Absolute form: its authority wins over Host (RFC 9112 section 3.2.2).
             try:
                 url = httptools.parse_url(target)
@@ -562,7 +601,8 @@ class ServerConnection:
             headers.append((b"host", authority))
             path = url.path or b"/"
             query = url.query or b""
-        keep_alive = parser.should_keep_alive() and not upgrade
+        self._their_keep_alive = parser.should_keep_alive()
+        keep_alive = self._their_keep_alive and not upgrade
         self._events.append(
             Request(
                 _METHODS.get(raw_method) or raw_method.decode("ascii"),
@@ -592,31 +632,23 @@ class ServerConnection:
         self._in_message = False
         self._messages_done += 1
         self._tail = b""
-        if self._parser.should_keep_alive():
-            self.their_state = DONE
-        else:
-            self.their_state = MUST_CLOSE
-            raise _LastMessage  # stops the parser: nothing after it is read
+        # After a message that closes the connection, llhttp refuses to parse
+        # on (`receive_data` reads nothing more).
+        self.their_state = DONE if self._their_keep_alive else MUST_CLOSE
 
     # -- responses ---------------------------------------------------------
-
-    @property
-    def keep_alive(self) -> bool:
-        """Whether the connection may go on after the response being framed."""
-        return self._keep_alive and not self._close_asked
 
     def close_after_response(self) -> None:
         """End the connection after the current response (a draining server)."""
         self._close_asked = True
+        self.keep_alive = False
 
     def start_next_cycle(self) -> None:
         """The response is complete and the connection goes on: ready the next one."""
         if self.our_state is not DONE:
             raise ResponseError(f"cannot start a new response after {self.our_state}")
         self.our_state = IDLE
-        self._keep_alive = True
-        self._no_body = self._chunked_out = False
-        self._left = -1
+        self.keep_alive = not self._close_asked
 
     def encode_informational(
         self, status: int, headers: Iterable[tuple[bytes, bytes]] = ()
@@ -641,21 +673,6 @@ class ServerConnection:
         parts.append(b"\r\n")
         return b"".join(parts)
 
-    def encode_response(
-        self,
-        request: Request,
-        status: int,
-        headers: Iterable[tuple[bytes, bytes]],
-        body: bytes,
-        reason: str | bytes | None = None,
-    ) -> bytes:
-        """A whole response in one piece, its length known."""
-        if self.our_state is CLOSED:
-            return b""
-        data = self._head(request, status, headers, reason, body)
-        self._finish()
-        return data
-
     def start_response(
         self,
         request: Request,
@@ -664,11 +681,7 @@ class ServerConnection:
         reason: str | bytes | None = None,
     ) -> bytes:
         """The head of a response whose body follows (`encode_body`, `end_response`)."""
-        if self.our_state is CLOSED:
-            return b""
-        data = self._head(request, status, headers, reason, None)
-        self.our_state = SEND_BODY
-        return data
+        return self.encode_response(request, status, headers, None, reason)
 
     def encode_body(self, data: bytes) -> bytes:
         """A piece of the body; past a declared Content-Length, refused."""
@@ -698,7 +711,7 @@ class ServerConnection:
             raise ResponseError(f"end of response while {self.our_state}")
         left = self._left
         if left > 0 and not self._no_body:
-            self._keep_alive = False
+            self.keep_alive = False
             self.short_by = left
             self._finish()
             raise ResponseError(
@@ -714,56 +727,75 @@ class ServerConnection:
         # Answered before the request's own body was in: reading on would mean
         # parsing the rest of that body as requests, so the connection ends.
         if self._messages_done < self._responses_done:
-            self._keep_alive = False
+            self.keep_alive = False
         self.our_state = DONE if self.keep_alive else MUST_CLOSE
 
-    def _head(
+    def encode_response(
         self,
         request: Request,
         status: int,
         headers: Iterable[tuple[bytes, bytes]],
-        reason: str | bytes | None,
         body: bytes | None,
+        reason: str | bytes | None = None,
     ) -> bytes:
-        """The head, and `body` after it unless the response has none.
+        """A whole response in one piece, its length known.
 
-        `body` None: a streamed response, framed by the app's Content-Length,
-        else chunked (HTTP/1.1) or by closing the connection (HTTP/1.0).
+        `body` None: the head of a streamed response (`start_response`), framed
+        by the app's Content-Length, else chunked (HTTP/1.1) or by closing the
+        connection (HTTP/1.0).
         """
+        if self.our_state is CLOSED:
+            return b""
         if self.our_state is not IDLE:
             raise ResponseError(f"response head while {self.our_state}")
-        if type(status) is not int or not 200 <= status <= 599:
+        try:
+            line = _FINAL_LINES[status]
+        except (KeyError, TypeError):
             # 1xx are interim (`encode_informational`), 101 the upgrade path's.
+            raise ResponseError(f"invalid final status {status!r}") from None
+        if type(status) is not int:  # 200.0 == 200
             raise ResponseError(f"invalid final status {status!r}")
-        if reason is None:
-            line = _STATUS_LINES.get(status) or status_line(status)
-        else:
+        if reason is not None:
             line = _status_line_with(status, reason)
         parts = [line, date_and_server_header()]
         keep_alive = request.keep_alive and not self._close_asked
         no_body = request.method == "HEAD" or status in _NO_BODY_STATUSES
         declared = -1
+        checked_names = _CHECKED_NAMES
+        safe_values = _SAFE_VALUES
         try:
+            # `_field_name` and `_check_value`, inlined for names and values
+            # seen before: two lookups per header in the usual case.
             for name, value in headers:
-                lname = _field_name(name)
-                _check_value(name, value)
+                lname = checked_names.get(name) or _field_name(name)
                 if lname in _OWN_HEADERS:
                     # Framing and the one Connection header are this module's job (below);
                     # an app's Connection header may only ask to close.
                     if lname == _FRAMING:
+                        if type(value) is not bytes:
+                            _check_value(name, value)  # a str of digits is no header
                         length = int(value) if value.isdigit() else -1
                         if length < 0 or (declared >= 0 and length != declared):
                             raise ResponseError(f"invalid response Content-Length {value!r}")
                         declared = length
-                    elif lname == b"connection" and value.lower().find(b"close") >= 0:
-                        keep_alive = False
+                    else:  # not sent, but no less a bug of the app's
+                        _check_value(name, value)
+                        if lname == b"connection" and value.lower().find(b"close") >= 0:
+                            keep_alive = False
                     continue
+                if value not in safe_values:
+                    _check_value(name, value)
+                    if len(value) <= _MAX_SAFE_VALUE and len(safe_values) < _MAX_CHECKED_NAMES:
+                        safe_values.add(value)
                 parts += (name, b": ", value, b"\r\n")
         except (TypeError, ValueError):
-            checked_headers(headers)  # says what is wrong with them
-            raise
+            # A malformed list (checked_headers says what is wrong), or bytes-like
+            # names or values that are fine but are no keys of the cache.
+            if not isinstance(headers, (list, tuple)):
+                raise ResponseError(f"response headers {headers!r} are not a list") from None
+            pairs = [(bytes(name), bytes(value)) for name, value in checked_headers(headers)]
+            return self.encode_response(request, status, pairs, body, reason)
 
-        self._no_body = no_body
         if body is not None:
             if declared >= 0 and declared != len(body) and (body or not no_body):
                 raise ResponseError(
@@ -771,26 +803,35 @@ class ServerConnection:
                 )
             if status not in _NO_BODY_STATUSES:
                 parts.append(b"content-length: %d\r\n" % (len(body) or max(declared, 0)))
-        elif status in _NO_BODY_STATUSES:
-            pass  # no body follows, so no framing to announce
-        elif declared >= 0:
-            parts.append(b"content-length: %d\r\n" % declared)
-            self._left = declared
-        elif no_body:
-            pass  # HEAD without a declared length
-        elif request.http_version == "1.1":
-            self._chunked_out = True
-            parts.append(b"transfer-encoding: chunked\r\n")
         else:
-            keep_alive = False  # HTTP/1.0: the body ends when the connection does
+            # A streamed response: the framing its pieces keep to.
+            self._no_body = no_body
+            self._left = declared
+            self._chunked_out = False
+            if no_body or declared >= 0:
+                if declared >= 0 and status not in _NO_BODY_STATUSES:
+                    parts.append(b"content-length: %d\r\n" % declared)
+            elif request.http_version == "1.1":
+                self._chunked_out = True
+                parts.append(b"transfer-encoding: chunked\r\n")
+            else:
+                keep_alive = False  # HTTP/1.0: the body ends when the connection does
         if not keep_alive:
             parts.append(b"connection: close\r\n")
         elif request.http_version == "1.0":
             parts.append(b"connection: keep-alive\r\n")
-        self._keep_alive = keep_alive
+        self.keep_alive = keep_alive
         parts.append(b"\r\n")
+        if body is None:
+            self.our_state = SEND_BODY
+            return b"".join(parts)
         if body and not no_body:
             parts.append(body)
+        # `_finish`, inlined: a whole response is the common case.
+        self._responses_done += 1
+        if self._messages_done < self._responses_done:
+            self.keep_alive = False
+        self.our_state = DONE if self.keep_alive else MUST_CLOSE
         return b"".join(parts)
 
 

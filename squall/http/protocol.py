@@ -304,7 +304,14 @@ class HTTPProtocol(asyncio.Protocol):
 
     def cycle_done(self, cycle: RequestCycle) -> None:
         """The response to the current request is complete: go on to the next."""
-        self.state.request_done(cycle)
+        state = self.state
+        # Counted, logged and measured here, not in a method of the state's:
+        # this is every request's path.
+        state.requests_served += 1
+        if state.requests_served == state.request_quota and state.on_quota is not None:
+            state.on_quota()
+        if state.timed:
+            state.report(cycle)
         conn = self.conn
         if conn.our_state is not DONE or self.closing:
             self.close()  # the core says this response ends the connection
@@ -313,7 +320,7 @@ class HTTPProtocol(asyncio.Protocol):
         queue = self.queue
         if not queue:
             self.current = None
-            if self.state.draining or self.eof:
+            if state.draining or self.eof:
                 self.close()
             else:
                 self._start_idle_timer()
@@ -321,7 +328,7 @@ class HTTPProtocol(asyncio.Protocol):
         if self._reading_paused and len(queue) <= MAX_PIPELINED // 2:
             self.resume_reading()
         nxt = self.current = queue.popleft()
-        if self.state.draining:
+        if state.draining:
             conn.close_after_response()
         if nxt.error is not None:
             self.refuse(nxt)

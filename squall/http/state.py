@@ -133,13 +133,6 @@ class ServerState:
                 logger.exception("error writing to %s", connection.client)
                 connection.close()
 
-    def request_done(self, cycle: RequestCycle) -> None:
-        """Count a finished request, and log and measure it once."""
-        self.requests_served += 1
-        if self.requests_served == self.request_quota and self.on_quota is not None:
-            self.on_quota()
-        self.report(cycle)
-
     def report(self, cycle: RequestCycle) -> None:
         """The access log line and the metrics of a request that has ended."""
         if self.timed and not cycle.reported and cycle.request is not None:

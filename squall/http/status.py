@@ -10,6 +10,13 @@ LINES: dict[int, bytes] = {
 }
 
 
+#: Every final status (200-599), with its phrase or an empty one: a status
+#: found here needs no other check.
+FINAL_LINES: dict[int, bytes] = {
+    status: LINES.get(status) or b"HTTP/1.1 %d \r\n" % status for status in range(200, 600)
+}
+
+
 def status_line(status: int) -> bytes:
     line = LINES.get(status)
     if line is None:
