@@ -64,12 +64,28 @@ def test_request_path_runs_every_case() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     assert [line.split(":")[0] for line in lines] == [
-        "squall native, keep-alive",
-        "squall native, new connection",
-        "raw ASGI, keep-alive",
-        "raw ASGI, new connection",
+        "native keep-alive",
+        "native new connection",
+        "ASGI keep-alive",
+        "ASGI new connection",
     ], result.stdout
     assert "Traceback" not in result.stderr, result.stderr
+
+
+def test_request_path_compares_two_trees() -> None:
+    # --before runs each tree in its own process; this tree against itself.
+    result = subprocess.run(
+        [sys.executable, "bench/request_path.py", "--before", str(ROOT), "--rounds", "1"]
+        + ["--requests", "300"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| native")]
+    assert len(rows) == 2, result.stdout
+    assert "before µs | after µs" in result.stdout, result.stdout
 
 
 def test_gc_pauses_reads_each_workers_collections(tmp_path: Path) -> None:
