@@ -64,6 +64,12 @@ class SinkTransport:
     def close(self) -> None:
         pass
 
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        pass
+
     def is_closing(self) -> bool:
         return False
 

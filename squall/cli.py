@@ -30,7 +30,7 @@ from squall.config import (
 from squall.cpus import cpu_count
 from squall.errors import SquallError, UsageError
 from squall.listeners import ReusePortListeners, SharedListeners
-from squall.logs import configure, reopen_log_file
+from squall.logs import configure, enable_stack_dumps, reopen_log_file
 from squall.sockets import describe_socket, open_binds, parse_bind, reuse_port_balances
 from squall.supervisor import Plugin
 from squall.systemd import SystemdPlugin, listen_fds
@@ -176,6 +176,7 @@ def run(config: Config) -> NoReturn:
         restart_window=config.restart_window,
         graceful_timeout=config.graceful_timeout,
         timeout=config.timeout,
+        boot_timeout=config.boot_timeout,
         on_exhausted=config.on_exhausted,
         reload_batch=config.reload_batch,
         listeners=listeners,
@@ -236,6 +237,7 @@ def serve_worker(
     from squall.websocket import WebSocketOptions
     from squall.worker import BOOT_FAILURE_EXIT, run_forever
 
+    enable_stack_dumps()
     if app is None:
         try:
             app = import_app(config.app)

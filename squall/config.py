@@ -55,6 +55,7 @@ class Config:
     log_level: str = "info"
     log_file: str | None = None
     timeout: float = 30.0
+    boot_timeout: float = 60.0
     max_requests: int = 0
     max_requests_jitter: int = 0
     on_exhausted: str = "exit"
@@ -101,6 +102,7 @@ class Config:
         for name in (
             "restart_window",
             "graceful_timeout",
+            "boot_timeout",
             "keepalive_timeout",
             "header_timeout",
             "body_timeout",
@@ -267,6 +269,13 @@ SETTINGS: tuple[Setting, ...] = (
         "--timeout",
         _seconds,
         "replace a worker whose event loop has made no progress for this long, after logging its stacks; 0 disables (default 30)",
+        "SECONDS",
+    ),
+    Setting(
+        "boot_timeout",
+        "--boot-timeout",
+        _seconds,
+        "a worker not ready this long after its start is stopped: at the first start the service stops, later it counts as a crash; 0 disables (default 60)",
         "SECONDS",
     ),
     Setting(

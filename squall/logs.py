@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import sys
 
@@ -56,6 +57,17 @@ def reopen_log_file() -> None:
             handler.stream = handler._open()
         finally:
             handler.release()
+        if faulthandler.is_enabled():
+            enable_stack_dumps()  # to the new file
+
+
+def enable_stack_dumps() -> None:
+    """On SIGABRT (the watchdog's, or --boot-timeout's), print every thread's
+    stack where the log goes: the log file if there is one, else stderr.
+    Enabled before the app is imported, so a hung import shows where it hangs."""
+    handler = _log_file_handler
+    stream = handler.stream if handler is not None and handler.stream is not None else sys.stderr
+    faulthandler.enable(file=stream, all_threads=True)
 
 
 def ensure_logging() -> None:

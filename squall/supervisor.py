@@ -50,8 +50,6 @@ STABLE_AGE = 2.0
 BACKOFF_FIRST = 0.1
 BACKOFF_CAP = 10.0
 _MAX_STREAK = 64  # far past the cap; keeps 2**streak finite in a crash loop of years
-#: A booting worker may be silent this long (or --timeout, if longer).
-BOOT_GRACE = 60.0
 #: After SIGABRT (stack dump), a hung worker gets this long before SIGKILL.
 ABORT_GRACE = 2.0
 
@@ -218,6 +216,7 @@ class Supervisor:
         restart_window: float = 0.0,
         graceful_timeout: float = 30.0,
         timeout: float = 0.0,
+        boot_timeout: float = 0.0,
         on_exhausted: str = "exit",
         reload_batch: int = 1,
         listeners: Listeners | None = None,
@@ -230,6 +229,7 @@ class Supervisor:
         self.backoff = Backoff()
         self.graceful_timeout = graceful_timeout
         self.timeout = timeout
+        self.boot_timeout = boot_timeout
         self.on_exhausted = on_exhausted
         self.reload_batch = max(1, reload_batch)
         self.listeners = listeners
@@ -659,9 +659,14 @@ class Supervisor:
             self._reload_again = False
             return
         if worker.boot_error is not None:
-            logger.debug("worker %d (pid %d) failed to boot", worker_id, pid)
-            self.stop(graceful=True, error=WorkerBootError(worker.boot_error))
-            return
+            if not self._announced_ready:
+                # The first start: the app cannot run at all, and an operator
+                # is watching. Later, a replacement that cannot boot (a
+                # dependency briefly down) is a crash like any other.
+                logger.debug("worker %d (pid %d) failed to boot", worker_id, pid)
+                self.stop(graceful=True, error=WorkerBootError(worker.boot_error))
+                return
+            how = f"failed to boot ({worker.boot_error})"
         if worker.retiring or self._stopping:
             logger.info("worker %d (pid %d) %s", worker_id, pid, how)
             if worker_id >= self.num_workers and self.listeners is not None:
@@ -682,7 +687,13 @@ class Supervisor:
             return
         self.restarts += 1
         self._count_restart(
-            "watchdog" if worker.timed_out else "signal" if os.WIFSIGNALED(status) else "exit"
+            "boot"
+            if worker.boot_error is not None
+            else "watchdog"
+            if worker.timed_out
+            else "signal"
+            if os.WIFSIGNALED(status)
+            else "exit"
         )
         if self.degraded or not self.budget.spend(time.monotonic()):
             self._budget_spent(worker, how)
@@ -741,10 +752,23 @@ class Supervisor:
             if worker.kill_at and now >= worker.kill_at:
                 worker.kill_at = 0.0
                 _kill(worker.pid, signal.SIGKILL)
-            elif self.timeout > 0 and not worker.retiring and not worker.timed_out:
-                limit = self.timeout if worker.ready else max(self.timeout, BOOT_GRACE)
+            elif worker.retiring or worker.timed_out:
+                continue
+            elif not worker.ready:
+                if self.boot_timeout > 0 and now - worker.started_at > self.boot_timeout:
+                    # Judged like a boot error: the first start stops, a
+                    # replacement counts as a crash.
+                    worker.boot_error = f"not ready within {self.boot_timeout:g} s (--boot-timeout)"
+                    logger.error(
+                        "worker %d (pid %d) is %s; dumping its stacks and stopping it",
+                        worker.task_id,
+                        worker.pid,
+                        worker.boot_error,
+                    )
+                    self._abort(worker, now)
+            elif self.timeout > 0:
                 silent = now - (worker.last_heartbeat or worker.started_at)
-                if silent > limit:
+                if silent > self.timeout:
                     logger.error(
                         "worker %d (pid %d) timed out: no heartbeat for %.1f s; "
                         "dumping its stacks and replacing it",
@@ -752,9 +776,13 @@ class Supervisor:
                         worker.pid,
                         silent,
                     )
-                    worker.timed_out = True
-                    worker.kill_at = now + ABORT_GRACE
-                    _kill(worker.pid, signal.SIGABRT)  # faulthandler prints every stack
+                    self._abort(worker, now)
+
+    def _abort(self, worker: WorkerProcess, now: float) -> None:
+        """SIGABRT (faulthandler prints every thread's stack), then SIGKILL."""
+        worker.timed_out = True
+        worker.kill_at = now + ABORT_GRACE
+        _kill(worker.pid, signal.SIGABRT)
 
     def _signal_all(self, signum: int) -> None:
         for pid in list(self.workers):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import faulthandler
 import gc
 import logging
 import signal
@@ -19,7 +18,7 @@ from typing import TYPE_CHECKING
 from squall import process
 from squall.asgi import LifespanFailed
 from squall.errors import SquallError
-from squall.logs import reopen_log_file
+from squall.logs import enable_stack_dumps, reopen_log_file
 
 if TYPE_CHECKING:
     from squall.server import HTTPServer
@@ -100,8 +99,7 @@ class Worker:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_stop_signal, signum)
         loop.add_signal_handler(signal.SIGUSR1, reopen_log_file)
-        # A hung worker gets SIGABRT from the watchdog: print every thread's stack first.
-        faulthandler.enable(all_threads=True)
+        enable_stack_dumps()  # the watchdog's SIGABRT prints every thread's stack
         try:
             for server in self.servers:
                 await server.startup()

@@ -822,3 +822,42 @@ def test_two_workers_both_serve(two_workers: Server) -> None:
         return seen == pids
 
     wait_until(both_seen, timeout=10.0, interval=0.05)
+
+
+# -- lingering close -----------------------------------------------------------------
+
+
+def _read_all(sock: socket.socket) -> tuple[bytes, str]:
+    """Everything until the server's FIN, and how it ended ("eof" or the error)."""
+    received = b""
+    sock.settimeout(5)
+    try:
+        while chunk := sock.recv(65536):
+            received += chunk
+    except OSError as exc:
+        return received, type(exc).__name__
+    return received, "eof"
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n",  # a 400
+    ],
+    ids=["connection-close", "bad-request"],
+)
+def test_a_close_with_unread_bytes_sends_no_reset(
+    server: Server, worker_pid: int, first: bytes
+) -> None:
+    # Bytes the server will never read follow a request that ends the
+    # connection. Closed with them unread, the socket would send a reset,
+    # and the client's kernel would drop the response it had not read yet.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(first + b"X" * 200_000)
+        time.sleep(0.3)  # the response is in the client's buffer, the junk in the server's
+        received, end = _read_all(sock)
+    assert end == "eof", (end, received[:200])
+    status = received.split(b"\r\n", 1)[0]
+    assert status in (b"HTTP/1.1 200 OK", b"HTTP/1.1 400 Bad Request"), received[:200]
+    assert server.pid() == worker_pid

@@ -132,6 +132,32 @@ def test_rolling_reload_under_load_loses_nothing(
     print(f"{mode}: {result.total} requests, {result.failed} failed, {result.retried} retried")
 
 
+DRAIN_MODES = {**SOCKET_MODES, "no steering": ["--no-steering"]}
+
+
+@pytest.mark.parametrize("mode", DRAIN_MODES)
+def test_three_reloads_under_keep_alive_posts_lose_nothing_and_reset_nothing(
+    services: Services, tmp_path: Path, mode: str
+) -> None:
+    # No retries: a client may not resend a POST it may have delivered (a proxy
+    # with upstream keep-alive answers 502 for it). A retiring worker answers
+    # the next request on each kept-alive connection with Connection: close,
+    # and closes no connection a client has just written to.
+    directory = app_dir(tmp_path)
+    service, port = start(services, directory, "--workers", "2", *DRAIN_MODES[mode])
+    service.wait_for_workers(2)
+    with Load(port, keepalive=4, fresh=2, method="POST", retry=False) as load:
+        load.wait_for_requests(500)
+        for count in (1, 2, 3):
+            service.send(signal.SIGHUP)
+            service.wait_for_log("reload complete", count=count, timeout=30)
+            load.wait_for_requests(load.result.total + 300)
+    result = load.result
+    print(f"{mode}: {result.total} POSTs, {result.failed} failed, {result.resets} resets")
+    assert (result.failed, result.resets) == (0, 0), result.errors
+    assert result.total >= 1400
+
+
 def test_reload_with_broken_code_keeps_the_old_workers(services: Services, tmp_path: Path) -> None:
     directory = app_dir(tmp_path)
     service, port = start(services, directory, "--workers", "2")
@@ -165,6 +191,28 @@ def test_watchdog_replaces_a_worker_whose_loop_is_blocked(
     assert "in block_the_loop" in output  # the stacks name the handler's blocking call
     assert replaced_after < 2 + 3
     print(f"blocked worker replaced after {replaced_after:.2f} s (timeout 2 s)")
+
+
+def test_watchdog_stacks_reach_the_log_file(services: Services, tmp_path: Path) -> None:
+    log = tmp_path / "squall.log"
+    directory = app_dir(tmp_path)
+    port = free_port()
+    service = services.squall(
+        "supervised_app:app",
+        *("--bind", f"127.0.0.1:{port}", "--timeout", "1", "--log-file", str(log)),
+        cwd=directory,
+    )
+    service.wait_for_port(port)
+    wait_until(lambda: "is ready" in log.read_text(), timeout=10)
+    (old,) = service.wait_for_workers(1)
+    blocked = threading.Thread(
+        target=lambda: _ignore_errors(lambda: get(port, "/block", timeout=8))
+    )
+    blocked.start()
+    wait_until(lambda: not alive(old), timeout=6)
+    blocked.join(10)
+    wait_until(lambda: "in block_the_loop" in log.read_text(), timeout=5)
+    assert "timed out: no heartbeat" in log.read_text()
 
 
 def _ignore_errors(call: Callable[[], object]) -> None:
@@ -314,4 +362,83 @@ def test_degrade_keeps_survivors_serving(services: Services, tmp_path: Path) -> 
     service.wait_for_log("(degraded)")
     assert len(service.wait_for_workers(1)) == 1
     assert get(port).text == "1"
+    assert service.stop() == 0
+
+
+@pytest.mark.parametrize("on_exhausted", ["exit", "degrade"])
+def test_a_replacement_that_cannot_boot_leaves_the_survivors_serving(
+    services: Services, tmp_path: Path, on_exhausted: str
+) -> None:
+    # A worker crashes while a dependency is down: its replacement cannot even
+    # import the app. That is a crash like any other (backoff, the restart
+    # budget), not a reason to stop the healthy worker; once the dependency is
+    # back, a retry boots.
+    flag = tmp_path / "database-down"
+    port = free_port()
+    service = services.squall(
+        "tests.scripts.flaky_import:app",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        "2",
+        "--on-exhausted",
+        on_exhausted,
+        env={"FLAKY_FLAG": str(flag)},
+    )
+    service.wait_for_port(port)
+    service.wait_for_log("is ready", count=2)  # a failure before then stops the service
+    first, second = service.wait_for_workers(2)
+    flag.touch()
+    os.kill(first, signal.SIGKILL)
+    service.wait_for_log("failed to boot", timeout=15)
+    service.wait_for_log("the database is down", timeout=5)
+    for _ in range(20):  # the survivor answers everything meanwhile
+        assert get(port).json()["pid"] == second
+    assert service.proc.poll() is None
+    assert re.search(r"worker \d \(pid \d+\) failed to boot .*, restarting", service.output())
+    flag.unlink()
+    wait_until(lambda: len(service.workers()) == 2 and first not in service.workers(), timeout=20)
+    wait_until(lambda: len({get(port).json()["pid"] for _ in range(20)}) == 2, timeout=10)
+    assert service.stop() == 0
+
+
+def test_boot_timeout_stops_a_first_start_that_hangs(services: Services, tmp_path: Path) -> None:
+    flag = tmp_path / "slow"
+    flag.touch()
+    port = free_port()
+    service = services.squall(
+        "tests.scripts.slow_import:app",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--boot-timeout",
+        "1.5",
+        env={"SLOW_FLAG": str(flag)},
+    )
+    assert service.wait(timeout=20) != 0
+    assert "not ready within 1.5 s (--boot-timeout)" in service.output()
+    assert "slow_import.py" in service.output()  # its stack, where it hangs
+
+
+def test_boot_timeout_makes_a_hung_replacement_a_crash(services: Services, tmp_path: Path) -> None:
+    flag = tmp_path / "slow"
+    port = free_port()
+    service = services.squall(
+        "tests.scripts.slow_import:app",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        "2",
+        "--boot-timeout",
+        "1.5",
+        env={"SLOW_FLAG": str(flag)},
+    )
+    service.wait_for_port(port)
+    service.wait_for_log("is ready", count=2)
+    first, second = service.wait_for_workers(2)
+    flag.touch()
+    os.kill(first, signal.SIGKILL)
+    service.wait_for_log("not ready within 1.5 s", timeout=15)
+    assert {get(port).json()["pid"] for _ in range(10)} == {second}
+    flag.unlink()
+    wait_until(lambda: len({get(port).json()["pid"] for _ in range(20)}) == 2, timeout=20)
     assert service.stop() == 0

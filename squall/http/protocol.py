@@ -36,6 +36,16 @@ MAX_PIPELINED = 32
 # Held output goes out at once past this size, so that flow control
 # (`pause_writing`) sees a large response as it is written.
 HELD_OUTPUT_LIMIT = 64 * 1024
+# A draining server closes an idle keep-alive connection only after it has
+# stayed idle this long since the drain began: a client that is still using it
+# sends its next request within that time, and gets it answered (with
+# `Connection: close`) instead of a closed connection.
+DRAIN_IDLE = 1.0
+# A closing connection first shuts its write side, then reads and discards
+# what the client still sends until its FIN or for this long: closing a
+# socket with unread bytes in it sends a reset, which can destroy the
+# response the client has not read yet (nginx's lingering close).
+LINGER = 2.0
 
 
 class HTTPProtocol(asyncio.Protocol):
@@ -70,6 +80,7 @@ class HTTPProtocol(asyncio.Protocol):
         self._write_paused = False
         self._writable: asyncio.Future[None] | None = None
         self.deadline = 0.0  # keep-alive idle deadline, then the deadline of a head in progress
+        self._lingering = False  # closing: the write side is shut, reads are discarded
         self._head_deadline = False  # `deadline` is a head's
         self.body_deadline = 0.0  # while a body is read: its next piece is due by then
         self.upgraded: Upgraded | None = None
@@ -137,6 +148,8 @@ class HTTPProtocol(asyncio.Protocol):
         if self.upgraded is not None:
             self.upgraded.data_received(data)
             return
+        if self.closing:
+            return  # lingering: read and dropped, so that the close sends no reset
         conn = self.conn
         for event in conn.receive_data(data):
             kind = type(event)
@@ -183,13 +196,16 @@ class HTTPProtocol(asyncio.Protocol):
         if self.upgraded is not None:
             self.upgraded.eof_received()
             return True
+        if self.closing:
+            if self.transport is not None:
+                self.transport.close()  # the end of a lingering close
+            return True
+        self.eof = True  # so a close has nothing to linger for
         if self.receiving is not None:
             # A request whose body was cut off can never be complete.
             self._request_failed(RequestError(400, "request body incomplete"))
         if self.current is None and not self.queue:
             self.close()  # after any held output
-            return True
-        self.eof = True
         return True
 
     def pause_writing(self) -> None:
@@ -405,29 +421,43 @@ class HTTPProtocol(asyncio.Protocol):
             self.transport.resume_reading()
 
     def shutdown(self) -> None:
-        """Close after the response in flight; close an idle keep-alive connection now.
+        """The server drains: answer the next request with `Connection: close`.
 
-        A connection that has not yet sent its first request stays open: its
-        client has sent or is sending a request that this worker accepted, and
-        it gets its answer (with `Connection: close`). Closing an idle
-        keep-alive connection is the race that RFC 9112 section 9.3.1 lets
-        clients retry.
+        The response in flight, or the next request's, ends the connection. A
+        connection that has not yet sent its first request stays open: its
+        client has sent or is sending a request that this worker accepted. An
+        idle keep-alive connection is closed only once it has stayed idle for
+        `DRAIN_IDLE`: a client that keeps using it sends its next request
+        before then and gets an answer, where closing at once would race with
+        that request (and a POST may not be retried).
         """
-        if self.current is None:
-            if not self.fresh:
-                self.close()
-        else:
-            self.conn.close_after_response()
+        self.conn.close_after_response()
+        if self.current is None and not self.fresh and not self._head_deadline:
+            drain_deadline = self.loop.time() + DRAIN_IDLE
+            if not self.deadline or drain_deadline < self.deadline:
+                self.deadline = drain_deadline
 
     def close(self) -> None:
+        """Close, lingering: shut the write side once the output is out, then
+        discard what the client sends until its FIN or `LINGER` seconds."""
         if not self.closing:
             self.closing = True
             self._cancel_idle_timer()
             self._cancel_body_timer()
             if self._held:
                 self.flush_output()
-            if self.transport is not None:
-                self.transport.close()
+            transport = self.transport
+            if transport is None:
+                return
+            if self.eof or self.upgraded is not None or not transport.can_write_eof():
+                transport.close()  # nothing more will come, or no half-close (TLS)
+                return
+            transport.write_eof()
+            self._lingering = True
+            self.deadline = self.loop.time() + LINGER
+            if self._reading_paused:
+                self._reading_paused = False
+                transport.resume_reading()
 
     # Timers: deadlines are plain floats, checked by the state's ticker (`check_deadlines`),
     # so that a request costs no timer handle to create and cancel.
@@ -454,7 +484,11 @@ class HTTPProtocol(asyncio.Protocol):
 
     def check_deadlines(self, now: float) -> None:
         """Called by the ticker: act on a deadline that has passed."""
-        if self.closing or self.upgraded is not None:
+        if self.closing:
+            if self._lingering and now >= self.deadline and self.transport is not None:
+                self.transport.close()  # the client never sent its FIN
+            return
+        if self.upgraded is not None:
             return
         if self.body_deadline and now >= self.body_deadline:
             self.body_deadline = 0.0

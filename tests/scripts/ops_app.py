@@ -26,5 +26,8 @@ class Pid(web.RequestHandler):
     def get(self) -> None:
         self.write({"pid": os.getpid(), "task_id": task_id()})
 
+    def post(self) -> None:
+        self.write({"pid": os.getpid(), "task_id": task_id(), "size": len(self.request.body)})
+
 
 app = web.Application([(r"/log", Log), (r"/pid", Pid)])

@@ -17,6 +17,9 @@ class Version(web.RequestHandler):
     def get(self) -> None:
         self.write(VERSION)
 
+    def post(self) -> None:
+        self.write(VERSION)
+
 
 class Pid(web.RequestHandler):
     def get(self) -> None:
