@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 from squall import __version__, process
 from squall.appload import import_app
 from squall.config import (
+    HOOKS,
     LIMIT_SETTINGS,
     SETTINGS,
     Config,
@@ -120,8 +121,31 @@ def main(argv: Sequence[str] | None = None) -> None:
     except SquallError as exc:
         print(f"squall: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except StoppedWhileImporting as stopped:
+        logger.info("stopped by %s while importing the app (--preload)", stopped.args[0])
+        sys.exit(0)
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+class StoppedWhileImporting(BaseException):
+    """SIGTERM or SIGINT came while the supervisor imported the app (--preload).
+
+    A BaseException, so the import's own error handling lets it through."""
+
+
+def preload_app(target: str) -> Any:
+    """Import the app in the supervisor, where a stop signal ends things cleanly."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise StoppedWhileImporting(signal.Signals(signum).name)
+
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return import_app(target)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def run(config: Config) -> NoReturn:
@@ -139,7 +163,7 @@ def run(config: Config) -> NoReturn:
         server_context(config.certfile, config.keyfile)  # a bad file is one clear error, now
     if config.reuse_port and config.shared_socket:
         raise UsageError("--reuse-port and --shared-socket: give one or the other")
-    app = import_app(config.app) if config.preload else None
+    app = preload_app(config.app) if config.preload else None
     activated = listen_fds()  # systemd socket activation
     specs = [parse_bind(spec) for spec in config.bind]
     listeners: SharedListeners | ReusePortListeners
@@ -170,6 +194,7 @@ def run(config: Config) -> NoReturn:
     if config.preload:
         gc.collect()
         gc.freeze()  # keep the collector from touching (and so un-sharing) preloaded pages
+    process.check_fork_safety()  # an app imported here (--preload) may have started threads
     supervisor = Supervisor(
         workers,
         max_restarts=config.max_restarts,
@@ -180,7 +205,7 @@ def run(config: Config) -> NoReturn:
         on_exhausted=config.on_exhausted,
         reload_batch=config.reload_batch,
         listeners=listeners,
-        hooks=Hooks(config.on_starting, config.post_fork, config.worker_exit, config.on_reload),
+        hooks=Hooks(**{hook: getattr(config, hook) for hook in HOOKS}),
         on_log_reopen=reopen_log_file,
         plugins=make_plugins(config),
     )

@@ -20,7 +20,15 @@ ENV_PREFIX = "SQUALL_"
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 ON_EXHAUSTED = ("exit", "degrade")
 ACCESS_LOG_FORMATS = ("off", "common", "combined", "json")
-HOOKS = ("on_starting", "post_fork", "worker_exit", "on_reload")
+HOOKS = (
+    "on_starting",
+    "post_fork",
+    "worker_exit",
+    "on_reload",
+    "when_ready",
+    "on_exit",
+    "worker_abort",
+)
 
 
 @dataclass(frozen=True)
@@ -90,6 +98,9 @@ class Config:
     post_fork: Callable[[int], object] | None = None
     worker_exit: Callable[[int, int], object] | None = None
     on_reload: Callable[[], object] | None = None
+    when_ready: Callable[[], object] | None = None
+    on_exit: Callable[[], object] | None = None
+    worker_abort: Callable[[int, int], object] | None = None
 
     DEFAULT_BIND = "127.0.0.1:8000"
     bind_given: bool = field(default=False, init=False, repr=False)
@@ -469,7 +480,7 @@ SETTINGS: tuple[Setting, ...] = (
         "config",
         "--config",
         str,
-        "a Python file setting any of these options by name, and the hooks on_starting, post_fork, worker_exit, on_reload",
+        "a Python file setting any of these options by name, and the hooks on_starting, post_fork, worker_exit, on_reload, when_ready, on_exit, worker_abort",
         "FILE",
     ),
 )

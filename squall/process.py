@@ -19,6 +19,9 @@ import warnings
 
 from squall.cpus import cpu_count
 
+#: A worker's exit status when it could not boot (after it sent `booterror`).
+BOOT_FAILURE_EXIT = 3
+
 __all__ = ["cpu_count", "fork_processes", "notify", "task_id"]
 
 WORKER_ID_ENV = "SQUALL_WORKER_ID"

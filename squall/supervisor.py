@@ -133,12 +133,20 @@ class PluginBase:
 
 @dataclass
 class Hooks:
-    """Plain callables the user may set; each runs in the process named."""
+    """Plain callables the user may set; each runs in the process named.
+
+    One that raises never takes the supervisor down: its traceback is logged
+    and the supervisor carries on. In `post_fork`, it is that worker's boot error.
+    """
 
     on_starting: Callable[[], object] | None = None  # supervisor, before the first fork
     post_fork: Callable[[int], object] | None = None  # new worker, with its task id
     worker_exit: Callable[[int, int], object] | None = None  # supervisor: task id, wait status
     on_reload: Callable[[], object] | None = None  # supervisor, as a reload begins
+    when_ready: Callable[[], object] | None = None  # supervisor, once every worker is first ready
+    on_exit: Callable[[], object] | None = None  # supervisor, as it exits
+    worker_abort: Callable[[int, int], object] | None = None  # supervisor: task id, pid, before
+    # the watchdog (or --boot-timeout) sends SIGABRT
 
 
 @dataclass
@@ -265,8 +273,7 @@ class Supervisor:
                 for plugin in self.plugins:
                     plugin.close()  # e.g. a metrics socket file already made
                 raise
-            if self.hooks.on_starting is not None:
-                self.hooks.on_starting()
+            self._hook("on_starting")
             for worker_id in range(self.num_workers):
                 self._spawn(worker_id)
             while True:
@@ -381,8 +388,7 @@ class Supervisor:
             self._reload_again = True  # signals during a reload coalesce into one more
             logger.info("reload requested while one runs; another will follow")
             return
-        if self.hooks.on_reload is not None:
-            self.hooks.on_reload()
+        self._hook("on_reload")
         old = sorted(self._serving(), key=lambda w: w.task_id)
         logger.info("reloading %d worker(s)", len(old))
         self._emit("reloading")
@@ -439,7 +445,12 @@ class Supervisor:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
             process.become_worker(worker_id, write_fd, self.pid)
             if self.hooks.post_fork is not None:
-                self.hooks.post_fork(worker_id)
+                try:
+                    self.hooks.post_fork(worker_id)
+                except Exception as exc:
+                    logger.exception("the post_fork hook raised in worker %d", worker_id)
+                    process.notify(f"booterror the post_fork hook raised {exc!r}")
+                    os._exit(process.BOOT_FAILURE_EXIT)
             raise _BecameWorker(worker_id)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
         os.close(write_fd)
@@ -501,6 +512,16 @@ class Supervisor:
 
     def _count_restart(self, cause: str) -> None:
         self.restart_causes[cause] = self.restart_causes.get(cause, 0) + 1
+
+    def _hook(self, name: str, *args: int) -> None:
+        """Run a user's hook; one that raises is logged, and the supervisor goes on."""
+        hook = getattr(self.hooks, name)
+        if hook is None:
+            return
+        try:
+            hook(*args)
+        except Exception:
+            logger.exception("the %s hook raised; the supervisor carries on", name)
 
     def _emit(self, event: str) -> None:
         for plugin in self.plugins:
@@ -582,6 +603,7 @@ class Supervisor:
         if not self._announced_ready and sum(w.ready for w in self._serving()) >= self.num_workers:
             self._announced_ready = True
             self._emit("ready")
+            self._hook("when_ready")
         old = worker.replaces
         if old is None:
             return
@@ -633,8 +655,7 @@ class Supervisor:
             if worker.channel >= 0:
                 self._read_channel(worker)  # a last message may be waiting
                 self._close_channel(worker)
-            if self.hooks.worker_exit is not None:
-                self.hooks.worker_exit(worker.task_id, status)
+            self._hook("worker_exit", worker.task_id, status)
             for plugin in self.plugins:
                 plugin.after_exit(worker, status)
             self._worker_exited(worker, status)
@@ -780,6 +801,7 @@ class Supervisor:
 
     def _abort(self, worker: WorkerProcess, now: float) -> None:
         """SIGABRT (faulthandler prints every thread's stack), then SIGKILL."""
+        self._hook("worker_abort", worker.task_id, worker.pid)
         worker.timed_out = True
         worker.kill_at = now + ABORT_GRACE
         _kill(worker.pid, signal.SIGABRT)
@@ -800,6 +822,7 @@ class Supervisor:
             self.listeners.close_all()
         for plugin in self.plugins:
             plugin.close()
+        self._hook("on_exit")
         if self._exit_error is not None:
             raise self._exit_error
         logger.info("all workers have exited; supervisor exits")

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("squall.worker")
 
 HEARTBEAT_INTERVAL = 1.0
-BOOT_FAILURE_EXIT = 3
+BOOT_FAILURE_EXIT = process.BOOT_FAILURE_EXIT
 
 _registered: list[HTTPServer] = []
 

@@ -368,3 +368,103 @@ def test_bad_settings_give_one_clear_error(
     assert len(lines) == 1, result.stderr  # one line, no traceback wall, nothing started
     assert lines[0].startswith("squall: error: ")
     assert message.format(conf=str(conf_path)) in lines[0]
+
+
+BROKEN_HOOKS_CONF = """\
+def _broken(name):
+    def hook(*args):
+        raise RuntimeError(f"hook {name} broke")
+
+    return hook
+
+
+on_starting = _broken("on_starting")
+when_ready = _broken("when_ready")
+worker_exit = _broken("worker_exit")
+on_reload = _broken("on_reload")
+worker_abort = _broken("worker_abort")
+on_exit = _broken("on_exit")
+workers = 2
+timeout = 1
+"""
+
+
+def test_a_hook_that_raises_never_takes_the_supervisor_down(
+    services: Services, tmp_path: Path
+) -> None:
+    conf = tmp_path / "conf.py"
+    conf.write_text(BROKEN_HOOKS_CONF)
+    service, port = start(
+        services, "supervised_app:app", "--config", str(conf), cwd=app_dir(tmp_path)
+    )
+    service.wait_for_log("is ready", count=2)
+    service.wait_for_log("RuntimeError: hook when_ready broke")
+    first = service.wait_for_workers(2)
+
+    get(port, "/crash")  # worker_exit raises
+    wait_until(lambda: len(set(service.workers()) - set(first)) == 1, timeout=10)
+    service.send(signal.SIGHUP)  # on_reload raises
+    service.wait_for_log("reload complete", timeout=20)
+    with pytest.raises(httpx.HTTPError):
+        get(port, "/block", timeout=4)  # the watchdog: worker_abort raises
+    service.wait_for_log("in block_the_loop", timeout=10)  # the stacks were still dumped
+    wait_until(lambda: get(port).status_code == 200, timeout=10)
+    assert service.stop() == 0  # on_exit raises, and the exit is still clean
+
+    output = service.output()
+    for hook in (
+        "on_starting",
+        "when_ready",
+        "worker_exit",
+        "on_reload",
+        "worker_abort",
+        "on_exit",
+    ):
+        assert f"the {hook} hook raised; the supervisor carries on" in output, hook
+        assert f"RuntimeError: hook {hook} broke" in output, hook
+    assert "Traceback (most recent call last)" in output
+
+
+def test_a_post_fork_that_raises_is_a_boot_error_not_a_restart_loop(
+    services: Services, tmp_path: Path
+) -> None:
+    conf = tmp_path / "conf.py"
+    conf.write_text("def post_fork(task_id):\n    raise ValueError('no connection pool')\n")
+    port = free_port()
+    service = services.squall(
+        "supervised_app:app",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--config",
+        str(conf),
+        cwd=app_dir(tmp_path),
+    )
+    assert service.wait(timeout=20) != 0
+    output = service.output()
+    assert "the post_fork hook raised ValueError('no connection pool')" in output
+    assert output.count("started (pid") == 1  # no restart loop
+
+
+def test_preload_warns_of_a_thread_started_at_import(services: Services) -> None:
+    service, port = start(services, "tests.scripts.thread_at_import:app", "--preload")
+    assert httpx.get(f"http://127.0.0.1:{port}/", timeout=5).text == "hello"
+    assert "forking with 1 other thread(s) alive (cache-refresher)" in service.output()
+    assert service.stop() == 0
+
+
+def test_sigterm_during_a_preload_import_exits_cleanly(services: Services, tmp_path: Path) -> None:
+    flag = tmp_path / "slow"
+    flag.touch()
+    service = services.squall(
+        "tests.scripts.slow_import:app",
+        "--preload",
+        "--bind",
+        f"127.0.0.1:{free_port()}",
+        env={"SLOW_FLAG": str(flag)},
+    )
+    wait_until((tmp_path / "slow.importing").exists, timeout=10)  # inside the import
+    service.send(signal.SIGTERM)
+    assert service.wait(timeout=10) == 0
+    output = service.output()
+    assert "stopped by SIGTERM while importing the app (--preload)" in output
+    assert "Traceback" not in output

@@ -383,6 +383,10 @@ def test_a_replacement_that_cannot_boot_leaves_the_survivors_serving(
         "2",
         "--on-exhausted",
         on_exhausted,
+        # One queue: with a socket per worker, a connection queued on the
+        # failing slot's socket between its boot attempts is lost when the
+        # slot closes (scale-down's problem too; see the README).
+        "--shared-socket",
         env={"FLAKY_FLAG": str(flag)},
     )
     service.wait_for_port(port)
@@ -430,6 +434,9 @@ def test_boot_timeout_makes_a_hung_replacement_a_crash(services: Services, tmp_p
         "2",
         "--boot-timeout",
         "1.5",
+        # One queue: with a socket per worker, what the kernel queues on the
+        # hung worker's own socket waits for it (see the note in the README).
+        "--shared-socket",
         env={"SLOW_FLAG": str(flag)},
     )
     service.wait_for_port(port)

@@ -5,6 +5,8 @@ import time
 
 from squall import web
 
+if os.path.exists(os.environ["SLOW_FLAG"]):
+    open(os.environ["SLOW_FLAG"] + ".importing", "w").close()  # a marker: the import waits
 while os.path.exists(os.environ["SLOW_FLAG"]):
     time.sleep(0.1)
 
