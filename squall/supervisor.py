@@ -707,15 +707,7 @@ class Supervisor:
             logger.info("worker %d (pid %d) %s; slot no longer wanted", worker_id, pid, how)
             return
         self.restarts += 1
-        self._count_restart(
-            "boot"
-            if worker.boot_error is not None
-            else "watchdog"
-            if worker.timed_out
-            else "signal"
-            if os.WIFSIGNALED(status)
-            else "exit"
-        )
+        self._count_restart(_restart_cause(worker, status))
         if self.degraded or not self.budget.spend(time.monotonic()):
             self._budget_spent(worker, how)
             return
@@ -827,6 +819,15 @@ class Supervisor:
             raise self._exit_error
         logger.info("all workers have exited; supervisor exits")
         raise SystemExit(0)
+
+
+def _restart_cause(worker: WorkerProcess, status: int) -> str:
+    """The label a crash is counted under in the metrics."""
+    if worker.boot_error is not None:
+        return "boot"
+    if worker.timed_out:
+        return "watchdog"
+    return "signal" if os.WIFSIGNALED(status) else "exit"
 
 
 def _describe_status(status: int) -> str:

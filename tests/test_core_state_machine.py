@@ -943,6 +943,31 @@ class CoreMachine(RuleBasedStateMachine):
     def feed_rest(self) -> None:
         self.feed("rest", 0)
 
+    def _final_head_case(
+        self,
+        status: Any,
+        reason: Any,
+        headers: Any,
+        length: Any,
+        body_length: int,
+        bad: Any,
+        where: int,
+    ) -> tuple[Request, list[Any], int, bool]:
+        """What a rule's final head is made of: the request it answers, its
+        headers (the Content-Length case and any bad header inserted), the
+        length it declares, and whether the core must refuse it, body aside."""
+        request = self.requests[self.k]
+        extra, declared, length_refused = content_length_headers(*length, body_length)
+        all_headers = with_inserted(headers, extra + ([bad] if bad else []), where)
+        self._check_checked_headers(all_headers, bad)
+        refuse = (
+            not final_status_ok(status)
+            or not reason_ok(reason)
+            or bad is not None
+            or length_refused
+        )
+        return request, all_headers, declared, refuse
+
     @precondition(lambda self: self.answerable())
     @rule()
     def answer(self) -> None:
@@ -963,20 +988,13 @@ class CoreMachine(RuleBasedStateMachine):
     def respond_whole(
         self, status: Any, reason: Any, headers: Any, length: Any, body: bytes, bad: Any, where: int
     ) -> None:
-        request = self.requests[self.k]
-        extra, declared, length_refused = content_length_headers(*length, len(body))
-        all_headers = with_inserted(headers, extra + ([bad] if bad else []), where)
-        self._check_checked_headers(all_headers, bad)
-        refuse = (
-            not final_status_ok(status)
-            or not reason_ok(reason)
-            or bad is not None
-            or length_refused
-            or (
-                declared >= 0
-                and declared != len(body)
-                and (body or (request.method != "HEAD" and status not in NO_BODY_STATUSES))
-            )
+        request, all_headers, declared, refuse = self._final_head_case(
+            status, reason, headers, length, len(body), bad, where
+        )
+        refuse = refuse or (
+            declared >= 0
+            and declared != len(body)
+            and (body or (request.method != "HEAD" and status not in NO_BODY_STATUSES))
         )
         before = self.conn.our_state
         if refuse:
@@ -1003,17 +1021,8 @@ class CoreMachine(RuleBasedStateMachine):
     def start_stream(
         self, status: Any, reason: Any, headers: Any, length: Any, bad: Any, where: int
     ) -> None:
-        request = self.requests[self.k]
-        extra, declared, length_refused = content_length_headers(
-            length[0], length[1], length[1] * 3
-        )
-        all_headers = with_inserted(headers, extra + ([bad] if bad else []), where)
-        self._check_checked_headers(all_headers, bad)
-        refuse = (
-            not final_status_ok(status)
-            or not reason_ok(reason)
-            or bad is not None
-            or length_refused
+        request, all_headers, declared, refuse = self._final_head_case(
+            status, reason, headers, length, length[1] * 3, bad, where
         )
         before = self.conn.our_state
         if refuse:

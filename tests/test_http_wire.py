@@ -861,3 +861,24 @@ def test_a_close_with_unread_bytes_sends_no_reset(
     status = received.split(b"\r\n", 1)[0]
     assert status in (b"HTTP/1.1 200 OK", b"HTTP/1.1 400 Bad Request"), received[:200]
     assert server.pid() == worker_pid
+
+
+def test_a_lingering_close_ends_though_the_client_never_stops_sending(
+    server: Server, worker_pid: int
+) -> None:
+    # Lingering reads and drops what comes, but only for so long: a client that
+    # keeps sending and never sends its FIN is closed on all the same.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        started = time.monotonic()
+        closed_after = None
+        while time.monotonic() - started < 10:
+            try:
+                sock.sendall(b"x" * 1024)
+            except OSError:  # the server's close: a reset, once it stops reading
+                closed_after = time.monotonic() - started
+                break
+            time.sleep(0.05)
+    assert closed_after is not None, "the connection was never closed"
+    assert closed_after < 2.0 + 2.0, closed_after  # LINGER, and the ticker's half-second
+    assert server.pid() == worker_pid

@@ -85,6 +85,23 @@ def test_graceful_stop_finishes_the_request_in_flight(services: Services, tmp_pa
     assert all(not alive(pid) for pid in workers)
 
 
+def test_a_stop_closes_an_idle_keep_alive_connection_soon(
+    services: Services, tmp_path: Path
+) -> None:
+    # The drain gives an idle keep-alive connection a second to send its next
+    # request, then closes it: the stop does not wait out --graceful-timeout.
+    service, port = start(services, app_dir(tmp_path), "--graceful-timeout", "30")
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200 OK")
+        started = time.monotonic()
+        service.send(signal.SIGTERM)
+        assert sock.recv(65536) == b""  # closed unanswered: it sent nothing more
+        closed_after = time.monotonic() - started
+        assert service.wait(timeout=10) == 0
+    assert 0.9 <= closed_after < 3.0, closed_after
+
+
 SOCKET_MODES = {"reuse-port (default)": [], "shared": ["--shared-socket"]}
 
 

@@ -205,7 +205,7 @@ _REQUEST_LINE = re.compile(
     rb"(?:\r?\n)*[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,32} [^ \x00-\x20\x7f]+ HTTP/1\.[01](?:\r|\n|$)"
 )
 #: Host values already found valid: most requests repeat one of a few.
-_VALID_HOSTS: dict[bytes, bool] = {}
+_VALID_HOSTS: set[bytes] = set()
 #: Short header values already found safe (type and content), most of them
 #: the same few again and again.
 _SAFE_VALUES: set[bytes] = set()
@@ -276,8 +276,8 @@ _REASON_LINES: dict[tuple[int, str | bytes], bytes] = {}
 def _status_line_with(status: int, reason: str | bytes) -> bytes:
     try:
         line = _REASON_LINES.get((status, reason))
-    except TypeError:  # unhashable: a bytearray, not cached
-        return b"HTTP/1.1 %d %b\r\n" % (status, _reason_bytes(reason))
+    except TypeError:  # unhashable (a bytearray): looked up as bytes
+        return _status_line_with(status, _reason_bytes(reason))
     if line is None:
         line = b"HTTP/1.1 %d %b\r\n" % (status, _reason_bytes(reason))
         if len(_REASON_LINES) < _MAX_CHECKED_NAMES:
@@ -579,7 +579,7 @@ class ServerConnection:
             if _HOST.fullmatch(host) is None:
                 raise RequestError(400, "invalid Host header")
             if len(_VALID_HOSTS) < _MAX_CHECKED_NAMES:
-                _VALID_HOSTS[host] = True
+                _VALID_HOSTS.add(host)
         path: bytes | None = None
         query = b""
         if target[0] != 47 and target.find(b"://", 0, 12) >= 0:  # not "/": origin-form
@@ -827,11 +827,7 @@ class ServerConnection:
             return b"".join(parts)
         if body and not no_body:
             parts.append(body)
-        # `_finish`, inlined: a whole response is the common case.
-        self._responses_done += 1
-        if self._messages_done < self._responses_done:
-            self.keep_alive = False
-        self.our_state = DONE if self.keep_alive else MUST_CLOSE
+        self._finish()
         return b"".join(parts)
 
 

@@ -431,6 +431,8 @@ class HTTPProtocol(asyncio.Protocol):
         before then and gets an answer, where closing at once would race with
         that request (and a POST may not be retried).
         """
+        if self.closing:
+            return  # closed already, or lingering on its own deadline
         self.conn.close_after_response()
         if self.current is None and not self.fresh and not self._head_deadline:
             drain_deadline = self.loop.time() + DRAIN_IDLE
@@ -486,6 +488,8 @@ class HTTPProtocol(asyncio.Protocol):
         """Called by the ticker: act on a deadline that has passed."""
         if self.closing:
             if self._lingering and now >= self.deadline and self.transport is not None:
+                self._lingering = False
+                self.deadline = 0.0
                 self.transport.close()  # the client never sent its FIN
             return
         if self.upgraded is not None:
