@@ -32,6 +32,8 @@ from squall.cpus import cpu_count
 from squall.errors import SquallError, UsageError
 from squall.listeners import ReusePortListeners, SharedListeners
 from squall.logs import configure, enable_stack_dumps, reopen_log_file
+from squall.privileges import become
+from squall.privileges import resolve as resolve_identity
 from squall.sockets import describe_socket, open_binds, parse_bind, reuse_port_balances
 from squall.supervisor import Plugin
 from squall.systemd import SystemdPlugin, listen_fds
@@ -163,7 +165,7 @@ def run(config: Config) -> NoReturn:
         server_context(config.certfile, config.keyfile)  # a bad file is one clear error, now
     if config.reuse_port and config.shared_socket:
         raise UsageError("--reuse-port and --shared-socket: give one or the other")
-    app = preload_app(config.app) if config.preload else None
+    identity = resolve_identity(config.user, config.group)
     activated = listen_fds()  # systemd socket activation
     specs = [parse_bind(spec) for spec in config.bind]
     listeners: SharedListeners | ReusePortListeners
@@ -178,6 +180,18 @@ def run(config: Config) -> NoReturn:
         listeners = ReusePortListeners(specs, backlog=config.backlog, steer=not config.no_steering)
     else:
         listeners = SharedListeners(open_binds(specs, backlog=config.backlog))
+    from squall.worker import import_worker_modules
+
+    # Before leaving root: the user may not read the interpreter's own files.
+    import_worker_modules()
+    plugins = make_plugins(config)  # a --metrics port may be a privileged one
+    if identity is not None:
+        unix_paths = [spec.path for spec in specs if spec.kind == "unix" and spec.path]
+        if config.metrics and config.metrics.startswith("unix:"):
+            unix_paths.append(config.metrics[len("unix:") :])
+        files = [path for path in [config.log_file, *unix_paths] if path]
+        become(identity, listeners.held(), files)
+    app = preload_app(config.app) if config.preload else None
     workers = config.workers or cpu_count()
     logger.info(
         "squall %s serving %s on %s with %d worker(s)%s (supervisor pid %d)",
@@ -188,9 +202,6 @@ def run(config: Config) -> NoReturn:
         sharing(listeners),
         os.getpid(),
     )
-    from squall.worker import import_worker_modules
-
-    import_worker_modules()
     if config.preload:
         gc.collect()
         gc.freeze()  # keep the collector from touching (and so un-sharing) preloaded pages
@@ -207,7 +218,7 @@ def run(config: Config) -> NoReturn:
         listeners=listeners,
         hooks=Hooks(**{hook: getattr(config, hook) for hook in HOOKS}),
         on_log_reopen=reopen_log_file,
-        plugins=make_plugins(config),
+        plugins=plugins,
     )
     watcher = None
     if config.reload:
@@ -228,7 +239,8 @@ def sharing(listeners: SharedListeners | ReusePortListeners) -> str:
     if not isinstance(listeners, ReusePortListeners) or not listeners.slots[0]:
         return ""
     if listeners.steering is None:
-        return ", one socket each (SO_REUSEPORT)"
+        spread = ", at random (classic BPF)" if listeners.classic else ""
+        return f", one socket each (SO_REUSEPORT){spread}"
     return ", one socket each (SO_REUSEPORT), to the least-loaded worker (eBPF), a shared queue under churn"
 
 

@@ -62,6 +62,8 @@ class Config:
     root_path: str = ""
     log_level: str = "info"
     log_file: str | None = None
+    user: str | None = None
+    group: str | None = None
     timeout: float = 30.0
     boot_timeout: float = 60.0
     max_requests: int = 0
@@ -269,6 +271,21 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("log_level", "--log-level", str, "log level (default info)", choices=LOG_LEVELS),
     Setting(
+        "user",
+        "--user",
+        str,
+        "started as root: bind and load the steering program, then run as this user "
+        "(name or uid); workers keep no capability",
+        "USER",
+    ),
+    Setting(
+        "group",
+        "--group",
+        str,
+        "with --user: run as this group (name or gid) instead of the user's own",
+        "GROUP",
+    ),
+    Setting(
         "log_file",
         "--log-file",
         str,
@@ -335,7 +352,7 @@ SETTINGS: tuple[Setting, ...] = (
         "no_steering",
         "--no-steering",
         _switch,
-        "with a socket per worker, let the kernel's hash pick the worker, not the least-loaded (eBPF)",
+        "with a socket per worker, spread new connections at random, not to the least-loaded (eBPF)",
         switch=True,
     ),
     Setting(

@@ -21,6 +21,7 @@ from squall.errors import BindError, UsageError
 
 __all__ = [
     "BindSpec",
+    "accept_queue",
     "bind_sockets",
     "bind_unix_socket",
     "default_backlog",
@@ -30,6 +31,7 @@ __all__ = [
 ]
 
 SOMAXCONN_PATH = "/proc/sys/net/core/somaxconn"
+_TCP_INFO_UNACKED = 24  # offsetof(struct tcp_info, tcpi_unacked)
 _PORT_ZERO_ATTEMPTS = 5  # retries when another program grabs our ephemeral port on the other family
 
 
@@ -327,6 +329,23 @@ def open_binds(
             sock.close()
         raise
     return opened
+
+
+def accept_queue(sock: socket.socket) -> int:
+    """Connections the kernel has accepted on a listening TCP socket and no worker has taken yet.
+
+    Linux answers TCP_INFO on a listener with the accept queue's length in
+    `tcpi_unacked`. Elsewhere, and for Unix sockets, 0.
+    """
+    if sock.family not in (socket.AF_INET, socket.AF_INET6) or not hasattr(socket, "TCP_INFO"):
+        return 0
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_UNACKED + 4)
+    except OSError:
+        return 0
+    if len(info) < _TCP_INFO_UNACKED + 4:
+        return 0
+    return int.from_bytes(info[_TCP_INFO_UNACKED : _TCP_INFO_UNACKED + 4], sys.byteorder)
 
 
 def _unlink_quietly(path: str) -> None:

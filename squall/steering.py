@@ -339,6 +339,15 @@ class Steering:
         for sockarray, sock in zip(self.sockarrays, sockets, strict=True):
             _put_socket(sockarray, OVERFLOW_KEY, sock)
 
+    def exclude(self, task_id: int) -> None:
+        """Send the slot nothing new; its sockets stay in the group (`include` undoes it)."""
+        if task_id < MAX_SLOTS:
+            self.cells[task_id * CELLS + PRESENT] = 0
+
+    def include(self, task_id: int) -> None:
+        if task_id < MAX_SLOTS and task_id in self.present:
+            self.cells[task_id * CELLS + PRESENT] = 1
+
     def remove(self, task_id: int, others: list[socket.socket] | None) -> None:
         """Slot `task_id` is about to close its sockets; `others`: another slot's, if any."""
         self.present.discard(task_id)

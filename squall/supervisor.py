@@ -29,8 +29,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NoReturn, Protocol
 
-from squall import process
-from squall.errors import SquallError
+from squall import privileges, process
+from squall.errors import BindError, SquallError
 
 logger = logging.getLogger("squall.supervisor")
 
@@ -52,6 +52,9 @@ BACKOFF_CAP = 10.0
 _MAX_STREAK = 64  # far past the cap; keeps 2**streak finite in a crash loop of years
 #: After SIGABRT (stack dump), a hung worker gets this long before SIGKILL.
 ABORT_GRACE = 2.0
+#: A worker whose slot closes serves on at least this long after its slot is
+#: passed over, and until nothing waits for it: handshakes under way finish.
+HANDOFF_SETTLE = 1.0
 
 
 class TooManyRestarts(SquallError, RuntimeError):
@@ -73,6 +76,15 @@ class Listeners(Protocol):
 
     def close_slot(self, task_id: int) -> None:
         """The slot is gone for good (scale-down)."""
+
+    def retire_slot(self, task_id: int) -> bool:
+        """Send the slot nothing new; True if its worker should first take what it holds."""
+
+    def park_slot(self, task_id: int) -> None:
+        """No worker will take from the slot for a while (a restart delay)."""
+
+    def queued(self, task_id: int) -> int:
+        """Connections waiting for the slot's worker."""
 
     def close_all(self) -> None:
         """Stop: new connections are refused from now on."""
@@ -163,6 +175,7 @@ class WorkerProcess:
     retiring: bool = False
     started_wall: float = field(default_factory=time.time)
     kill_at: float = 0.0  # when a retiring or aborted worker gets SIGKILL
+    handoff_since: float = 0.0  # retiring, still serving what its slot holds, since then
     timed_out: bool = False
 
 
@@ -310,6 +323,8 @@ class Supervisor:
             timeout = min(timeout, due - now)
         if self._stopping:
             timeout = min(timeout, self._stop_deadline - now)
+        elif any(w.handoff_since for w in self.workers.values()):
+            timeout = min(timeout, 0.05)  # watch the retiring slot's queue
         return max(0.0, timeout)
 
     # -- signals ----------------------------------------------------------------
@@ -408,11 +423,19 @@ class Supervisor:
             self._spawn(task_id)
         for task_id in range(count, previous):
             self._pending_spawns.pop(task_id, None)
-            # With a socket per slot: from now on only the retiring worker's own
-            # copy keeps it in the group, and it closes that as it drains.
-            self._close_slot(task_id)
-            for worker in list(self.workers.values()):
-                if worker.task_id == task_id and not worker.retiring:
+            workers = [w for w in self.workers.values() if w.task_id == task_id]
+            # With a socket per slot: new connections stop going there, and
+            # its worker takes what is queued before it drains; the socket
+            # closes once no worker holds it (`_worker_exited`).
+            hand_off = self.listeners is not None and self.listeners.retire_slot(task_id)
+            if not hand_off or not workers:
+                self._close_slot(task_id)
+            for worker in workers:
+                if worker.retiring:
+                    continue
+                if hand_off and worker.ready and worker.replaces is None:
+                    self._hand_off(worker)
+                else:
                     self._retire(worker)
             if self._reload_queue is not None:
                 self._reload_queue = deque(w for w in self._reload_queue if w.task_id < count)
@@ -423,10 +446,20 @@ class Supervisor:
         """Workers that are neither retiring nor a successor still booting."""
         return [w for w in self.workers.values() if not w.retiring and w.replaces is None]
 
-    def _spawn(self, worker_id: int, replaces: WorkerProcess | None = None) -> WorkerProcess:
+    def _spawn(self, worker_id: int, replaces: WorkerProcess | None = None) -> None:
         """Fork one worker; in the child, unwind to `run` with `_BecameWorker`."""
         if self.listeners is not None:
-            self.listeners.open_slot(worker_id)
+            try:
+                self.listeners.open_slot(worker_id)
+            except (OSError, BindError) as exc:  # out of descriptors, say: the others serve on
+                logger.error(
+                    "cannot open worker %d's socket (%s); trying again in %.0f s",
+                    worker_id,
+                    exc,
+                    BACKOFF_CAP,
+                )
+                self._pending_spawns[worker_id] = time.monotonic() + BACKOFF_CAP
+                return
         for plugin in self.plugins:
             plugin.before_spawn(worker_id)
         read_fd, write_fd = os.pipe()
@@ -444,6 +477,11 @@ class Supervisor:
             self._forget_in_child(worker_id)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
             process.become_worker(worker_id, write_fd, self.pid)
+            try:
+                privileges.drop_capabilities()
+            except OSError as exc:
+                process.notify(f"booterror cannot give up its capabilities: {exc}")
+                os._exit(process.BOOT_FAILURE_EXIT)
             if self.hooks.post_fork is not None:
                 try:
                     self.hooks.post_fork(worker_id)
@@ -462,7 +500,6 @@ class Supervisor:
         logger.info("worker %d started (pid %d)", worker_id, pid)
         for plugin in self.plugins:
             plugin.after_spawn(worker)
-        return worker
 
     def _forget_in_child(self, worker_id: int) -> None:
         """Drop the supervisor's signal handling and file descriptors in a new child."""
@@ -491,8 +528,25 @@ class Supervisor:
     def _retire(self, worker: WorkerProcess) -> None:
         """Ask a worker to drain and exit; SIGKILL after the graceful timeout."""
         worker.retiring = True
+        worker.handoff_since = 0.0
         worker.kill_at = time.monotonic() + self.graceful_timeout
         _kill(worker.pid, signal.SIGTERM)
+
+    def _hand_off(self, worker: WorkerProcess) -> None:
+        """Retire a worker whose slot closes, once it has taken what the slot holds.
+
+        Its slot gets nothing new from now on; `_enforce_deadlines` tells it
+        to drain when the slot's queue is empty (after `HANDOFF_SETTLE`), or
+        after the graceful timeout. Told at once, it would stop accepting,
+        and the kernel would reset what waits in its queue when it closes.
+        """
+        worker.retiring = True
+        worker.handoff_since = time.monotonic()
+        logger.info(
+            "worker %d (pid %d) takes no new connections; it drains once its queue is empty",
+            worker.task_id,
+            worker.pid,
+        )
 
     def _replace(self, old: WorkerProcess, cause: str) -> None:
         """Fork a successor for `old`; `old` drains once the successor is ready."""
@@ -690,8 +744,10 @@ class Supervisor:
             how = f"failed to boot ({worker.boot_error})"
         if worker.retiring or self._stopping:
             logger.info("worker %d (pid %d) %s", worker_id, pid, how)
-            if worker_id >= self.num_workers and self.listeners is not None:
-                self.listeners.close_slot(worker_id)
+            if worker_id >= self.num_workers and not any(
+                w.task_id == worker_id for w in self.workers.values()
+            ):
+                self._close_slot(worker_id)  # the last worker holding it is gone
             self._advance_reload()
             return
         if how == "exited normally":
@@ -716,11 +772,11 @@ class Supervisor:
             logger.warning(
                 "worker %d (pid %d) %s, restarting in %.1f s", worker_id, pid, how, delay
             )
-            if any(w.task_id != worker_id for w in self._serving()):
-                # A socket of its own would hold new connections for the whole
-                # delay; closed, they go to the other workers (`_spawn` opens a
-                # new one). With no other worker, they wait for this one.
-                self._close_slot(worker_id)
+            if any(w.task_id != worker_id for w in self._serving()) and self.listeners:
+                # A socket of its own would take new connections for the whole
+                # delay; parked, they go to the other workers (`_spawn` opens
+                # it again). With no other worker, they wait for this one.
+                self.listeners.park_slot(worker_id)
         else:
             logger.warning("worker %d (pid %d) %s, restarting", worker_id, pid, how)
         self._pending_spawns[worker_id] = time.monotonic() + delay
@@ -765,6 +821,14 @@ class Supervisor:
             if worker.kill_at and now >= worker.kill_at:
                 worker.kill_at = 0.0
                 _kill(worker.pid, signal.SIGKILL)
+            elif worker.handoff_since:
+                waited = now - worker.handoff_since
+                if waited >= HANDOFF_SETTLE and (
+                    waited >= self.graceful_timeout
+                    or self.listeners is None
+                    or not self.listeners.queued(worker.task_id)
+                ):
+                    self._retire(worker)
             elif worker.retiring or worker.timed_out:
                 continue
             elif not worker.ready:

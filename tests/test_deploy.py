@@ -45,7 +45,11 @@ def test_the_systemd_service_unit() -> None:
     assert service["KillMode"] == "mixed"  # SIGTERM to the supervisor only
     config = squall_config(shlex.split(service["ExecStart"]))
     assert config.workers == 0
-    assert not config.bind_given  # the socket comes from squall.socket
+    assert config.bind == ["0.0.0.0:8000"]  # its own sockets, one per worker
+    assert not config.user  # systemd starts it as the user, with the capabilities steering needs
+    assert service["User"] == "squall"
+    for setting in ("AmbientCapabilities", "CapabilityBoundingSet"):
+        assert set(service[setting].split()) == {"CAP_BPF", "CAP_NET_BIND_SERVICE"}
     assert int(service["TimeoutStopSec"]) > config.graceful_timeout
     assert int(service["WatchdogSec"]) >= 2
     assert service["Environment"] == "SQUALL_CONTROL=/run/squall/control.sock"

@@ -336,18 +336,18 @@ def test_a_blocked_worker_is_passed_over(services: Services) -> None:
     assert len(set(answers)) == 1, answers
 
 
-def test_no_steering_leaves_it_to_the_kernel(services: Services) -> None:
+def test_no_steering_spreads_at_random(services: Services) -> None:
     service, port = start(services, "--no-steering")
-    assert "one socket each (SO_REUSEPORT)" in service.output()
+    assert "one socket each (SO_REUSEPORT), at random (classic BPF)" in service.output()
     assert "least-loaded" not in service.output()
     assert httpx.get(f"http://127.0.0.1:{port}/pid", timeout=5).status_code == 200
 
 
 @pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv (util-linux)")
-def test_without_the_capability_the_kernel_hash_serves(services: Services) -> None:
+def test_without_the_capability_connections_go_at_random(services: Services) -> None:
     setpriv = [str(shutil.which("setpriv")), "--bounding-set", "-bpf,-sys_admin"]
     service, port = start(services, prefix=setpriv)
-    assert "connections go by the kernel's hash, not by load" in service.output()
+    assert "connections go at random, not by load" in service.output()
     assert "one socket each (SO_REUSEPORT)" in service.output()
     assert "least-loaded" not in service.output()
     assert httpx.get(f"http://127.0.0.1:{port}/pid", timeout=5).status_code == 200

@@ -12,8 +12,10 @@ import re
 import shutil
 import signal
 import socket
+import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -466,3 +468,72 @@ def test_boot_timeout_makes_a_hung_replacement_a_crash(services: Services, tmp_p
     flag.unlink()
     wait_until(lambda: len({get(port).json()["pid"] for _ in range(20)}) == 2, timeout=20)
     assert service.stop() == 0
+
+
+WITHOUT_BPF_CAPABILITY = ["setpriv", "--bounding-set", "-bpf,-sys_admin"]
+SCALE_DOWN_MODES = {
+    "steered": ([], []),
+    "without CAP_BPF": (WITHOUT_BPF_CAPABILITY, []),
+    "no-steering": ([], ["--no-steering"]),
+}
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv (util-linux)")
+@pytest.mark.parametrize("mode", SCALE_DOWN_MODES)
+def test_scale_down_serves_what_waits_for_the_retiring_worker(
+    services: Services, tmp_path: Path, mode: str
+) -> None:
+    # A busy worker (stopped here) has connections waiting in its socket's
+    # queue when the service scales down. Closing the socket then resets
+    # them, unless the kernel moves them (eBPF select-or-migrate, or
+    # net.ipv4.tcp_migrate_req); the retiring worker must take them first.
+    prefix, args = SCALE_DOWN_MODES[mode]
+    directory = app_dir(tmp_path)
+    port = free_port()
+    service = services.start(
+        [
+            *prefix,
+            sys.executable,
+            "-m",
+            "squall",
+            "supervised_app:app",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            "3",
+            *args,
+        ],
+        cwd=directory,
+    )
+    service.wait_for_port(port)
+    service.wait_for_log("is ready", count=3)
+    retiring = pid_of_task(port, 2)
+    body = b"x" * 100
+    request = b"POST / HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: 100\r\n\r\n"
+    clients: list[socket.socket] = []
+    os.kill(retiring, signal.SIGSTOP)
+    try:
+        for _ in range(30):  # about a third wait for the stopped worker
+            client = socket.create_connection(("127.0.0.1", port), timeout=10)
+            client.sendall(request + body)
+            clients.append(client)
+        service.send(signal.SIGTTOU)
+        service.wait_for_log("to 2 worker(s)")
+        time.sleep(0.3)
+    finally:
+        os.kill(retiring, signal.SIGCONT)
+    answers: Counter[str] = Counter()
+    for client in clients:
+        with client:
+            data = b""
+            try:
+                while chunk := client.recv(65536):
+                    data += chunk
+            except ConnectionResetError:
+                answers["reset"] += 1
+                continue
+            answers[
+                "200" if data.startswith(b"HTTP/1.1 200 ") and data.endswith(b"1") else "bad"
+            ] += 1
+    service.wait_for_workers(2)
+    assert answers == {"200": 30}, answers
