@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from squall import __version__, process
+from squall import __version__, handover, process
 from squall.appload import import_app
 from squall.config import (
     HOOKS,
@@ -31,12 +31,13 @@ from squall.config import (
 from squall.cpus import cpu_count
 from squall.errors import SquallError, UsageError
 from squall.listeners import ReusePortListeners, SharedListeners
+from squall.listeners import adopt as adopt_listeners
 from squall.logs import configure, enable_stack_dumps, reopen_log_file
 from squall.privileges import become
 from squall.privileges import resolve as resolve_identity
-from squall.sockets import describe_socket, open_binds, parse_bind, reuse_port_balances
+from squall.sockets import BindSpec, describe_socket, open_binds, parse_bind, reuse_port_balances
 from squall.supervisor import Plugin
-from squall.systemd import SystemdPlugin, listen_fds
+from squall.systemd import STATE_NAME, SystemdPlugin, listen_fds, stored_handover
 from squall.watch import start_watcher
 
 logger = logging.getLogger("squall")
@@ -166,33 +167,43 @@ def run(config: Config) -> NoReturn:
     if config.reuse_port and config.shared_socket:
         raise UsageError("--reuse-port and --shared-socket: give one or the other")
     identity = resolve_identity(config.user, config.group)
-    activated = listen_fds()  # systemd socket activation
     specs = [parse_bind(spec) for spec in config.bind]
-    listeners: SharedListeners | ReusePortListeners
-    if activated and config.bind_given:
-        logger.warning("--bind given: ignoring the %d socket(s) passed by systemd", len(activated))
-        for sock in activated:
-            sock.close()
-        activated = []
-    if activated:
-        listeners = SharedListeners(activated)
-    elif config.reuse_port or (not config.shared_socket and reuse_port_balances()):
-        listeners = ReusePortListeners(specs, backlog=config.backlog, steer=not config.no_steering)
+    workers = config.workers or cpu_count()
+    upgrade = handover.inherited()
+    stored = None if upgrade is not None else stored_handover()
+    report_ready_fd = -1
+    if upgrade is not None:  # started by a hot upgrade: the old supervisor's sockets
+        listeners = adopt_listeners(upgrade["parts"]["listeners"], upgrade["parts"]["fds"])
+        workers = int(upgrade["parts"]["workers"])
+        report_ready_fd = int(upgrade["report"])
+        os.set_inheritable(report_ready_fd, False)
+        logger.info("upgrade: taking over from the supervisor pid %d", upgrade["from"])
+    elif stored is not None:  # systemd kept them for us across a restart
+        description, fds = stored
+        listeners = adopt_listeners(description["listeners"], fds)
+        workers = int(description["workers"])
+        listeners.reassert()
+        logger.info("fd store: serving the %d socket(s) systemd kept", len(listeners.held()))
     else:
-        listeners = SharedListeners(open_binds(specs, backlog=config.backlog))
+        listeners = open_listeners(config, specs)
     from squall.worker import import_worker_modules
 
     # Before leaving root: the user may not read the interpreter's own files.
     import_worker_modules()
     plugins = make_plugins(config)  # a --metrics port may be a privileged one
+    if stored is not None:
+        for plugin in plugins:
+            if isinstance(plugin, SystemdPlugin):
+                plugin.adopted = [*stored[1], STATE_NAME]
     if identity is not None:
         unix_paths = [spec.path for spec in specs if spec.kind == "unix" and spec.path]
         if config.metrics and config.metrics.startswith("unix:"):
             unix_paths.append(config.metrics[len("unix:") :])
+        if config.control:
+            unix_paths.append(config.control)
         files = [path for path in [config.log_file, *unix_paths] if path]
         become(identity, listeners.held(), files)
     app = preload_app(config.app) if config.preload else None
-    workers = config.workers or cpu_count()
     logger.info(
         "squall %s serving %s on %s with %d worker(s)%s (supervisor pid %d)",
         __version__,
@@ -219,6 +230,7 @@ def run(config: Config) -> NoReturn:
         hooks=Hooks(**{hook: getattr(config, hook) for hook in HOOKS}),
         on_log_reopen=reopen_log_file,
         plugins=plugins,
+        report_ready_fd=report_ready_fd,
     )
     watcher = None
     if config.reload:
@@ -234,9 +246,24 @@ def run(config: Config) -> NoReturn:
     serve_worker(config, listeners.for_slot(task_id), app, listeners.report_for(task_id))
 
 
+def open_listeners(config: Config, specs: list[BindSpec]) -> SharedListeners | ReusePortListeners:
+    """systemd's sockets if it passed any (and no --bind), else bind: one per worker or shared."""
+    activated = listen_fds()  # systemd socket activation
+    if activated and config.bind_given:
+        logger.warning("--bind given: ignoring the %d socket(s) passed by systemd", len(activated))
+        for sock in activated:
+            sock.close()
+        activated = []
+    if activated:
+        return SharedListeners(activated)
+    if config.reuse_port or (not config.shared_socket and reuse_port_balances()):
+        return ReusePortListeners(specs, backlog=config.backlog, steer=not config.no_steering)
+    return SharedListeners(open_binds(specs, backlog=config.backlog))
+
+
 def sharing(listeners: SharedListeners | ReusePortListeners) -> str:
     """How new connections are spread, for the start-up line."""
-    if not isinstance(listeners, ReusePortListeners) or not listeners.slots[0]:
+    if not isinstance(listeners, ReusePortListeners) or not any(listeners.slots.values()):
         return ""
     if listeners.steering is None:
         spread = ", at random (classic BPF)" if listeners.classic else ""

@@ -3,7 +3,7 @@
 The supervisor side, `ControlPlugin`, listens on PATH (`--control PATH`) and
 answers every request line with one reply line, both JSON:
 
-    {"command": "status" | "reload" | "scale" | "stop" | "restart-worker", "args": [...]}
+    {"command": "status" | "reload" | "upgrade" | "scale" | "stop" | "restart-worker", "args": [...]}
     {"ok": true, "message": "...", ...}   or   {"ok": false, "error": "..."}
 
 Only the socket's owner and root may talk to it: the file is created 0600
@@ -42,6 +42,9 @@ from squall.sockets import remove_stale_socket
 from squall.supervisor import PluginBase, Supervisor, WorkerProcess
 
 logger = logging.getLogger("squall.control")
+
+#: A hot upgrade passes the control socket here (its descriptor).
+INHERIT_ENV = "SQUALL_CONTROL_FD"
 
 #: The environment variable naming the socket, for `squall ctl` (and `--control`).
 SOCKET_ENV = "SQUALL_CONTROL"
@@ -85,6 +88,7 @@ class ControlPlugin(PluginBase):
         self._selector: selectors.BaseSelector | None = None
         self._listener: socket.socket | None = None
         self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of our socket file
+        self._adopted: tuple[int, int] | None = None  # the same, handed over, until we serve
         self._owner_pid = os.getpid()
         self._owner_uid = os.geteuid()
         self._clients: dict[int, _Client] = {}
@@ -92,10 +96,13 @@ class ControlPlugin(PluginBase):
         self._commands: dict[str, Callable[[list[Any]], dict[str, Any]]] = {
             "status": self._status,
             "reload": self._reload,
+            "upgrade": self._upgrade,
             "scale": self._scale,
             "stop": self._stop,
             "restart-worker": self._restart_worker,
         }
+        # Made at once, before a --user drop, in a directory only root may write to.
+        self._listener = self._listen()
 
     # -- the plugin ------------------------------------------------------------
 
@@ -104,7 +111,7 @@ class ControlPlugin(PluginBase):
         self._selector = selector
         self._owner_pid = os.getpid()
         self._owner_uid = os.geteuid()
-        self._listener = self._listen()
+        assert self._listener is not None
         selector.register(self._listener, selectors.EVENT_READ, self)
         logger.info("control socket on %s (squall ctl --socket %s status)", self.path, self.path)
 
@@ -126,7 +133,19 @@ class ControlPlugin(PluginBase):
             if client is not None:
                 self._drop(client)
 
+    def handover(self) -> tuple[list[int], dict[str, str]]:
+        if self._listener is None:
+            return [], {}
+        fd = self._listener.fileno()
+        return [fd], {INHERIT_ENV: str(fd)}
+
     def on_event(self, event: str) -> None:
+        if event == "upgraded":
+            self._identity = None  # the socket file is the new supervisor's now
+            return
+        if event == "ready" and self._adopted is not None:
+            self._identity, self._adopted = self._adopted, None
+            return
         if event != "tick":
             return
         now = time.monotonic()
@@ -169,6 +188,15 @@ class ControlPlugin(PluginBase):
 
     def _listen(self) -> socket.socket:
         path = self.path
+        inherited = os.environ.pop(INHERIT_ENV, None)
+        if inherited is not None:  # a hot upgrade: the old supervisor's socket, file and all
+            sock = socket.socket(fileno=int(inherited))
+            sock.set_inheritable(False)
+            sock.setblocking(False)
+            with contextlib.suppress(OSError):
+                st = os.lstat(path)
+                self._adopted = (st.st_dev, st.st_ino)  # ours to remove once we serve
+            return sock
         remove_stale_socket(
             path,
             f"cannot open the control socket {path}",
@@ -414,6 +442,19 @@ class ControlPlugin(PluginBase):
             return _ok("a reload is running; another one follows it")
         return _ok(f"reloading {supervisor.num_workers} worker(s), one batch at a time")
 
+    def _upgrade(self, args: list[Any]) -> dict[str, Any]:
+        _no_args("upgrade", args)
+        supervisor = self._not_stopping()
+        refused = supervisor.upgrade()
+        if refused is not None:
+            raise _Refused(refused)
+        successor = supervisor.snapshot()["upgrading"]
+        return {
+            **_ok(f"upgrading: new supervisor pid {successor}; this one drains once it is ready"),
+            "pid": supervisor.pid,
+            "successor": successor,
+        }
+
     def _scale(self, args: list[Any]) -> dict[str, Any]:
         count = _int_arg("scale", args, "N")
         if count < 1:
@@ -603,6 +644,11 @@ def _ctl_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     commands.add_parser("status", help="the workers: pid, state, uptime, requests, memory")
     commands.add_parser("reload", help="replace every worker, each successor ready first")
+    commands.add_parser(
+        "upgrade",
+        help="re-exec the supervisor (new squall, Python or venv) on the same sockets; "
+        "waits until the new one serves",
+    )
     scale = commands.add_parser("scale", help="run N workers")
     scale.add_argument("count", type=int, metavar="N")
     stop = commands.add_parser("stop", help="stop the service (gracefully)")
@@ -613,7 +659,7 @@ def _ctl_parser() -> argparse.ArgumentParser:
 
 
 def ctl_main(argv: Sequence[str]) -> int:
-    """`squall ctl [--socket PATH] status|reload|scale N|stop|restart-worker ID`."""
+    """`squall ctl [--socket PATH] status|reload|upgrade|scale N|stop|restart-worker ID`."""
     parser = _ctl_parser()
     try:
         options = parser.parse_args(list(argv))
@@ -655,9 +701,32 @@ def ctl_main(argv: Sequence[str]) -> int:
         return 0
     if command == "status":
         print(format_status(reply, dash=_dash()))
+    elif command == "upgrade":
+        return _wait_for_upgrade(path, reply, options.timeout)
     else:
         print(reply.get("message", "done"))
     return 0
+
+
+def _wait_for_upgrade(path: str, reply: Mapping[str, Any], timeout: float) -> int:
+    """Ask for the status until the new supervisor answers it, or the old one says it failed."""
+    old, new = reply.get("pid"), reply.get("successor")
+    print(reply.get("message", "upgrading"))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        try:
+            status = request(path, "status", [], timeout=max(0.1, deadline - time.monotonic()))
+        except (ConnectError, ProtocolError):
+            continue  # the socket changes hands
+        if status.get("pid") == new and not status.get("taking_over"):
+            print(f"upgraded: supervisor pid {old} -> {new}")
+            return 0
+        if status.get("pid") == old and status.get("upgrade_error") and not status.get("upgrading"):
+            print(f"squall ctl: upgrade failed: {status['upgrade_error']}", file=sys.stderr)
+            return 1
+    print(f"squall ctl: upgrade: no answer from pid {new} within {timeout:g} s", file=sys.stderr)
+    return 1
 
 
 def _dash() -> str:

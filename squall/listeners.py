@@ -25,6 +25,7 @@ import logging
 import socket
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from squall.classic_bpf import GroupOrder
 from squall.classic_bpf import attach as attach_classic
@@ -74,6 +75,18 @@ class SharedListeners:
     def held(self) -> list[socket.socket]:
         """Every socket the supervisor holds."""
         return list(self.sockets)
+
+    def handover(self) -> tuple[dict[str, int], dict[str, Any]]:
+        """The descriptors by name, and the description a successor adopts (`adopt`)."""
+        fds = {f"shared.{index}": sock.fileno() for index, sock in enumerate(self.sockets)}
+        return fds, {"mode": "shared", "sockets": list(fds)}
+
+    def release(self) -> None:
+        """The successor serves them now: close this process's copies, change nothing else."""
+        self.close_all()
+
+    def reassert(self) -> None:
+        pass
 
     def report_for(self, task_id: int) -> WorkerReport | None:
         return None  # a shared socket is not steered
@@ -252,6 +265,60 @@ class ReusePortListeners:
     def describe(self) -> list[socket.socket]:
         return self.slots.get(0, []) + self.shared
 
+    def handover(self) -> tuple[dict[str, int], dict[str, Any]]:
+        """The descriptors by name, and the description a successor adopts (`adopt`)."""
+        fds: dict[str, int] = {}
+
+        def named(prefix: str, socks: list[socket.socket]) -> list[str]:
+            names = [f"{prefix}.{index}" for index in range(len(socks))]
+            fds.update(zip(names, (sock.fileno() for sock in socks), strict=True))
+            return names
+
+        state: dict[str, Any] = {
+            "mode": "reuse-port",
+            "specs": [dataclasses.asdict(spec) for spec in self.specs],
+            "backlog": self.backlog,
+            "slots": {str(task): named(f"slot{task}", socks) for task, socks in self.slots.items()},
+            "overflow": named("overflow", self.overflow),
+            "shared": named("shared", self.shared),
+            "order": self.order.keys,
+            "excluded": sorted(self.excluded),
+            "classic": self.classic,
+            "steering": None,
+        }
+        if self.steering is not None:
+            steering_fds, state["steering"] = self.steering.handover()
+            fds.update(steering_fds)
+        return fds, state
+
+    def reassert(self) -> None:
+        """After adopting: the program and the shared cells say what this description says.
+
+        A predecessor that stopped (systemd's fd store) may have cleared them.
+        """
+        included = set(self.slots) - self.excluded
+
+        def include(steering: Steering) -> None:
+            for task_id in included:
+                steering.include(task_id)
+
+        self._steer(include)
+        self._pick()
+
+    def release(self) -> None:
+        """The successor serves them now: close this process's copies, change nothing else.
+
+        Not `close_all`: that would tell the shared steering maps, or the
+        group's program, that the slots are gone.
+        """
+        for sock in self.held():
+            sock.close()
+        self.slots, self.overflow, self.shared = {}, [], []
+        if self.steering is not None:
+            self.steering.close()
+            self.steering = None
+        self.classic = False
+
     def held(self) -> list[socket.socket]:
         """Every socket the supervisor holds."""
         return (
@@ -266,3 +333,34 @@ def migrate_req_enabled() -> bool:
         return MIGRATE_REQ.read_text().strip() == "1"
     except OSError:
         return False
+
+
+def adopt(state: dict[str, Any], fds: dict[str, int]) -> SharedListeners | ReusePortListeners:
+    """The listeners a previous supervisor handed over, with their descriptors by name."""
+
+    def sockets(names: list[str]) -> list[socket.socket]:
+        return [_socket(fds[name]) for name in names]
+
+    if state["mode"] == "shared":
+        return SharedListeners(sockets(state["sockets"]))
+    listeners = ReusePortListeners.__new__(ReusePortListeners)
+    listeners.backlog = state["backlog"]
+    listeners.specs = [BindSpec(**spec) for spec in state["specs"]]
+    listeners.slots = {int(task): sockets(names) for task, names in state["slots"].items()}
+    listeners.overflow = sockets(state["overflow"])
+    listeners.shared = sockets(state["shared"])
+    listeners.order = GroupOrder()
+    listeners.order.keys = list(state["order"])
+    listeners.excluded = set(state["excluded"])
+    listeners.classic = bool(state["classic"])
+    listeners.steering = None
+    if state["steering"] is not None:
+        listeners.steering = Steering.adopt(state["steering"], fds)
+    return listeners
+
+
+def _socket(fd: int) -> socket.socket:
+    sock = socket.socket(fileno=fd)
+    sock.set_inheritable(False)
+    sock.setblocking(False)
+    return sock

@@ -59,6 +59,9 @@ __all__ = ["BUCKETS_MS", "MetricsPlugin", "SlotRecorder", "worker_recorder"]
 
 logger = logging.getLogger("squall.metrics")
 
+#: A hot upgrade passes the endpoint\'s sockets here (their descriptors).
+INHERIT_ENV = "SQUALL_METRICS_FDS"
+
 # -- the shared slots -------------------------------------------------------------
 
 #: Upper bounds of the request latency histogram, in milliseconds (then +Inf).
@@ -287,6 +290,7 @@ class MetricsPlugin(PluginBase):
         self.address = address
         self._owner = os.getpid()
         self._unix_path: str | None = None
+        self._adopted_path: str | None = None  # the same, handed over, until we serve
         self._listeners = self._listen(address)
         self._shared = mmap.mmap(-1, slots * SLOT_FIELDS * 8)
         self._counters = memoryview(self._shared).cast("q")
@@ -320,6 +324,14 @@ class MetricsPlugin(PluginBase):
             spec = parse_bind(address)
         except UsageError as exc:
             raise UsageError(str(exc).replace("--bind", "--metrics")) from None
+        inherited = os.environ.pop(INHERIT_ENV, None)
+        if inherited is not None:  # a hot upgrade: the old supervisor's sockets
+            socks = [socket.socket(fileno=int(fd)) for fd in inherited.split(",") if fd]
+            for sock in socks:
+                sock.set_inheritable(False)
+                sock.setblocking(False)
+            self._adopted_path = spec.path if spec.kind == "unix" else None  # ours once we serve
+            return socks
         if spec.kind == "unix" and spec.path is not None:
             sock = bind_unix_socket(spec.path, backlog=64)
             self._unix_path = spec.path
@@ -390,7 +402,16 @@ class MetricsPlugin(PluginBase):
         except Exception:
             logger.exception("metrics: could not fold the counters of pid %d", worker.pid)
 
+    def handover(self) -> tuple[list[int], dict[str, str]]:
+        fds = [sock.fileno() for sock in self._listeners]
+        return fds, {INHERIT_ENV: ",".join(map(str, fds))}
+
     def on_event(self, event: str) -> None:
+        if event == "upgraded":
+            self._unix_path = None  # the socket file is the new supervisor's now
+            return
+        if event == "ready" and self._adopted_path is not None:
+            self._unix_path, self._adopted_path = self._adopted_path, None
         if event == "tick":
             now = time.monotonic()
             self._close_idle(now)

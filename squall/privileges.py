@@ -34,7 +34,7 @@ SUPERVISOR_CAPABILITIES = (CAP_NET_BIND_SERVICE, CAP_BPF)
 
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 _PR_SET_KEEPCAPS = 8
-_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
+_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_RAISE, _PR_CAP_AMBIENT_CLEAR_ALL = 47, 2, 4
 _libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 
 
@@ -102,7 +102,10 @@ def become(identity: Identity, sockets: list[socket.socket], files: list[str]) -
     os.setuid(identity.uid)
     if _libc is not None:
         _prctl(_PR_SET_KEEPCAPS, 0)
-        _set_capabilities(keep)
+        # Inheritable and ambient too, so that they outlive the exec of a hot upgrade.
+        _set_capabilities(keep, inheritable=True)
+        for cap in keep:
+            _prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_RAISE, cap)
 
 
 def drop_capabilities() -> None:
@@ -132,20 +135,23 @@ def _capabilities() -> tuple[int, int]:
     return e0 | e1 << 32, p0 | p1 << 32
 
 
-def _set_capabilities(caps: list[int]) -> None:
-    """Effective and permitted become exactly `caps`; inheritable none."""
+def _set_capabilities(caps: list[int], inheritable: bool = False) -> None:
+    """Effective and permitted become exactly `caps`; inheritable the same, or none."""
     mask = 0
     for cap in caps:
         mask |= 1 << cap
     low, high = mask & 0xFFFFFFFF, mask >> 32
     header = ctypes.create_string_buffer(struct.pack("=Ii", _LINUX_CAPABILITY_VERSION_3, 0))
-    data = ctypes.create_string_buffer(struct.pack("=6I", low, low, 0, high, high, 0))
+    inherit_low, inherit_high = (low, high) if inheritable else (0, 0)
+    data = ctypes.create_string_buffer(
+        struct.pack("=6I", low, low, inherit_low, high, high, inherit_high)
+    )
     assert _libc is not None
     if _libc.capset(header, data) != 0:
         raise OSError(ctypes.get_errno(), "capset: " + os.strerror(ctypes.get_errno()))
 
 
-def _prctl(option: int, arg: int) -> None:
+def _prctl(option: int, arg: int, arg3: int = 0) -> None:
     assert _libc is not None
-    if _libc.prctl(option, ctypes.c_ulong(arg), 0, 0, 0) != 0:
+    if _libc.prctl(option, ctypes.c_ulong(arg), ctypes.c_ulong(arg3), 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl: " + os.strerror(ctypes.get_errno()))

@@ -47,6 +47,7 @@ import socket
 import struct
 import sys
 from time import monotonic_ns
+from typing import Any
 
 __all__ = ["Steering", "SteeringUnavailable", "WorkerReport", "detach_program"]
 
@@ -320,6 +321,39 @@ class Steering:
         self.programs: list[int] = []
         self.present: set[int] = set()
         self.covered = 0  # slots the attached programs look at
+
+    @classmethod
+    def adopt(
+        cls, state: dict[str, Any], fds: dict[str, int], churn_ns: int = CHURN_NS
+    ) -> Steering:
+        """The maps a previous supervisor made (hot upgrade); its program stays attached.
+
+        `_cover` loads this supervisor's own program at the next change of slots.
+        """
+        self = cls.__new__(cls)
+        self.churn_ns = churn_ns
+        self.slots = fds[state["slots"]]
+        self._own = [self.slots]
+        size = -(-8 * CELLS * MAX_SLOTS // mmap.PAGESIZE) * mmap.PAGESIZE
+        self.shared = mmap.mmap(self.slots, size)
+        self.cells = memoryview(self.shared).cast("Q")
+        self.sockarrays = [fds[name] for name in state["sockarrays"]]
+        self.programs = []
+        self.present = {int(task_id) for task_id in state["present"]}
+        self.covered = int(state["covered"])
+        return self
+
+    def handover(self) -> tuple[dict[str, int], dict[str, Any]]:
+        """The descriptors by name, and the state a successor adopts (see `adopt`)."""
+        fds = {"bpf.slots": self.slots}
+        fds.update({f"bpf.array.{index}": fd for index, fd in enumerate(self.sockarrays)})
+        state = {
+            "slots": "bpf.slots",
+            "sockarrays": [name for name in fds if name.startswith("bpf.array.")],
+            "present": sorted(self.present),
+            "covered": self.covered,
+        }
+        return fds, state
 
     def add(self, task_id: int, sockets: list[socket.socket]) -> None:
         """Slot `task_id` has these sockets now (one per group, in group order)."""

@@ -27,9 +27,9 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import NoReturn, Protocol
+from typing import Any, NoReturn, Protocol
 
-from squall import privileges, process
+from squall import handover, privileges, process
 from squall.errors import BindError, SquallError
 
 logger = logging.getLogger("squall.supervisor")
@@ -43,6 +43,7 @@ HANDLED_SIGNALS = (
     signal.SIGTTIN,
     signal.SIGTTOU,
     signal.SIGUSR1,
+    signal.SIGUSR2,
 )
 
 #: A worker that dies younger than this is restarted after a growing delay.
@@ -89,6 +90,12 @@ class Listeners(Protocol):
     def close_all(self) -> None:
         """Stop: new connections are refused from now on."""
 
+    def handover(self) -> tuple[dict[str, int], dict[str, Any]]:
+        """For a hot upgrade: the descriptors to pass on by name, and how to adopt them."""
+
+    def release(self) -> None:
+        """After a hot upgrade: close this process's copies and change nothing shared."""
+
 
 class Plugin(Protocol):
     """Something that runs inside the supervisor's loop: metrics, control, systemd.
@@ -103,7 +110,8 @@ class Plugin(Protocol):
     def on_readable(self, key: selectors.SelectorKey, mask: int) -> None: ...
 
     def on_event(self, event: str) -> None:
-        """`ready` (every worker up, first time), `reloading`, `reloaded`, `stopping`, `tick`."""
+        """`ready` (every worker up, first time), `reloading`, `reloaded`, `stopping`, `tick`,
+        `upgraded` (a new supervisor took over; this one drains)."""
 
     def close(self) -> None:
         """In the supervisor at exit, and in every new worker (which must not keep its fds)."""
@@ -116,6 +124,9 @@ class Plugin(Protocol):
 
     def after_exit(self, worker: WorkerProcess, status: int) -> None:
         """In the supervisor, once the child is reaped."""
+
+    def handover(self) -> tuple[list[int], dict[str, str]]:
+        """For a hot upgrade: descriptors to pass on, and environment variables for the successor."""
 
 
 class PluginBase:
@@ -141,6 +152,9 @@ class PluginBase:
 
     def after_exit(self, worker: WorkerProcess, status: int) -> None:
         pass
+
+    def handover(self) -> tuple[list[int], dict[str, str]]:
+        return [], {}
 
 
 @dataclass
@@ -221,6 +235,16 @@ class Backoff:
         return float(min(BACKOFF_CAP, BACKOFF_FIRST * 2 ** (streak - 2)))
 
 
+@dataclass
+class Successor:
+    """A new supervisor started by a hot upgrade, until it is ready or gone."""
+
+    pid: int
+    channel: int  # read end of its pipe: "ready", or "failed <why>"
+    deadline: float
+    buffer: bytes = b""
+
+
 class _BecameWorker(BaseException):
     """Unwinds a freshly forked child out of the supervisor's loop."""
 
@@ -244,6 +268,7 @@ class Supervisor:
         hooks: Hooks | None = None,
         on_log_reopen: Callable[[], object] | None = None,
         plugins: list[Plugin] | None = None,
+        report_ready_fd: int = -1,
     ) -> None:
         self.num_workers = num_workers
         self.budget = RestartBudget(max_restarts, restart_window)
@@ -274,6 +299,13 @@ class Supervisor:
         self._stopping = False
         self._stop_deadline = 0.0
         self._exit_error: SquallError | None = None
+        self._successor: Successor | None = None
+        # Started by a hot upgrade: the pipe to say "ready" on, and until then
+        # the sockets and maps are the old supervisor's as much as ours.
+        self._report_ready_fd = report_ready_fd
+        self._owns_listeners = report_ready_fd < 0
+        self.upgraded_to = 0  # the pid of the supervisor that took over
+        self.upgrade_error: str | None = None  # why the last upgrade failed
 
     # -- the main loop --------------------------------------------------------
 
@@ -304,6 +336,8 @@ class Supervisor:
                 _drain_pipe(self._wakeup_r)
             elif isinstance(key.data, WorkerProcess):
                 self._read_channel(key.data)
+            elif isinstance(key.data, Successor):
+                self._read_successor(key.data)
             else:
                 key.data.on_readable(key, mask)
         while self._signal_queue:
@@ -364,6 +398,11 @@ class Supervisor:
     def handle_sigttou(self) -> None:
         self.scale(self.num_workers - 1)
 
+    def handle_sigusr2(self) -> None:
+        refused = self.upgrade()
+        if refused is not None:
+            logger.warning("no upgrade: %s", refused)
+
     def handle_sigusr1(self) -> None:
         if self.on_log_reopen is not None:
             self.on_log_reopen()
@@ -381,10 +420,16 @@ class Supervisor:
         if not self._stopping:
             how = "gracefully" if graceful else "at once"
             logger.info("stopping %d worker(s) %s", len(self.workers), how)
-            if self.listeners is not None:
-                self.listeners.close_all()
-        if not self._stopping:
-            self._emit("stopping")
+            successor = self._successor
+            if successor is not None:  # a stop wins over an upgrade under way
+                logger.warning(
+                    "upgrade abandoned: stopping the new supervisor (pid %d)", successor.pid
+                )
+                _kill(successor.pid, signal.SIGTERM)
+                self._close_successor_channel(successor)
+                self._successor = None
+            self._emit("stopping")  # first: systemd's fd store may keep the sockets
+            self._close_listeners()
         self._stopping = True
         self._pending_spawns.clear()
         self._reload_queue = None
@@ -439,6 +484,115 @@ class Supervisor:
                     self._retire(worker)
             if self._reload_queue is not None:
                 self._reload_queue = deque(w for w in self._reload_queue if w.task_id < count)
+
+    def upgrade(self) -> str | None:
+        """Start a new supervisor on the same sockets (hot upgrade); why not, if it cannot."""
+        if self._stopping:
+            return "the service is stopping"
+        if self._successor is not None:
+            return f"an upgrade is under way (new supervisor pid {self._successor.pid})"
+        if self.listeners is None or not self._owns_listeners:
+            return "this supervisor has no sockets of its own to hand over"
+        named, listeners = self.listeners.handover()
+        fds = list(named.values())
+        env: dict[str, str] = {}
+        for plugin in self.plugins:
+            plugin_fds, plugin_env = plugin.handover()
+            fds += plugin_fds
+            env.update(plugin_env)
+        parts = {"listeners": listeners, "fds": named, "workers": self.num_workers}
+        read_fd, write_fd = os.pipe()
+        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+        try:
+            pid = handover.start_successor(fds, parts, env, write_fd)
+        except OSError as exc:
+            _close(read_fd)
+            logger.error("cannot start a new supervisor: %s", exc)
+            return str(exc)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+            _close(write_fd)
+        os.set_blocking(read_fd, False)
+        deadline = time.monotonic() + (self.boot_timeout or 60.0) + 10.0
+        self._successor = Successor(pid, read_fd, deadline)
+        self.upgrade_error = None
+        assert self._selector is not None
+        self._selector.register(read_fd, selectors.EVENT_READ, self._successor)
+        logger.info("upgrading: new supervisor started (pid %d); serving until it is ready", pid)
+        return None
+
+    def _read_successor(self, successor: Successor) -> None:
+        data = _read_pipe(successor.channel)
+        if data is None:
+            return
+        successor.buffer += data
+        if b"ready\n" in successor.buffer:
+            self._hand_over(successor)
+        elif not data:
+            self._close_successor_channel(successor)
+
+    def _close_successor_channel(self, successor: Successor) -> None:
+        if successor.channel >= 0:
+            if self._selector is not None:
+                self._selector.unregister(successor.channel)
+            _close(successor.channel)
+            successor.channel = -1
+
+    def _successor_failed(self, how: str) -> None:
+        successor = self._successor
+        if successor is None:
+            return
+        self._successor = None
+        said = successor.buffer.decode(errors="replace").strip()
+        if said.startswith("failed "):
+            how = said[len("failed ") :]
+        self._close_successor_channel(successor)
+        self.upgrade_error = f"the new supervisor (pid {successor.pid}) {how}"
+        logger.error(
+            "upgrade failed: the new supervisor (pid %d) %s; this one (pid %d) serves on",
+            successor.pid,
+            how,
+            self.pid,
+        )
+
+    def _hand_over(self, successor: Successor) -> None:
+        """The new supervisor's workers are all ready: it serves, this one drains and exits."""
+        self._close_successor_channel(successor)
+        self._successor = None
+        self.upgraded_to = successor.pid
+        logger.info(
+            "upgrade: the new supervisor (pid %d) is ready; this one (pid %d) drains and exits",
+            successor.pid,
+            self.pid,
+        )
+        if self.listeners is not None:
+            self.listeners.release()
+        self._owns_listeners = False
+        self._emit("upgraded")  # plugins leave their files to the new supervisor
+        self.stop(graceful=True)
+
+    def _report_ready(self) -> None:
+        """Started by a hot upgrade: tell the old supervisor that it may go."""
+        if self._report_ready_fd < 0:
+            return
+        with contextlib.suppress(OSError):
+            os.write(self._report_ready_fd, b"ready\n")
+        _close(self._report_ready_fd)
+        self._report_ready_fd = -1
+        self._owns_listeners = True
+        logger.info("upgrade: every worker is ready; the old supervisor drains")
+
+    def keep_listeners(self) -> None:
+        """Someone else holds the sockets and maps for the next supervisor: change nothing."""
+        self._owns_listeners = False
+
+    def _close_listeners(self) -> None:
+        if self.listeners is None:
+            return
+        if self._owns_listeners:
+            self.listeners.close_all()
+        else:
+            self.listeners.release()  # shared with the other supervisor: change nothing
 
     # -- workers ----------------------------------------------------------------
 
@@ -515,8 +669,12 @@ class Supervisor:
         if self._selector is not None:
             self._selector.close()
             self._selector = None
-        for fd in (self._wakeup_r, self._wakeup_w, *(w.channel for w in self.workers.values())):
+        successor = [self._successor.channel] if self._successor is not None else []
+        others = (w.channel for w in self.workers.values())
+        for fd in (self._wakeup_r, self._wakeup_w, self._report_ready_fd, *successor, *others):
             _close(fd)
+        self._report_ready_fd = -1
+        self._successor = None
         if self.listeners is not None:
             self.listeners.keep_only(worker_id)
         for plugin in self.plugins:
@@ -613,16 +771,17 @@ class Supervisor:
             "reloading": self._reload_queue is not None,
             "restarts": self.restarts,
             "restart_causes": dict(self.restart_causes),
+            "upgrading": self._successor.pid if self._successor is not None else None,
+            "taking_over": self._report_ready_fd >= 0,  # started by an upgrade, not ready yet
+            "upgraded_to": self.upgraded_to or None,
+            "upgrade_error": self.upgrade_error,
             "workers": workers,
         }
 
     def _read_channel(self, worker: WorkerProcess) -> None:
-        try:
-            data = os.read(worker.channel, 65536)
-        except BlockingIOError:
+        data = _read_pipe(worker.channel)
+        if data is None:
             return
-        except OSError:
-            data = b""
         if not data:
             self._close_channel(worker)
             return
@@ -658,6 +817,7 @@ class Supervisor:
             self._announced_ready = True
             self._emit("ready")
             self._hook("when_ready")
+            self._report_ready()
         old = worker.replaces
         if old is None:
             return
@@ -703,6 +863,9 @@ class Supervisor:
                 return
             if pid == 0:
                 return
+            if self._successor is not None and pid == self._successor.pid:
+                self._successor_failed(_describe_status(status))
+                continue
             worker = self.workers.pop(pid, None)
             if worker is None:
                 continue
@@ -811,6 +974,9 @@ class Supervisor:
 
     def _enforce_deadlines(self, now: float) -> None:
         """The watchdog, the retirement deadline, and the stop deadline."""
+        if self._successor is not None and now >= self._successor.deadline:
+            _kill(self._successor.pid, signal.SIGTERM)
+            self._successor_failed("was not ready in time")
         if self._stopping:
             if now >= self._stop_deadline and self.workers:
                 logger.warning("graceful timeout: killing %d worker(s)", len(self.workers))
@@ -874,8 +1040,7 @@ class Supervisor:
             self._selector.close()
         _close(self._wakeup_r)
         _close(self._wakeup_w)
-        if self.listeners is not None:
-            self.listeners.close_all()
+        self._close_listeners()
         for plugin in self.plugins:
             plugin.close()
         self._hook("on_exit")
@@ -900,6 +1065,16 @@ def _describe_status(status: int) -> str:
         return f"killed by signal {signum} ({_signal_name(signum)})"
     code = os.WEXITSTATUS(status)
     return f"exited with status {code}" if code else "exited normally"
+
+
+def _read_pipe(fd: int) -> bytes | None:
+    """What a child wrote; b"" once it closed its end (or died), None if nothing yet."""
+    try:
+        return os.read(fd, 65536)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return b""
 
 
 def _drain_pipe(fd: int) -> None:

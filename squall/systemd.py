@@ -11,11 +11,19 @@ Both speak systemd's documented protocols directly, without libsystemd:
   LISTEN_FDS how many there are from fd 3 on, LISTEN_FDNAMES their names
   (colon-separated). The variables are removed too, so that nothing started
   later takes the sockets for its own.
+- The fd store (FDSTORE=1, the unit's FileDescriptorStoreMax=): as the
+  supervisor stops, it gives systemd its listening sockets and steering
+  maps, each under its handover name, with a memfd (`squall.state`) that
+  describes them. On `systemctl restart`, systemd passes them back to the
+  next squall, which adopts them like a hot upgrade and empties the store:
+  connections that arrive in between wait in the queues, none is refused.
 """
 
 from __future__ import annotations
 
+import array
 import contextlib
+import json
 import logging
 import os
 import selectors
@@ -23,6 +31,7 @@ import socket
 import stat
 import time
 from collections.abc import MutableMapping
+from typing import Any
 
 from squall.errors import BindError
 from squall.sockets import describe_socket
@@ -33,7 +42,9 @@ logger = logging.getLogger("squall.systemd")
 #: The first fd that socket activation passes (SD_LISTEN_FDS_START).
 LISTEN_FDS_START = 3
 
-_NOTIFY_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+_NOTIFY_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "FDSTORE")
+#: The fd store entry that describes the others.
+STATE_NAME = "squall.state"
 _LISTEN_VARIABLES = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
 
 
@@ -54,8 +65,12 @@ def monotonic_usec() -> int:
 class SystemdPlugin(PluginBase):
     """Tells systemd what the supervisor does; only built under systemd (NOTIFY_SOCKET)."""
 
-    def __init__(self, address: str, watchdog_usec: int = 0) -> None:
+    def __init__(self, address: str, watchdog_usec: int = 0, fdstore: bool = False) -> None:
         self.address = address
+        #: systemd keeps descriptors for us (it sets $FDSTORE under FileDescriptorStoreMax=).
+        self.fdstore = fdstore
+        #: Names this process adopted from the store, removed from it once we run.
+        self.adopted: list[str] = []
         #: WATCHDOG=1 is sent at least this often (half of WatchdogSec); 0: no watchdog.
         self.watchdog_interval = watchdog_usec / 2_000_000 if watchdog_usec > 0 else 0.0
         self._sock: socket.socket | None = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -74,6 +89,7 @@ class SystemdPlugin(PluginBase):
         value = env.get("NOTIFY_SOCKET", "")
         watchdog_text = env.get("WATCHDOG_USEC", "")
         watchdog_pid = env.get("WATCHDOG_PID", "")
+        fdstore = env.get("FDSTORE", "0").isdigit() and int(env.get("FDSTORE", "0")) > 0
         for name in _NOTIFY_VARIABLES:
             env.pop(name, None)  # workers, and whatever they start, must not notify
         if not value:
@@ -90,7 +106,7 @@ class SystemdPlugin(PluginBase):
                 logger.warning("WATCHDOG_USEC=%s is not a number; no watchdog", watchdog_text)
             if watchdog_pid and watchdog_pid != str(os.getpid()):
                 watchdog_usec = 0  # the watchdog is some other process's business
-        return cls(address, watchdog_usec)
+        return cls(address, watchdog_usec, fdstore)
 
     # -- the plugin --------------------------------------------------------------
 
@@ -99,6 +115,17 @@ class SystemdPlugin(PluginBase):
         self._owner_pid = os.getpid()
         self._status = self.describe()
         self.notify(f"STATUS={self._status}")
+        for name in self.adopted:  # ours now: the store keeps no copy to outlive them
+            self.notify("FDSTOREREMOVE=1", f"FDNAME={name}")
+        self.adopted = []
+
+    def handover(self) -> tuple[list[int], dict[str, str]]:
+        """The new supervisor notifies the same socket, once it is the main process."""
+        value = "@" + self.address[1:] if self.address.startswith("\0") else self.address
+        env = {"NOTIFY_SOCKET": value}
+        if self.watchdog_interval:
+            env["WATCHDOG_USEC"] = str(round(self.watchdog_interval * 2_000_000))
+        return [], env
 
     def on_event(self, event: str) -> None:
         try:
@@ -110,12 +137,20 @@ class SystemdPlugin(PluginBase):
         if event == "tick":
             self._tick()
             return
+        if event == "upgraded" and self._supervisor is not None:
+            # The new supervisor is the service's main process from now on;
+            # this one says nothing more (no STOPPING=1 as it drains).
+            self.notify(f"MAINPID={self._supervisor.upgraded_to}")
+            self.close()
+            return
         if event == "reloading":
             self._status = "reloading"
             self.notify("RELOADING=1", f"MONOTONIC_USEC={monotonic_usec()}", "STATUS=reloading")
         elif event == "stopping":
             self._status = "stopping"
             self.notify("STOPPING=1", "STATUS=stopping")
+            if self.fdstore:
+                self._store()
         elif event in ("ready", "reloaded"):
             self._status = self.describe()
             self.notify("READY=1", f"STATUS={self._status}")
@@ -129,6 +164,27 @@ class SystemdPlugin(PluginBase):
         if status != self._status:
             self._status = status
             self.notify(f"STATUS={status}")
+
+    def _store(self) -> None:
+        """Give systemd the listening sockets and maps, named, and their description."""
+        supervisor = self._supervisor
+        if supervisor is None or supervisor.listeners is None:
+            return
+        fds, state = supervisor.listeners.handover()
+        memfd = os.memfd_create(STATE_NAME, os.MFD_CLOEXEC)
+        try:
+            description = {"listeners": state, "workers": supervisor.num_workers}
+            os.write(memfd, json.dumps(description).encode())
+            stored = all(
+                self.notify("FDSTORE=1", f"FDNAME={name}", fds=[fd]) for name, fd in fds.items()
+            )
+            if stored and self.notify("FDSTORE=1", f"FDNAME={STATE_NAME}", fds=[memfd]):
+                supervisor.keep_listeners()  # closing ours now leaves systemd's copies alone
+                logger.info(
+                    "gave systemd %d socket(s) and map(s) to keep for the next start", len(fds)
+                )
+        finally:
+            os.close(memfd)
 
     def describe(self) -> str:
         """The one-line STATUS= text: how many workers are ready, and what happens."""
@@ -158,17 +214,51 @@ class SystemdPlugin(PluginBase):
             self._sock = None
         self._supervisor = None
 
-    def notify(self, *lines: str) -> bool:
+    def notify(self, *lines: str, fds: list[int] | None = None) -> bool:
         """Send one datagram of `KEY=VALUE` lines; False (and no exception) if it fails."""
         sock = self._sock
         if sock is None or os.getpid() != self._owner_pid:
             return False  # a worker never speaks for the service
         try:
-            sock.sendto("\n".join(lines).encode(), self.address)
+            data = "\n".join(lines).encode()
+            if fds:
+                rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+                sock.sendmsg([data], rights, 0, self.address)
+            else:
+                sock.sendto(data, self.address)
         except OSError as exc:
             logger.debug("sd_notify %s failed: %s", lines, exc)
             return False
         return True
+
+
+def stored_handover(
+    environ: MutableMapping[str, str] | None = None,
+) -> tuple[dict[str, Any], dict[str, int]] | None:
+    """What a previous squall left in systemd's fd store, passed back to this one, or None.
+
+    (description, descriptors by name); the variables are consumed then.
+    """
+    env = os.environ if environ is None else environ
+    names = env.get("LISTEN_FDNAMES", "").split(":")
+    if STATE_NAME not in names or env.get("LISTEN_PID") != str(os.getpid()):
+        return None
+    count = int(env.get("LISTEN_FDS", "0"))
+    for name in _LISTEN_VARIABLES:
+        env.pop(name, None)
+    fds = {name: LISTEN_FDS_START + index for index, name in enumerate(names[:count])}
+    for fd in fds.values():
+        os.set_inheritable(fd, False)
+    state_fd = fds.pop(STATE_NAME)
+    try:
+        os.lseek(state_fd, 0, os.SEEK_SET)
+        text = b""
+        while chunk := os.read(state_fd, 65536):
+            text += chunk
+    finally:
+        os.close(state_fd)
+    description: dict[str, Any] = json.loads(text)
+    return description, fds
 
 
 def listen_fds() -> list[socket.socket]:

@@ -188,6 +188,25 @@ class Service:
         return [pid for pid in self._known if alive(pid)]
 
 
+def stop_process_tree(proc: subprocess.Popen[bytes], known: Sequence[int] = ()) -> None:
+    """SIGTERM `proc` (SIGKILL after 15 s), then SIGKILL what is left of its descendants.
+
+    `known`: descendants seen earlier, for those already orphaned by now.
+    """
+    remaining = {*known, *descendants_of(proc.pid)}
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    for pid in remaining:
+        if alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
 @contextlib.contextmanager
 def running_squall(
     log_dir: Path,

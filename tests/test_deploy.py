@@ -48,6 +48,7 @@ def test_the_systemd_service_unit() -> None:
     assert config.bind == ["0.0.0.0:8000"]  # its own sockets, one per worker
     assert not config.user  # systemd starts it as the user, with the capabilities steering needs
     assert service["User"] == "squall"
+    assert int(service["FileDescriptorStoreMax"]) > 0  # restarts keep the sockets
     for setting in ("AmbientCapabilities", "CapabilityBoundingSet"):
         assert set(service[setting].split()) == {"CAP_BPF", "CAP_NET_BIND_SERVICE"}
     assert int(service["TimeoutStopSec"]) > config.graceful_timeout

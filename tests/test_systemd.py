@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 from squall.systemd import SystemdPlugin, listen_fds_with_names, notify_address
-from tests.service import ROOT, Service, Services, alive, descendants_of, free_port, wait_until
+from tests.service import ROOT, Service, Services, alive, free_port, stop_process_tree, wait_until
 
 ENV_APP = """
 import os
@@ -246,22 +246,10 @@ def activated(sock: socket.socket, cwd: Path, *args: str) -> Iterator[subprocess
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    known: set[int] = set()
     try:
         yield proc
     finally:
-        known.update(descendants_of(proc.pid))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-        for pid in known:
-            if alive(pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+        stop_process_tree(proc)
         log.close()
 
 
@@ -333,3 +321,31 @@ def test_notify_settings_from_the_environment() -> None:
 
     assert SystemdPlugin.from_environment({"WATCHDOG_USEC": "1"}) is None
     assert SystemdPlugin.from_environment({"NOTIFY_SOCKET": "vsock:2:1"}) is None
+
+
+def test_an_upgrade_hands_the_main_pid_to_the_new_supervisor(
+    services: Services, tmp_path: Path, notify: NotifySocket
+) -> None:
+    service, port = start(
+        services,
+        tmp_path,
+        {"NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "1000000"},
+    )
+    ready = notify.wait_for("READY")
+    service.send(signal.SIGUSR2)
+    wait_until(lambda: notify.collect(0.1) or any("MAINPID" in m.fields for m in notify.messages))
+    handed = next(m for m in notify.messages if "MAINPID" in m.fields)
+    new = int(handed.fields["MAINPID"])
+    assert notify.messages.index(handed) > ready
+    try:
+        assert handed.pid == service.pid and new != service.pid
+        assert service.wait(timeout=20) == 0  # drained, quietly
+        pinged = notify.wait_for("WATCHDOG", after=notify.messages.index(handed), timeout=10)
+        assert notify.messages[pinged].pid == new  # the new main process keeps the watchdog fed
+        assert httpx.get(f"http://127.0.0.1:{port}/env", timeout=5).status_code == 200
+        assert not any(
+            "STOPPING" in m.fields for m in notify.messages if m.pid == service.pid
+        )  # the old one never told systemd that the service stops
+    finally:
+        os.kill(new, signal.SIGTERM)
+        wait_until(lambda: not alive(new), timeout=20)
