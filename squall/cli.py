@@ -334,5 +334,5 @@ def serve_worker(
         on_closed=report_load,
     )
     server.add_sockets(sockets)
-    run_forever(graceful_timeout=config.graceful_timeout)
+    run_forever(graceful_timeout=config.graceful_timeout, watchdog_timeout=config.timeout)
     sys.exit(0)

@@ -63,13 +63,20 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
-def run_forever(graceful_timeout: float = 30.0) -> None:
-    """Run this process's loop, serving every `HTTPServer` given sockets, until stopped."""
+def run_forever(graceful_timeout: float = 30.0, watchdog_timeout: float = 0.0) -> None:
+    """Run this process's loop, serving every `HTTPServer` given sockets, until stopped.
+
+    `watchdog_timeout`: the supervisor's --timeout; heartbeats come four
+    times within it (at most once a second), so that an idle worker is never
+    taken for a hung one.
+    """
     servers = list(_registered)
     _registered.clear()
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
     worker = Worker(servers, graceful_timeout)
+    if watchdog_timeout > 0:
+        worker.heartbeat_interval = min(HEARTBEAT_INTERVAL, watchdog_timeout / 4)
     try:
         loop.run_until_complete(worker.main())
     except BootFailure as exc:
@@ -91,6 +98,7 @@ class Worker:
     def __init__(self, servers: list[HTTPServer], graceful_timeout: float) -> None:
         self.servers = servers
         self.graceful_timeout = graceful_timeout
+        self.heartbeat_interval = HEARTBEAT_INTERVAL
         self._stop: asyncio.Event | None = None
 
     async def main(self) -> None:
@@ -129,7 +137,7 @@ class Worker:
                 logger.warning("supervisor is gone; stopping")
                 assert self._stop is not None
                 self._stop.set()
-            await asyncio.sleep(HEARTBEAT_INTERVAL)
+            await asyncio.sleep(self.heartbeat_interval)
 
     async def _shutdown(self) -> None:
         for server in self.servers:
