@@ -48,6 +48,7 @@ class Squall:
         self.control = directory / "control.sock"
         self.log = open(directory / "squall.log", "ab")  # noqa: SIM115 - closed in stop()
         self.pid = 0
+        self.started = 0
 
     def python(self) -> list[str]:
         if self.venv is None:
@@ -63,12 +64,10 @@ class Squall:
             command, cwd=self.directory, env=env, stdout=self.log, stderr=self.log
         )
         self.pid = proc.pid
+        self.started += 1
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and self.log_text().count("is ready") < 2 * self.starts():
+        while time.monotonic() < deadline and self.log_text().count("is ready") < 2 * self.started:
             time.sleep(0.05)
-
-    def starts(self) -> int:
-        return self.log_text().count("serving supervised_app:app")
 
     def log_text(self) -> str:
         return (self.directory / "squall.log").read_text(errors="replace")
@@ -182,7 +181,8 @@ def main() -> None:
             print("   ", error)
     if options.save:
         stamp = datetime.now().strftime("%Y-%m-%d-%H%M")
-        path = ROOT / "bench" / "results" / f"deploys-{options.operation}-{stamp}.md"
+        who = "-unprivileged" if options.user_venv else ""
+        path = ROOT / "bench" / "results" / f"deploys-{options.operation}{who}-{stamp}.md"
         lines = [
             f"# {options.operation} x{options.rounds} under POST load ({user}), {stamp}",
             "",
