@@ -334,5 +334,12 @@ def serve_worker(
         on_closed=report_load,
     )
     server.add_sockets(sockets)
-    run_forever(graceful_timeout=config.graceful_timeout, watchdog_timeout=config.timeout)
+    memory_limit = 0
+    if config.max_worker_memory:  # up to 5% lower: workers that grow alike do not all go at once
+        memory_limit = int(config.max_worker_memory * 2**20 * (1 - random.uniform(0, 0.05)))
+    run_forever(
+        graceful_timeout=config.graceful_timeout,
+        watchdog_timeout=config.timeout,
+        memory_limit=memory_limit,
+    )
     sys.exit(0)

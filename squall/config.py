@@ -68,6 +68,7 @@ class Config:
     boot_timeout: float = 60.0
     max_requests: int = 0
     max_requests_jitter: int = 0
+    max_worker_memory: int = 0
     on_exhausted: str = "exit"
     reload_batch: int = 1
     reuse_port: bool = False
@@ -129,7 +130,7 @@ class Config:
             raise UsageError(f"--backlog must be 1 or more, not {self.backlog}")
         if self.interface not in INTERFACES:
             raise UsageError(f"--interface must be one of {', '.join(INTERFACES)}")
-        for name in ("max_requests", "max_requests_jitter"):
+        for name in ("max_requests", "max_requests_jitter", "max_worker_memory"):
             if getattr(self, name) < 0:
                 flag = "--" + name.replace("_", "-")
                 raise UsageError(f"{flag} must be 0 or more, not {getattr(self, name)}")
@@ -312,6 +313,14 @@ SETTINGS: tuple[Setting, ...] = (
         _count,
         "replace a worker gracefully after it served this many requests; 0 disables",
         "N",
+    ),
+    Setting(
+        "max_worker_memory",
+        "--max-worker-memory",
+        _count,
+        "replace a worker whose resident memory passes this many MiB (its successor ready "
+        "first; each worker's limit is up to 5%% lower, so they do not all go at once); 0: off",
+        "MiB",
     ),
     Setting(
         "max_requests_jitter",

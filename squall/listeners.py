@@ -76,9 +76,13 @@ class SharedListeners:
         """Every socket the supervisor holds."""
         return list(self.sockets)
 
+    def named(self) -> dict[str, socket.socket]:
+        """Every socket held, by a name that says its role (`shared.0`)."""
+        return {f"shared.{index}": sock for index, sock in enumerate(self.sockets)}
+
     def handover(self) -> tuple[dict[str, int], dict[str, Any]]:
         """The descriptors by name, and the description a successor adopts (`adopt`)."""
-        fds = {f"shared.{index}": sock.fileno() for index, sock in enumerate(self.sockets)}
+        fds = {name: sock.fileno() for name, sock in self.named().items()}
         return fds, {"mode": "shared", "sockets": list(fds)}
 
     def release(self) -> None:
@@ -264,6 +268,16 @@ class ReusePortListeners:
 
     def describe(self) -> list[socket.socket]:
         return self.slots.get(0, []) + self.shared
+
+    def named(self) -> dict[str, socket.socket]:
+        """Every socket held, by a name that says its role (`slot2.0`, `overflow.0`, `shared.0`)."""
+        groups = [(f"slot{task}", socks) for task, socks in self.slots.items()]
+        groups += [("overflow", self.overflow), ("shared", self.shared)]
+        return {
+            f"{prefix}.{index}": sock
+            for prefix, socks in groups
+            for index, sock in enumerate(socks)
+        }
 
     def handover(self) -> tuple[dict[str, int], dict[str, Any]]:
         """The descriptors by name, and the description a successor adopts (`adopt`)."""

@@ -48,7 +48,13 @@ from squall.http.core import (
     error_response,
 )
 from squall.http.state import Metrics
-from squall.sockets import bind_sockets, bind_unix_socket, parse_bind
+from squall.sockets import (
+    accept_queue_and_limit,
+    bind_sockets,
+    bind_unix_socket,
+    describe_socket,
+    parse_bind,
+)
 from squall.supervisor import PluginBase
 
 if TYPE_CHECKING:
@@ -83,7 +89,7 @@ _GAUGES = (IN_FLIGHT, CONNECTIONS)
 
 STATUS_CLASSES = ("unanswered", "1xx", "2xx", "3xx", "4xx", "5xx")
 STATES = ("booting", "ready", "replacing", "draining")
-RESTART_CAUSES = ("signal", "exit", "watchdog", "recycle", "reload", "manual")
+RESTART_CAUSES = ("signal", "exit", "watchdog", "recycle", "memory", "reload", "manual")
 
 #: The slot this process writes, set in the supervisor just before a fork (the
 #: child keeps the value it had then); None when --metrics is off.
@@ -666,6 +672,20 @@ class MetricsPlugin(PluginBase):
             self.metrics_text(),
         )
 
+    def _listen_queues(self) -> list[tuple[dict[str, str], tuple[int, int]]]:
+        """(labels, (queued, limit)) for every listening TCP socket the supervisor holds."""
+        supervisor = self._supervisor
+        listeners = getattr(supervisor, "listeners", None)
+        named = getattr(listeners, "named", None)
+        if named is None:
+            return []
+        queues = []
+        for role, sock in named().items():
+            if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.fileno() >= 0:
+                labels = {"listener": describe_socket(sock), "socket": role}
+                queues.append((labels, accept_queue_and_limit(sock)))
+        return queues
+
     def metrics_text(self) -> bytes:
         """What /metrics answers: Prometheus text format 0.0.4."""
         snapshot = self._snapshot()
@@ -731,6 +751,22 @@ class MetricsPlugin(PluginBase):
             "Client connections open in the workers.",
             max(0, totals[CONNECTIONS]),
         )
+        queues = self._listen_queues()
+        for name, index, help_text in (
+            (
+                "squall_listen_queue_length",
+                0,
+                "Connections in a listening socket's accept queue, not taken by a worker yet "
+                "(the kernel's count).",
+            ),
+            (
+                "squall_listen_queue_limit",
+                1,
+                "The length at which a listening socket's accept queue is full (its backlog).",
+            ),
+        ):
+            samples = [(name, labels, values[index]) for labels, values in queues]
+            out.family(name, "gauge", help_text, samples)
         out.single(
             "squall_response_bytes_total",
             "counter",
@@ -770,6 +806,11 @@ class MetricsPlugin(PluginBase):
 
         for name, key, help_text in (
             ("squall_worker_rss_bytes", "rss_bytes", "Resident memory of each worker process."),
+            (
+                "squall_worker_connections_open",
+                "connections",
+                "Client connections open in each worker process.",
+            ),
             (
                 "squall_worker_heartbeat_age_seconds",
                 "heartbeat_age",

@@ -22,6 +22,7 @@ from squall.errors import BindError, UsageError
 __all__ = [
     "BindSpec",
     "accept_queue",
+    "accept_queue_and_limit",
     "bind_sockets",
     "bind_unix_socket",
     "default_backlog",
@@ -337,15 +338,22 @@ def accept_queue(sock: socket.socket) -> int:
     Linux answers TCP_INFO on a listener with the accept queue's length in
     `tcpi_unacked`. Elsewhere, and for Unix sockets, 0.
     """
+    return accept_queue_and_limit(sock)[0]
+
+
+def accept_queue_and_limit(sock: socket.socket) -> tuple[int, int]:
+    """The accept queue's length and its limit (the backlog); (0, 0) where unknown."""
     if sock.family not in (socket.AF_INET, socket.AF_INET6) or not hasattr(socket, "TCP_INFO"):
-        return 0
+        return 0, 0
     try:
-        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_UNACKED + 4)
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_UNACKED + 8)
     except OSError:
-        return 0
-    if len(info) < _TCP_INFO_UNACKED + 4:
-        return 0
-    return int.from_bytes(info[_TCP_INFO_UNACKED : _TCP_INFO_UNACKED + 4], sys.byteorder)
+        return 0, 0
+    if len(info) < _TCP_INFO_UNACKED + 8:
+        return 0, 0
+    queued = int.from_bytes(info[_TCP_INFO_UNACKED : _TCP_INFO_UNACKED + 4], sys.byteorder)
+    limit = int.from_bytes(info[_TCP_INFO_UNACKED + 4 : _TCP_INFO_UNACKED + 8], sys.byteorder)
+    return queued, limit
 
 
 def _unlink_quietly(path: str) -> None:

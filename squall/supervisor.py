@@ -23,6 +23,7 @@ import logging
 import os
 import selectors
 import signal
+import socket
 import time
 from collections import deque
 from collections.abc import Callable
@@ -89,6 +90,9 @@ class Listeners(Protocol):
 
     def close_all(self) -> None:
         """Stop: new connections are refused from now on."""
+
+    def named(self) -> dict[str, socket.socket]:
+        """Every socket held, by its role's name (for the metrics' queue gauges)."""
 
     def handover(self) -> tuple[dict[str, int], dict[str, Any]]:
         """For a hot upgrade: the descriptors to pass on by name, and how to adopt them."""
@@ -797,6 +801,16 @@ class Supervisor:
             self._worker_ready(worker)
         elif kind == "retire":
             if not worker.retiring and not self._stopping and self._successor_of(worker) is None:
+                reason, _, amount = detail.partition(" ")
+                if reason == "memory":
+                    logger.warning(
+                        "worker %d (pid %d) uses %.0f MiB, over --max-worker-memory; replacing it",
+                        worker.task_id,
+                        worker.pid,
+                        int(amount or 0) / 2**20,
+                    )
+                    self._replace(worker, "memory")
+                    return
                 logger.info(
                     "worker %d (pid %d) served its quota; replacing it", worker.task_id, worker.pid
                 )

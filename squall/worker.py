@@ -63,18 +63,22 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
-def run_forever(graceful_timeout: float = 30.0, watchdog_timeout: float = 0.0) -> None:
+def run_forever(
+    graceful_timeout: float = 30.0, watchdog_timeout: float = 0.0, memory_limit: int = 0
+) -> None:
     """Run this process's loop, serving every `HTTPServer` given sockets, until stopped.
 
     `watchdog_timeout`: the supervisor's --timeout; heartbeats come four
     times within it (at most once a second), so that an idle worker is never
-    taken for a hung one.
+    taken for a hung one. `memory_limit`: bytes of resident memory past which
+    the worker asks to be replaced (checked with each heartbeat).
     """
     servers = list(_registered)
     _registered.clear()
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
     worker = Worker(servers, graceful_timeout)
+    worker.memory_limit = memory_limit
     if watchdog_timeout > 0:
         worker.heartbeat_interval = min(HEARTBEAT_INTERVAL, watchdog_timeout / 4)
     try:
@@ -99,6 +103,7 @@ class Worker:
         self.servers = servers
         self.graceful_timeout = graceful_timeout
         self.heartbeat_interval = HEARTBEAT_INTERVAL
+        self.memory_limit = 0  # bytes; 0: no limit
         self._stop: asyncio.Event | None = None
 
     async def main(self) -> None:
@@ -131,8 +136,14 @@ class Worker:
         self._stop.set()
 
     async def _heartbeat(self) -> None:
+        asked = False
         while True:
             process.notify("heartbeat")
+            if self.memory_limit and not asked:
+                resident = process.resident_memory()
+                if resident > self.memory_limit:
+                    process.notify(f"retire memory {resident}")  # once: the supervisor replaces us
+                    asked = True
             if process.orphaned():
                 logger.warning("supervisor is gone; stopping")
                 assert self._stop is not None

@@ -239,10 +239,13 @@ def test_the_exposition_has_every_family_with_its_type(plugin: MetricsPlugin) ->
         "squall_requests": "counter",
         "squall_requests_in_flight": "gauge",
         "squall_connections_open": "gauge",
+        "squall_listen_queue_length": "gauge",
+        "squall_listen_queue_limit": "gauge",
         "squall_response_bytes": "counter",
         "squall_request_duration_seconds": "histogram",
         "squall_worker_requests": "counter",
         "squall_worker_rss_bytes": "gauge",
+        "squall_worker_connections_open": "gauge",
         "squall_worker_heartbeat_age_seconds": "gauge",
         "squall_worker_start_time_seconds": "gauge",
         "squall_workers": "gauge",
@@ -523,6 +526,7 @@ def test_restarts_by_cause_and_requests_cut_short(services: Services, tmp_path: 
         "exit": 1,
         "watchdog": 1,
         "recycle": 0,
+        "memory": 0,
         "reload": 0,
         "manual": 0,
     }
@@ -701,3 +705,47 @@ def test_a_metrics_port_in_use_is_an_error_before_any_fork(services: Services) -
     output = service.output()
     assert f"squall: error: cannot bind 127.0.0.1:{mport}: address already in use" in output
     assert "worker 0 started" not in output
+
+
+@pytest.mark.parametrize("mode", [[], ["--shared-socket"]], ids=["per worker", "shared"])
+def test_the_accept_queue_and_each_workers_connections(
+    services: Services, tmp_path: Path, mode: list[str]
+) -> None:
+    # A saturated worker looks idle from inside; the kernel's queue tells.
+    running = start(services, "supervised:app", *mode, cwd=app_dir(tmp_path))
+    (worker,) = running.service.wait_for_workers(1)
+    held = [socket.create_connection(("127.0.0.1", running.port)) for _ in range(3)]
+    queued: list[socket.socket] = []
+    try:
+        for sock in held:  # served and kept alive: the worker holds three
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        eventually(
+            lambda: assert_equal(
+                value(
+                    running.scrape(), "squall_worker_connections_open", worker="0", pid=str(worker)
+                ),
+                3,
+            )
+        )
+        os.kill(worker, signal.SIGSTOP)  # it accepts nothing more
+        queued = [socket.create_connection(("127.0.0.1", running.port)) for _ in range(5)]
+        samples = running.scrape()
+        lengths = by_label(samples, "squall_listen_queue_length", "socket")
+        assert sum(lengths.values()) == 5, lengths
+        limits = by_label(samples, "squall_listen_queue_limit", "socket")
+        assert all(limit > 0 for limit in limits.values()), limits
+        os.kill(worker, signal.SIGCONT)
+        eventually(
+            lambda: assert_equal(
+                sum(by_label(running.scrape(), "squall_listen_queue_length", "socket").values()), 0
+            )
+        )
+    finally:
+        os.kill(worker, signal.SIGCONT)
+        for sock in held + queued:
+            sock.close()
+
+
+def assert_equal(got: float, expected: float) -> None:
+    assert got == expected, (got, expected)

@@ -537,3 +537,27 @@ def test_scale_down_serves_what_waits_for_the_retiring_worker(
             ] += 1
     service.wait_for_workers(2)
     assert answers == {"200": 30}, answers
+
+
+def test_a_worker_over_max_worker_memory_is_replaced_gracefully(
+    services: Services, tmp_path: Path
+) -> None:
+    metrics_port = free_port()
+    service, port = start(
+        services,
+        app_dir(tmp_path),
+        *("--workers", "2", "--max-worker-memory", "150"),
+        *("--metrics", f"127.0.0.1:{metrics_port}"),
+    )
+    workers = set(service.wait_for_workers(2))
+    with Load(port, keepalive=2, fresh=2) as load:
+        load.wait_for_requests(200)
+        leaker = get(port, "/leak?mb=200", timeout=10).json()["pid"]  # one worker only
+        service.wait_for_log("over --max-worker-memory; replacing it")
+        wait_until(lambda: not alive(leaker), timeout=15)
+        load.wait_for_requests(load.result.total + 200)
+    assert load.result.failed == 0, load.result.errors
+    now = set(service.wait_for_workers(2))
+    assert now - workers and leaker not in now and (workers - {leaker}) <= now  # only the leaker
+    metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+    assert 'squall_worker_restarts_total{cause="memory"} 1' in metrics

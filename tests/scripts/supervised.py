@@ -37,6 +37,16 @@ class Block(web.RequestHandler):
         block_the_loop()
 
 
+LEAKED: list[bytearray] = []
+
+
+class Leak(web.RequestHandler):
+    def get(self) -> None:
+        megabytes = int(self.get_argument("mb", "50"))
+        LEAKED.append(bytearray(b"x" * (megabytes << 20)))  # touched: resident
+        self.write({"pid": os.getpid(), "leaked_mb": megabytes * len(LEAKED)})
+
+
 class Crash(web.RequestHandler):
     def get(self) -> None:
         self.finish("bye")
@@ -50,5 +60,6 @@ app = web.Application(
         (r"/slow", Slow),
         (r"/block", Block),
         (r"/crash", Crash),
+        (r"/leak", Leak),
     ]
 )
