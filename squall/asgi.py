@@ -92,7 +92,7 @@ class ASGIAdapter:
             task = asyncio.Task(coro, loop=cycle.loop, name="asgi-http")
         # `_run` drops the reference as it ends: cheaper than a done callback,
         # which costs the loop one more callback per request.
-        exchange.task = task
+        exchange.task = cycle.task = task
         self._tasks.add(task)
 
     def upgrade(self, cycle: RequestCycle, trailing: bytes) -> Upgraded | None:

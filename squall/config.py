@@ -69,6 +69,8 @@ class Config:
     max_requests: int = 0
     max_requests_jitter: int = 0
     max_worker_memory: int = 0
+    limit_concurrency: int = 0
+    request_timeout: float = 0.0
     on_exhausted: str = "exit"
     reload_batch: int = 1
     reuse_port: bool = False
@@ -79,6 +81,7 @@ class Config:
     threads: int = 10
     header_timeout: float = 10.0
     body_timeout: float = 30.0
+    body_min_rate: int = 500
     access_log: str = "off"
     forwarded_allow_ips: str = ""
     proxy_protocol: bool = False
@@ -115,6 +118,7 @@ class Config:
             raise UsageError(f"--max-restarts must be 0 or more, not {self.max_restarts}")
         for name in (
             "restart_window",
+            "request_timeout",
             "graceful_timeout",
             "boot_timeout",
             "keepalive_timeout",
@@ -130,7 +134,12 @@ class Config:
             raise UsageError(f"--backlog must be 1 or more, not {self.backlog}")
         if self.interface not in INTERFACES:
             raise UsageError(f"--interface must be one of {', '.join(INTERFACES)}")
-        for name in ("max_requests", "max_requests_jitter", "max_worker_memory"):
+        for name in (
+            "max_requests",
+            "max_requests_jitter",
+            "max_worker_memory",
+            "limit_concurrency",
+        ):
             if getattr(self, name) < 0:
                 flag = "--" + name.replace("_", "-")
                 raise UsageError(f"{flag} must be 0 or more, not {getattr(self, name)}")
@@ -315,6 +324,22 @@ SETTINGS: tuple[Setting, ...] = (
         "N",
     ),
     Setting(
+        "request_timeout",
+        "--request-timeout",
+        _seconds,
+        "a request still running after this long gets 504 (or, its response begun, a closed "
+        "connection) and its task is cancelled; 0: none",
+        "SECONDS",
+    ),
+    Setting(
+        "limit_concurrency",
+        "--limit-concurrency",
+        _count,
+        "per worker: a request beyond this many in flight gets 503 with Retry-After at once, "
+        "without calling the app; 0: no limit",
+        "N",
+    ),
+    Setting(
         "max_worker_memory",
         "--max-worker-memory",
         _count,
@@ -392,6 +417,14 @@ SETTINGS: tuple[Setting, ...] = (
         _seconds,
         "the longest silence while a request body is read, else 408 and close (default 30)",
         "SECONDS",
+    ),
+    Setting(
+        "body_min_rate",
+        "--body-min-rate",
+        _size,
+        "once --body-timeout has passed since a request body began, it must have come at "
+        "this many bytes a second on average, else 408 and close (default 500; 0: off)",
+        "BYTES",
     ),
     Setting(
         "access_log",

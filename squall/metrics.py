@@ -82,7 +82,9 @@ BYTES_OUT = 8  # response body bytes
 REQUESTS = 9  # requests finished (answered or not)
 DURATION_SUM_US = 10
 BUCKET = 11  # len(BUCKETS_MS) + 1 fields, not cumulative; the last is +Inf
-FIELDS = BUCKET + len(BUCKETS_MS) + 1
+SHED = BUCKET + len(BUCKETS_MS) + 1  # 503s of --limit-concurrency
+TIMED_OUT = SHED + 1  # requests --request-timeout ended (504, or a closed connection)
+FIELDS = TIMED_OUT + 1
 SLOT_FIELDS = 32  # 256 bytes per slot
 DEFAULT_SLOTS = 256  # workers alive at once, old and new ones together during a reload
 _GAUGES = (IN_FLIGHT, CONNECTIONS)
@@ -117,6 +119,12 @@ class SlotRecorder:
 
     def request_started(self) -> None:
         self._c[IN_FLIGHT] += 1
+
+    def request_shed(self) -> None:
+        self._c[SHED] += 1
+
+    def request_timed_out(self) -> None:
+        self._c[TIMED_OUT] += 1
 
     def request_finished(self, cycle: RequestCycle) -> None:
         # The protocol reports each request once (`RequestCycle.reported`).
@@ -750,6 +758,24 @@ class MetricsPlugin(PluginBase):
             "gauge",
             "Client connections open in the workers.",
             max(0, totals[CONNECTIONS]),
+        )
+        out.family(
+            "squall_overload_responses_total",
+            "counter",
+            "Requests the workers refused or cut short: 503 past --limit-concurrency, "
+            "504 (or a closed connection) past --request-timeout.",
+            [
+                (
+                    "squall_overload_responses_total",
+                    {"status": "503", "cause": "limit_concurrency"},
+                    totals[SHED],
+                ),
+                (
+                    "squall_overload_responses_total",
+                    {"status": "504", "cause": "request_timeout"},
+                    totals[TIMED_OUT],
+                ),
+            ],
         )
         queues = self._listen_queues()
         for name, index, help_text in (

@@ -43,9 +43,12 @@ class HTTPServer:
         limits: Limits = DEFAULT_LIMITS,
         root_path: str = "",
         max_requests: int = 0,
+        limit_concurrency: int = 0,
+        request_timeout: float = 0.0,
         threads: int = 10,
         header_timeout: float = 10.0,
         body_timeout: float = 30.0,
+        body_min_rate: int = 0,
         access_log: str = "off",
         forwarded_allow_ips: str = "",
         proxy_protocol: bool = False,
@@ -57,9 +60,12 @@ class HTTPServer:
     ) -> None:
         self.app = app
         self.max_requests = max_requests
+        self.limit_concurrency = limit_concurrency
+        self.request_timeout = request_timeout
         self.threads = threads
         self.header_timeout = header_timeout
         self.body_timeout = body_timeout
+        self.body_min_rate = body_min_rate
         self.access_log = access_log
         self.forwarded_allow_ips = forwarded_allow_ips
         self.proxy_protocol = proxy_protocol
@@ -170,6 +176,9 @@ class HTTPServer:
             access_log=access_log,
             forwarded=forwarded,
             metrics=self.metrics,
+            concurrency_limit=self.limit_concurrency,
+            request_timeout=self.request_timeout,
+            body_min_rate=self.body_min_rate,
         )
         self.state.on_closed = self.on_closed
         if self.proxy_protocol and self.on_closed is not None:

@@ -527,6 +527,7 @@ class RequestHandler:
 
     def _continue_async(self, coroutine: Any) -> None:
         task = asyncio.ensure_future(coroutine)
+        self._cycle.task = task  # --request-timeout cancels it
         _running.add(task)  # the loop keeps only weak references to tasks
         task.add_done_callback(_running.discard)
         task.add_done_callback(self._async_done)
@@ -696,7 +697,7 @@ class Application:
                 break
         # A larger (or chunked) body: this task reads all of it; the parser
         # bounds its size (Limits.max_body_bytes, 413).
-        task = cycle.loop.create_task(self._read_then_dispatch(cycle))
+        task = cycle.task = cycle.loop.create_task(self._read_then_dispatch(cycle))
         _running.add(task)
         task.add_done_callback(_running.discard)
         return True

@@ -42,6 +42,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         str(HEADER_TIMEOUT),
         "--body-timeout",
         str(BODY_TIMEOUT),
+        # The silence rule alone here; the minimum rate has its tests in test_overload.py.
+        "--body-min-rate",
+        "0",
         "--keepalive-timeout",
         str(KEEPALIVE_TIMEOUT),
     ) as srv:

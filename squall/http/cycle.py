@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable
-from typing import Protocol
+from typing import Any, Protocol
 
 from squall.http.core import IDLE, Request, RequestError, ResponseError, ServerConnection
 
@@ -112,6 +112,7 @@ class RequestCycle:
         "client",
         "complete",
         "continue_sent",
+        "counted",
         "disconnected",
         "error",
         "reads_body",
@@ -123,10 +124,13 @@ class RequestCycle:
         "started",
         "started_at",
         "status",
+        "task",
     )
 
     def __init__(self, protocol: Connection, request: Request | None) -> None:
         self._protocol = protocol
+        self.counted = False  # in the worker's in-flight count (--limit-concurrency)
+        self.task: asyncio.Future[Any] | None = None  # what runs the app, if a task (cancellable)
         self.request = request  # None only for a request that failed to parse
         self.error: RequestError | None = None
         self._chunks: list[bytes] = []

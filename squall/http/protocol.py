@@ -46,6 +46,9 @@ DRAIN_IDLE = 1.0
 # socket with unread bytes in it sends a reset, which can destroy the
 # response the client has not read yet (nginx's lingering close).
 LINGER = 2.0
+# The answer to a request past --limit-concurrency: try again in a second.
+SHED_HEADERS = ((b"content-type", b"text/plain; charset=utf-8"), (b"retry-after", b"1"))
+TIMEOUT_HEADERS = ((b"content-type", b"text/plain; charset=utf-8"),)
 
 
 class HTTPProtocol(asyncio.Protocol):
@@ -83,6 +86,10 @@ class HTTPProtocol(asyncio.Protocol):
         self._lingering = False  # closing: the write side is shut, reads are discarded
         self._head_deadline = False  # `deadline` is a head's
         self.body_deadline = 0.0  # while a body is read: its next piece is due by then
+        self.request_deadline = 0.0  # while the app runs a request: --request-timeout
+        self._body_began = 0.0  # when the body being read began (loop time)
+        self._body_bytes = 0  # of it received so far
+        self._body_too_slow = False  # the body deadline is the minimum rate's
         self.upgraded: Upgraded | None = None
         # Output is held and written once the loop has run what was ready in
         # this pass: a write wakes the client, and on a busy machine the woken
@@ -122,6 +129,9 @@ class HTTPProtocol(asyncio.Protocol):
             self.upgraded.connection_lost(exc)
         for cycle in (self.current, *self.queue):
             if cycle is not None:
+                if cycle.counted:
+                    cycle.counted = False
+                    state.in_flight -= 1
                 cycle._disconnect()
         self.queue.clear()
         # Cycles still running keep their protocol; the protocol lets go of
@@ -158,6 +168,7 @@ class HTTPProtocol(asyncio.Protocol):
             elif kind is Data:
                 self.receiving._feed(event.data)  # type: ignore[union-attr]
                 if self.body_deadline:
+                    self._body_bytes += len(event.data)  # type: ignore[union-attr]
                     self._restart_body_timer()
             elif event is END_OF_MESSAGE:
                 receiving: RequestCycle = self.receiving  # type: ignore[assignment]
@@ -240,6 +251,8 @@ class HTTPProtocol(asyncio.Protocol):
             if state.metrics is not None:
                 state.metrics.request_started()
         if request.body_expected and state.body_timeout > 0:
+            self._body_began = self.loop.time()
+            self._body_bytes = 0
             self._restart_body_timer()
         self.receiving = cycle
         if self.current is None:
@@ -261,6 +274,9 @@ class HTTPProtocol(asyncio.Protocol):
         if request is not None and request.upgrade:
             return  # offered to `upgrade` once its message ends
         cycle.started = True
+        state = self.state
+        if state.concurrency_limit and not self._admit(cycle):
+            return
         try:
             taken = self.app.begin(cycle)
         except Exception:  # the interface adapters catch app errors; this is a last resort
@@ -269,6 +285,8 @@ class HTTPProtocol(asyncio.Protocol):
             return
         if taken:
             cycle.reads_body = True
+            if state.request_timeout and not cycle.complete:
+                self.request_deadline = self.loop.time() + state.request_timeout
             return
         cycle.started = False
         cycle.runs_at_end = True
@@ -305,11 +323,28 @@ class HTTPProtocol(asyncio.Protocol):
 
     def _run(self, cycle: RequestCycle) -> None:
         cycle.started = True
+        state = self.state
+        if state.concurrency_limit and not cycle.counted and not self._admit(cycle):
+            return
+        if state.request_timeout and not self.request_deadline:
+            self.request_deadline = self.loop.time() + state.request_timeout
         try:
             self.app.handle(cycle)
         except Exception:  # the interface adapters catch app errors; this is a last resort
             logger.exception("error while handling %r", cycle.request)
             self._failed(cycle)
+
+    def _admit(self, cycle: RequestCycle) -> bool:
+        """Count the request in, or answer 503 at once if the worker has its limit running."""
+        state = self.state
+        if state.in_flight >= state.concurrency_limit:
+            if state.metrics is not None:
+                state.metrics.request_shed()
+            cycle.respond(503, SHED_HEADERS, b"Service Unavailable\n")
+            return False
+        state.in_flight += 1
+        cycle.counted = True
+        return True
 
     def _failed(self, cycle: RequestCycle) -> None:
         if not cycle.response_started:
@@ -324,6 +359,10 @@ class HTTPProtocol(asyncio.Protocol):
         # Counted, logged and measured here, not in a method of the state's:
         # this is every request's path.
         state.requests_served += 1
+        self.request_deadline = 0.0
+        if cycle.counted:
+            cycle.counted = False
+            state.in_flight -= 1
         if state.requests_served == state.request_quota and state.on_quota is not None:
             state.on_quota()
         if state.timed:
@@ -479,7 +518,18 @@ class HTTPProtocol(asyncio.Protocol):
         self.deadline = self.loop.time() + timeout if timeout > 0 else 0.0
 
     def _restart_body_timer(self) -> None:
-        self.body_deadline = self.loop.time() + self.state.body_timeout
+        """The next piece is due within --body-timeout, and, once that has passed since
+        the body began, the body must keep up --body-min-rate on average (mod_reqtimeout's
+        minrate: each `rate` bytes earn one more second)."""
+        state = self.state
+        deadline = self.loop.time() + state.body_timeout
+        rate = state.body_min_rate
+        if rate:
+            earned = self._body_began + state.body_timeout + self._body_bytes / rate
+            self._body_too_slow = earned < deadline
+            if self._body_too_slow:
+                deadline = earned
+        self.body_deadline = deadline
 
     def _cancel_body_timer(self) -> None:
         self.body_deadline = 0.0
@@ -494,10 +544,17 @@ class HTTPProtocol(asyncio.Protocol):
             return
         if self.upgraded is not None:
             return
+        if self.request_deadline and now >= self.request_deadline:
+            self.request_deadline = 0.0
+            current = self.current
+            if current is not None and current.started and not current.complete:
+                self._request_timed_out(current)
+                return
         if self.body_deadline and now >= self.body_deadline:
             self.body_deadline = 0.0
             if self.receiving is not None:
-                self._time_out("request body timeout")
+                slow = self._body_too_slow
+                self._time_out("request body too slow" if slow else "request body timeout")
                 return
         if self.deadline and now >= self.deadline:
             self.deadline = 0.0
@@ -508,6 +565,36 @@ class HTTPProtocol(asyncio.Protocol):
                 self._start_head_timer()  # a pipelined head waits behind a response in progress
             elif self.conn.head_in_progress:
                 self._time_out("request header timeout")
+
+    def _request_timed_out(self, cycle: RequestCycle) -> None:
+        """--request-timeout: 504 if nothing was sent yet, else close; stop the app's task."""
+        request = cycle.request
+        what = f"{request.method} {request.target.decode('latin-1')}" if request else "a request"
+        state = self.state
+        seconds = state.request_timeout
+        if state.metrics is not None:
+            state.metrics.request_timed_out()
+        task = cycle.task
+        stopped = "its task is cancelled" if task is not None else "a WSGI thread runs on"
+        if cycle.response_started:
+            logger.warning(
+                "%s still running after %g s (--request-timeout): connection closed; %s",
+                what,
+                seconds,
+                stopped,
+            )
+            cycle.abort()
+        else:
+            logger.warning(
+                "%s still running after %g s (--request-timeout): answered 504; %s",
+                what,
+                seconds,
+                stopped,
+            )
+            self.conn.close_after_response()
+            cycle.respond(504, TIMEOUT_HEADERS, b"Gateway Timeout\n")
+        if task is not None:
+            task.cancel()
 
     def _time_out(self, reason: str) -> None:
         """408 for the request being read (unless its response began), then close."""

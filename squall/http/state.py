@@ -31,6 +31,12 @@ class Metrics(Protocol):
 
     def request_started(self) -> None: ...
 
+    def request_shed(self) -> None:
+        """A 503 past --limit-concurrency."""
+
+    def request_timed_out(self) -> None:
+        """A request past --request-timeout."""
+
     def request_finished(self, cycle: RequestCycle) -> None:
         """`cycle.status`, `cycle.bytes_sent`, `cycle.started_at` (set when metrics are on)."""
 
@@ -41,6 +47,7 @@ class Managed(Protocol):
     client: tuple[str, int] | None
     deadline: float
     body_deadline: float
+    request_deadline: float
 
     def check_deadlines(self, now: float) -> None: ...
 
@@ -66,6 +73,9 @@ class ServerState:
         access_log: Callable[[RequestCycle], object] | None = None,
         forwarded: Callable[[RequestCycle], object] | None = None,
         metrics: Metrics | None = None,
+        concurrency_limit: int = 0,
+        request_timeout: float = 0.0,
+        body_min_rate: int = 0,
     ) -> None:
         self.app = app
         # Asked once: on Python 3.11 every get_running_loop() is a getpid() system call.
@@ -86,6 +96,12 @@ class ServerState:
         self.holding: list[Managed] = []  # connections with held output, flushed as one
         self.draining = False
         self.requests_served = 0
+        # --limit-concurrency: requests the app has been given and not yet
+        # answered, on connections still open; past the limit, a 503 at once.
+        self.concurrency_limit = concurrency_limit
+        self.request_timeout = request_timeout  # --request-timeout: 504 past it; 0: none
+        self.body_min_rate = body_min_rate  # bytes/s a body keeps up after --body-timeout
+        self.in_flight = 0
         self.request_quota = request_quota  # 0: no quota
         self.on_quota = on_quota
 
@@ -100,6 +116,7 @@ class ServerState:
             for connection in self.connections
             if (connection.deadline and now >= connection.deadline)
             or (connection.body_deadline and now >= connection.body_deadline)
+            or (connection.request_deadline and now >= connection.request_deadline)
         ]
         for connection in due:  # acting may close connections: not while iterating the set
             connection.check_deadlines(now)

@@ -7,6 +7,7 @@ import time
 from squall import task_id, web
 
 VERSION = "1"
+SLOW_CALLS = 0  # how many times the app was given a /slow request
 
 
 def block_the_loop() -> None:
@@ -23,11 +24,15 @@ class Version(web.RequestHandler):
 
 class Pid(web.RequestHandler):
     def get(self) -> None:
-        self.write({"pid": os.getpid(), "task_id": task_id(), "version": VERSION})
+        self.write(
+            {"pid": os.getpid(), "task_id": task_id(), "version": VERSION, "slow_calls": SLOW_CALLS}
+        )
 
 
 class Slow(web.RequestHandler):
     async def get(self) -> None:
+        global SLOW_CALLS
+        SLOW_CALLS += 1
         await asyncio.sleep(float(self.get_argument("s", "2")))
         self.write("slow done")
 

@@ -1,0 +1,252 @@
+"""Overload and exhaustion: shed what is beyond the limits, stay fast for what is accepted.
+
+Real supervisors and workers, real sockets on 127.0.0.1, raw-socket clients.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.service import Service, Services, free_port, wait_until
+
+SCRIPTS = Path(__file__).parent / "scripts"
+
+
+def start(services: Services, tmp_path: Path, *args: str) -> tuple[Service, int]:
+    directory = tmp_path / "app"
+    directory.mkdir(exist_ok=True)
+    shutil.copy(SCRIPTS / "supervised.py", directory / "supervised_app.py")
+    port = free_port()
+    service = services.squall(
+        "supervised_app:app", "--bind", f"127.0.0.1:{port}", *args, cwd=directory
+    )
+    service.wait_for_port(port)
+    service.wait_for_log("is ready")
+    return service, port
+
+
+def send(port: int, request: bytes) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(request)
+    return sock
+
+
+def response(sock: socket.socket) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def slow_calls(port: int) -> int:
+    return int(httpx.get(f"http://127.0.0.1:{port}/pid", timeout=5).json()["slow_calls"])
+
+
+SLOW = b"GET /slow?s=1.5 HTTP/1.1\r\nHost: t\r\n\r\n"
+
+
+def test_limit_concurrency_sheds_with_503_without_calling_the_app(
+    services: Services, tmp_path: Path
+) -> None:
+    _, port = start(services, tmp_path, "--limit-concurrency", "2")
+    running = [send(port, SLOW) for _ in range(2)]
+    try:
+        time.sleep(0.3)  # both are in the app
+        started = time.monotonic()
+        with send(port, SLOW) as shed:
+            head = response(shed)
+            took = time.monotonic() - started
+        assert head.startswith(b"HTTP/1.1 503 Service Unavailable\r\n"), head
+        assert b"\r\nretry-after: 1\r\n" in head.lower()
+        assert took < 0.5, took  # at once, not after the slow ones
+        post = b"POST /slow HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello"
+        with send(port, post) as shed:
+            assert response(shed).startswith(b"HTTP/1.1 503 ")
+        for sock in running:
+            assert response(sock).startswith(b"HTTP/1.1 200 ")
+        assert slow_calls(port) == 2  # the app never saw the shed ones
+    finally:
+        for sock in running:
+            sock.close()
+    with send(port, SLOW) as admitted:  # the answered ones freed their places
+        assert response(admitted).startswith(b"HTTP/1.1 200 ")
+
+
+def test_a_client_that_leaves_frees_its_place_once_the_app_is_done(
+    services: Services, tmp_path: Path
+) -> None:
+    _, port = start(services, tmp_path, "--limit-concurrency", "1")
+    for _ in range(3):
+        gone = send(port, SLOW)
+        time.sleep(0.2)
+        gone.close()  # mid-request: the app still runs it, and it still counts
+        with send(port, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n") as sock:
+            assert response(sock).startswith(b"HTTP/1.1 503 ")
+        wait_until(lambda: answer(port) == 200, timeout=5)  # never leaked
+
+
+def answer(port: int) -> int:
+    return httpx.get(f"http://127.0.0.1:{port}/", timeout=5).status_code
+
+
+def test_without_a_limit_every_request_reaches_the_app(services: Services, tmp_path: Path) -> None:
+    _, port = start(services, tmp_path)
+    clients = [send(port, SLOW) for _ in range(6)]
+    try:
+        answers = [response(sock) for sock in clients]
+    finally:
+        for sock in clients:
+            sock.close()
+    assert all(answer.startswith(b"HTTP/1.1 200 ") for answer in answers)
+    assert slow_calls(port) == 6
+
+
+SLOW_APPS = """
+import asyncio, time
+
+cancelled = []
+
+
+async def asgi(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    path = scope["path"]
+    if path == "/cancelled":
+        body = str(len(cancelled)).encode()
+    else:
+        try:
+            if path == "/stream":
+                await send({"type": "http.response.start", "status": 200, "headers": []})
+                await send({"type": "http.response.body", "body": b"part", "more_body": True})
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.append(path)
+            raise
+        body = b"late"
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": body})
+
+
+def wsgi(environ, start_response):
+    if environ["PATH_INFO"] == "/sleep":
+        time.sleep(3)
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"done"]
+"""
+
+
+def start_app(services: Services, tmp_path: Path, app: str, *args: str) -> tuple[Service, int]:
+    (tmp_path / "slow_apps.py").write_text(SLOW_APPS)
+    port = free_port()
+    service = services.squall(
+        f"slow_apps:{app}", "--bind", f"127.0.0.1:{port}", *args, cwd=tmp_path
+    )
+    service.wait_for_port(port)
+    service.wait_for_log("is ready")
+    return service, port
+
+
+def test_request_timeout_answers_504_and_cancels_the_task(
+    services: Services, tmp_path: Path
+) -> None:
+    service, port = start_app(services, tmp_path, "asgi", "--request-timeout", "1")
+    started = time.monotonic()
+    answer = httpx.get(f"http://127.0.0.1:{port}/wait", timeout=10)
+    took = time.monotonic() - started
+    assert answer.status_code == 504 and 0.9 <= took < 2.5, (answer.status_code, took)
+    assert httpx.get(f"http://127.0.0.1:{port}/cancelled", timeout=5).text == "1"
+    assert "GET /wait still running after 1 s (--request-timeout): answered 504" in service.output()
+    # Its response begun, a request that runs too long has its connection closed.
+    with send(port, b"GET /stream HTTP/1.1\r\nHost: t\r\n\r\n") as sock:
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 200 ") and b"part" in data
+    assert httpx.get(f"http://127.0.0.1:{port}/cancelled", timeout=5).text == "2"
+    assert len(service.workers()) == 1 and "is ready" in service.output()
+
+
+def test_request_timeout_for_a_wsgi_thread(services: Services, tmp_path: Path) -> None:
+    service, port = start_app(services, tmp_path, "wsgi", "--request-timeout", "1")
+    (worker,) = service.workers()
+    started = time.monotonic()
+    answer = httpx.get(f"http://127.0.0.1:{port}/sleep", timeout=10)
+    assert answer.status_code == 504 and time.monotonic() - started < 2.5
+    assert (
+        "GET /sleep still running after 1 s (--request-timeout): answered 504; a WSGI thread runs on"
+        in service.output()
+    )
+    time.sleep(2.5)  # the thread finishes; what it returns goes nowhere
+    assert httpx.get(f"http://127.0.0.1:{port}/", timeout=5).text == "done"
+    assert service.workers() == [worker]
+
+
+def test_without_a_request_timeout_a_slow_request_is_answered(
+    services: Services, tmp_path: Path
+) -> None:
+    _, port = start(services, tmp_path)
+    assert httpx.get(f"http://127.0.0.1:{port}/slow?s=1.5", timeout=10).text == "slow done"
+
+
+def test_shed_and_timed_out_requests_are_counted_by_cause(
+    services: Services, tmp_path: Path
+) -> None:
+    mport = free_port()
+    _, port = start_app(
+        services,
+        tmp_path,
+        "asgi",
+        *("--limit-concurrency", "1", "--request-timeout", "1"),
+        *("--metrics", f"127.0.0.1:{mport}"),
+    )
+    with send(port, b"GET /wait HTTP/1.1\r\nHost: t\r\n\r\n") as waiting:
+        time.sleep(0.3)
+        assert httpx.get(f"http://127.0.0.1:{port}/other", timeout=5).status_code == 503
+        assert response(waiting).startswith(b"HTTP/1.1 504 ")
+    text = httpx.get(f"http://127.0.0.1:{mport}/metrics", timeout=5).text
+    assert 'squall_overload_responses_total{status="503",cause="limit_concurrency"} 1' in text
+    assert 'squall_overload_responses_total{status="504",cause="request_timeout"} 1' in text
+
+
+TRICKLE = b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n"
+
+
+def trickle(port: int, seconds: float) -> tuple[bytes, float]:
+    """Send a body one byte every 0.6 s (under --body-timeout 2) for `seconds` at most."""
+    started = time.monotonic()
+    with send(port, TRICKLE) as sock:
+        sock.settimeout(0.6)
+        while time.monotonic() - started < seconds:
+            try:
+                data = sock.recv(65536)
+            except TimeoutError:
+                sock.sendall(b"x")
+                continue
+            return data, time.monotonic() - started
+    return b"", time.monotonic() - started
+
+
+def test_a_body_that_trickles_under_the_minimum_rate_gets_408(
+    services: Services, tmp_path: Path
+) -> None:
+    service, port = start(services, tmp_path, "--body-timeout", "2", "--body-min-rate", "500")
+    data, took = trickle(port, seconds=8)
+    assert data.startswith(b"HTTP/1.1 408 "), data
+    assert 2.0 <= took < 3.5, took
+    big = b"y" * 1_000_000  # at full speed: never too slow
+    answer = httpx.post(f"http://127.0.0.1:{port}/", content=big, timeout=10)
+    assert answer.status_code == 200 and len(service.workers()) == 1
+
+
+def test_without_a_minimum_rate_a_trickle_is_held(services: Services, tmp_path: Path) -> None:
+    _, port = start(services, tmp_path, "--body-timeout", "2", "--body-min-rate", "0")
+    data, took = trickle(port, seconds=4)
+    assert data == b"" and took >= 4  # each byte within 2 s: held as long as it likes
