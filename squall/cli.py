@@ -320,6 +320,7 @@ def serve_worker(
         root_path=config.root_path,
         max_requests=quota,
         limit_concurrency=config.limit_concurrency,
+        max_connections=config.max_connections,
         request_timeout=config.request_timeout,
         threads=config.threads,
         header_timeout=config.header_timeout,

@@ -70,6 +70,7 @@ class Config:
     max_requests_jitter: int = 0
     max_worker_memory: int = 0
     limit_concurrency: int = 0
+    max_connections: int = 0
     request_timeout: float = 0.0
     on_exhausted: str = "exit"
     reload_batch: int = 1
@@ -139,6 +140,7 @@ class Config:
             "max_requests_jitter",
             "max_worker_memory",
             "limit_concurrency",
+            "max_connections",
         ):
             if getattr(self, name) < 0:
                 flag = "--" + name.replace("_", "-")
@@ -330,6 +332,14 @@ SETTINGS: tuple[Setting, ...] = (
         "a request still running after this long gets 504 (or, its response begun, a closed "
         "connection) and its task is cancelled; 0: none",
         "SECONDS",
+    ),
+    Setting(
+        "max_connections",
+        "--max-connections",
+        _count,
+        "per worker: at this many open connections, accept no more until one closes (the kernel "
+        "queue or the other workers hold them); default 0: what ulimit -n allows, less a reserve",
+        "N",
     ),
     Setting(
         "limit_concurrency",

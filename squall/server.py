@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import socket
 import ssl
@@ -14,10 +13,11 @@ from squall import process, websocket
 from squall.accesslog import make_access_log
 from squall.appload import detect_interface
 from squall.errors import UsageError
+from squall.http.accept import Acceptor, Address, automatic_limit
 from squall.http.core import DEFAULT_LIMITS, Limits
 from squall.http.cycle import App
 from squall.http.protocol import HTTPProtocol
-from squall.http.proxy_accept import DEFAULT_ALLOW_FROM, Address, AllowList, ProxyAcceptor
+from squall.http.proxy_accept import DEFAULT_ALLOW_FROM, AllowList, ProxyAcceptor
 from squall.http.proxy_headers import make_forwarded
 from squall.http.state import Metrics, ServerState
 from squall.sockets import bind_sockets, default_backlog, describe_socket
@@ -44,6 +44,7 @@ class HTTPServer:
         root_path: str = "",
         max_requests: int = 0,
         limit_concurrency: int = 0,
+        max_connections: int = 0,
         request_timeout: float = 0.0,
         threads: int = 10,
         header_timeout: float = 10.0,
@@ -61,6 +62,8 @@ class HTTPServer:
         self.app = app
         self.max_requests = max_requests
         self.limit_concurrency = limit_concurrency
+        # Open connections per worker past which it accepts none (0: what ulimit -n allows).
+        self.max_connections = max_connections
         self.request_timeout = request_timeout
         self.threads = threads
         self.header_timeout = header_timeout
@@ -83,8 +86,8 @@ class HTTPServer:
         self._adapter: App | None = None
         self._bound: list[socket.socket] = []
         self._sockets: list[socket.socket] = []
-        self._servers: list[asyncio.AbstractServer] = []
-        self._acceptors: list[ProxyAcceptor] = []  # with the PROXY protocol, instead of servers
+        self._limit = 0  # --max-connections as it applies (set when serving starts)
+        self._acceptors: list[Acceptor] = []  # one per listening socket
         self._backlog: int | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -180,12 +183,11 @@ class HTTPServer:
             request_timeout=self.request_timeout,
             body_min_rate=self.body_min_rate,
         )
-        self.state.on_closed = self.on_closed
-        if self.proxy_protocol and self.on_closed is not None:
+        if self.on_closed is not None:
             self.state.on_closed = self._report_load
 
     def _report_load(self, open_connections: int) -> None:
-        """Steering's count: connections served plus those whose PROXY header is awaited."""
+        """Steering's count: connections served plus those accepted and not served yet."""
         if self.on_closed is not None:
             self.on_closed(open_connections + self.pending_connections())
 
@@ -194,7 +196,6 @@ class HTTPServer:
         return sum(acceptor.in_hand for acceptor in self._acceptors)
 
     async def start_serving(self, sockets: list[socket.socket] | None = None) -> None:
-        loop = asyncio.get_running_loop()
         state = self.state
         assert state is not None, "startup() first"
         backlog = self._backlog or default_backlog()
@@ -202,32 +203,47 @@ class HTTPServer:
         tls = self.ssl_context
         scheme = "https" if tls is not None else "http"
         serving: dict[str, None] = {}  # in order, once each (a slot's socket and the overflow)
+        self._limit = self.max_connections or automatic_limit()
+        state.room_freed = self._room_freed
         for sock in self._sockets if sockets is None else sockets:
-            if self.proxy_allow is not None:
-                self._accept_proxied(sock, scheme, backlog)
-                serving[describe_socket(sock)] = None
-                continue
-            factory = functools.partial(
-                HTTPProtocol, state, scheme=scheme, server=_specific_address(sock)
-            )
-            if sock.family == getattr(socket, "AF_UNIX", None):
-                server = await loop.create_unix_server(factory, sock=sock, backlog=backlog, ssl=tls)
-            else:
-                server = await loop.create_server(factory, sock=sock, backlog=backlog, ssl=tls)
-            self._servers.append(server)
+            self._accept_on(sock, scheme, backlog)
             serving[describe_socket(sock)] = None
         logger.debug("serving on %s", ", ".join(serving))
         if state.on_closed is not None:
             state.on_closed(len(state.connections))  # not what a predecessor left
 
-    def _accept_proxied(self, sock: socket.socket, scheme: str, backlog: int) -> None:
-        """Accept on `sock` here, reading allowed peers' PROXY headers before any TLS."""
+    def _has_room(self) -> bool:
+        """Fewer connections open (or being handed over) than --max-connections."""
         state = self.state
-        assert state is not None and self.proxy_allow is not None
+        assert state is not None
+        return not self._limit or len(state.connections) + self.pending_connections() < self._limit
+
+    def _room_freed(self) -> None:
+        for acceptor in self._acceptors:
+            acceptor.room_freed()
+
+    def _accept_on(self, sock: socket.socket, scheme: str, backlog: int) -> None:
+        """Accept on `sock` here (with the PROXY protocol: allowed peers' headers first)."""
+        state = self.state
+        assert state is not None
         listener = _specific_address(sock)
 
         def make_protocol(client: Address | None, server: Address | None) -> HTTPProtocol:
             return HTTPProtocol(state, scheme, server=server or listener, client=client)
+
+        if self.proxy_allow is None:
+            acceptor = Acceptor(
+                sock,
+                make_protocol,
+                ssl_context=self.ssl_context,
+                backlog=backlog,
+                has_room=self._has_room,
+                limit=self._limit,
+                limit_given=bool(self.max_connections),
+            )
+            acceptor.start()
+            self._acceptors.append(acceptor)
+            return
 
         metrics = state.metrics
 
@@ -248,6 +264,9 @@ class HTTPServer:
             ssl_context=self.ssl_context,
             header_timeout=self.header_timeout,
             backlog=backlog,
+            has_room=self._has_room,
+            limit=self._limit,
+            limit_given=bool(self.max_connections),
             on_open=opened,
             on_close=closed,
         )
@@ -256,9 +275,6 @@ class HTTPServer:
 
     def stop_accepting(self) -> None:
         """Close this process's listeners; queued connections go to the other workers."""
-        for server in self._servers:
-            server.close()
-        self._servers.clear()
         for acceptor in self._acceptors:
             acceptor.close()  # the connections whose header is coming stay, and are served
         if self.state is not None:

@@ -5,12 +5,16 @@ Real supervisors and workers, real sockets on 127.0.0.1, raw-socket clients.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import socket
+import sys
 import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.service import Service, Services, free_port, wait_until
 
@@ -250,3 +254,100 @@ def test_without_a_minimum_rate_a_trickle_is_held(services: Services, tmp_path: 
     _, port = start(services, tmp_path, "--body-timeout", "2", "--body-min-rate", "0")
     data, took = trickle(port, seconds=4)
     assert data == b"" and took >= 4  # each byte within 2 s: held as long as it likes
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+LOW_ULIMIT = (
+    "import os, resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256)); "
+    "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
+)
+
+
+def start_with_256_descriptors(
+    services: Services, tmp_path: Path, *args: str
+) -> tuple[Service, int]:
+    directory = tmp_path / "app"
+    directory.mkdir(exist_ok=True)
+    shutil.copy(SCRIPTS / "supervised.py", directory / "supervised_app.py")
+    port = free_port()
+    service = services.start(
+        [
+            sys.executable,
+            "-c",
+            LOW_ULIMIT,
+            "-m",
+            "squall",
+            "supervised_app:app",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            "1",
+            *args,
+        ],
+        cwd=directory,
+    )
+    service.wait_for_port(port)
+    service.wait_for_log("is ready")
+    return service, port
+
+
+def test_out_of_descriptors_nothing_is_dropped_and_nothing_spins(
+    services: Services, tmp_path: Path
+) -> None:
+    # ulimit -n 256 and 400 idle connections: the worker stops accepting short of
+    # EMFILE, the kernel queues the rest, and a request made meanwhile is
+    # answered once descriptors free, not closed unanswered.
+    service, port = start_with_256_descriptors(services, tmp_path)
+    (worker,) = service.wait_for_workers(1)
+    held = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(400)]
+    try:
+        service.wait_for_log("accepting paused until one closes")
+        before = cpu_seconds(worker)
+        time.sleep(3)
+        assert cpu_seconds(worker) - before < 0.1  # no accept spin
+        waiting = send(port, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        waiting.settimeout(1)
+        with pytest.raises(TimeoutError):
+            waiting.recv(1)  # queued in the kernel, not closed
+        for sock in held[:300]:  # the idle ones leave
+            sock.close()
+        waiting.settimeout(10)
+        assert response(waiting).startswith(b"HTTP/1.1 200 ")
+        waiting.close()
+        for sock in held[300:]:  # the queued idle ones are there, not reset
+            sock.settimeout(0.05)
+            with contextlib.suppress(TimeoutError):
+                assert sock.recv(1) == b"", "an idle connection got bytes"
+    finally:
+        for sock in held:
+            sock.close()
+    output = service.output()
+    assert output.count("accepting paused until one closes") == 1
+    assert "from ulimit -n" in output and "Too many open files" not in output
+    assert len(service.workers()) == 1
+
+
+def test_max_connections_holds_the_rest_in_the_queue(services: Services, tmp_path: Path) -> None:
+    service, port = start(services, tmp_path, "--max-connections", "3")
+    held = [send(port, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n") for _ in range(3)]
+    try:
+        for sock in held:
+            assert response(sock).startswith(b"HTTP/1.1 200 ")  # served, kept alive
+        fourth = send(port, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        fourth.settimeout(1)
+        with pytest.raises(TimeoutError):
+            fourth.recv(1)  # not accepted: the kernel holds it
+        held[0].close()  # one closes: the fourth is accepted and answered at once
+        fourth.settimeout(5)
+        started = time.monotonic()
+        assert response(fourth).startswith(b"HTTP/1.1 200 ")
+        assert time.monotonic() - started < 1
+        fourth.close()
+    finally:
+        for sock in held:
+            sock.close()
+    assert "3 connections open (--max-connections): accepting paused" in service.output()

@@ -1020,6 +1020,7 @@ def test_e2e_out_of_file_descriptors_is_logged_once_without_spinning(
             *("-m", "squall", "tests.apps.echo_client:app"),
             *("--bind", f"127.0.0.1:{port}", "--workers", "1"),
             *("--proxy-protocol", "--header-timeout", "30"),
+            *("--max-connections", "1000"),  # more than 64 descriptors allow: EMFILE comes first
         ]
     )
     service.wait_for_port(port)

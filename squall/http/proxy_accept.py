@@ -20,9 +20,7 @@ start TLS; `ProxyAcceptor` accepts on the listening socket itself:
 Bounds: the header must be complete within the header timeout, else the
 connection is closed; its size is bounded by the parser (107 bytes for v1,
 16 + 2048 for v2). A malformed header closes the connection with one
-warning line. When accept fails for lack of resources (EMFILE and the
-like), accepting pauses for a moment instead of spinning on a listening
-socket that stays readable, and one warning says so (at most one a minute).
+warning line. Accepting itself, its limits and its pauses are `Acceptor`'s.
 
 A Unix socket peer has no address: it is always allowed, as for
 `--forwarded-allow-ips` (only local processes can connect there).
@@ -32,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import ipaddress
 import logging
 import socket
@@ -41,10 +38,10 @@ from collections.abc import Callable
 from typing import Any
 
 from squall.errors import UsageError
+from squall.http.accept import Acceptor, ProtocolFactory, describe_peer
 from squall.http.proxy_protocol import (
     V2_HEADER,
     V2_MAX_PAYLOAD,
-    ProxyHeader,
     ProxyProtocolError,
     parse_proxy_header,
 )
@@ -52,25 +49,8 @@ from squall.http.proxy_protocol import (
 logger = logging.getLogger("squall.http")
 
 DEFAULT_ALLOW_FROM = "127.0.0.1,::1"
-#: Connections accepted per wake-up of the listening socket, at most.
-ACCEPT_BATCH = 64
-#: After accept failed otherwise (EMFILE, ENFILE, ENOBUFS...), wait this long to try again.
-ACCEPT_RETRY_DELAY = 0.5
-#: ... and say so at most this often (descriptors freed and taken again make episodes short).
-STARVED_LOG_INTERVAL = 60.0
-#: accept() failed for that one connection only, which is gone already.
-_CONNECTION_GONE = frozenset(
-    {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.ECONNRESET, errno.ENETDOWN}
-)
 #: The most bytes a header can still need: a v2 header at its largest.
 _PEEK_SIZE = V2_HEADER + V2_MAX_PAYLOAD
-
-#: When this process last said that accept() failed (EMFILE is the whole process's).
-_warned_at = float("-inf")
-
-Address = tuple[str, int]
-#: Makes the connection's protocol from the header's (client, server), each None when not given.
-ProtocolFactory = Callable[[Address | None, Address | None], asyncio.Protocol]
 
 
 class AllowList:
@@ -110,7 +90,7 @@ class _Pending:
         self.timer: asyncio.TimerHandle | None = None
 
 
-class ProxyAcceptor:
+class ProxyAcceptor(Acceptor):
     """Serves one listening socket with the PROXY protocol read before TLS."""
 
     def __init__(
@@ -122,90 +102,36 @@ class ProxyAcceptor:
         ssl_context: ssl.SSLContext | None = None,
         header_timeout: float = 10.0,
         backlog: int = 128,
+        has_room: Callable[[], bool] | None = None,
+        limit: int = 0,
+        limit_given: bool = True,
         on_open: Callable[[], object] | None = None,
         on_close: Callable[[bool], object] | None = None,
     ) -> None:
-        self.loop = asyncio.get_running_loop()
-        self.sock = sock
-        self.make_protocol = make_protocol
+        super().__init__(
+            sock,
+            make_protocol,
+            ssl_context=ssl_context,
+            backlog=backlog,
+            has_room=has_room,
+            limit=limit,
+            limit_given=limit_given,
+        )
         self.allow = allow
-        self.ssl_context = ssl_context
         self.header_timeout = header_timeout
-        self.backlog = backlog
         self.on_open = on_open  # a connection is held while its header is read
         self.on_close = on_close  # ... and then handed over (True) or closed (False)
         self.pending: dict[int, _Pending] = {}
-        self._tcp = sock.family in (socket.AF_INET, socket.AF_INET6)
-        self._fd = sock.fileno()
-        self._reading = False
-        self._closed = False
-        self._retry: asyncio.TimerHandle | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def in_hand(self) -> int:
         """Connections accepted here and not yet served: header awaited, or being handed over."""
-        return len(self.pending) + len(self._tasks)
-
-    def start(self) -> None:
-        self.sock.setblocking(False)
-        self.sock.listen(self.backlog)
-        self._resume()
-
-    def close(self) -> None:
-        """Accept no more and close the listening socket; connections in hand go on."""
-        if self._closed:
-            return
-        self._closed = True
-        self._pause()
-        if self._retry is not None:
-            self._retry.cancel()
-            self._retry = None
-        self.sock.close()
+        return len(self.pending) + len(self._handing)
 
     def abort(self) -> None:
         """Close the connections whose header has not come yet."""
         for pending in list(self.pending.values()):
             self._drop(pending)
-
-    # -- accepting ------------------------------------------------------------------
-
-    def _resume(self) -> None:
-        self._retry = None
-        if not self._closed and not self._reading:
-            self._reading = True
-            self.loop.add_reader(self._fd, self._accept)
-
-    def _pause(self) -> None:
-        if self._reading:
-            self._reading = False
-            self.loop.remove_reader(self._fd)
-
-    def _accept(self) -> None:
-        for _ in range(ACCEPT_BATCH):
-            try:
-                conn, peer = self.sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                if exc.errno in _CONNECTION_GONE:
-                    continue
-                self._cannot_accept(exc)  # EMFILE and the like: the socket stays readable
-                return
-            self._accepted(conn, peer)
-
-    def _cannot_accept(self, exc: OSError) -> None:
-        global _warned_at
-        now = self.loop.time()
-        if now - _warned_at >= STARVED_LOG_INTERVAL:  # once for all of this worker's sockets
-            _warned_at = now
-            logger.warning(
-                "cannot accept connections: %s; retrying every %.1f s",
-                exc.strerror or exc,
-                ACCEPT_RETRY_DELAY,
-            )
-        self._pause()
-        self._retry = self.loop.call_later(ACCEPT_RETRY_DELAY, self._resume)
 
     def _accepted(self, conn: socket.socket, peer: Any) -> None:
         conn.setblocking(False)
@@ -213,7 +139,7 @@ class ProxyAcceptor:
             with contextlib.suppress(OSError):
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if not self.allow.allows(peer):
-            self._hand_over(conn, peer, None)  # an ordinary client: a PROXY line is no header
+            self._hand_over(conn, peer, None, None)  # an ordinary client: a PROXY line is no header
             return
         pending = _Pending(conn, peer)
         fd = conn.fileno()
@@ -242,7 +168,7 @@ class ProxyAcceptor:
         try:
             header = parse_proxy_header(buffered + data)
         except ProxyProtocolError as exc:
-            logger.warning("closing connection from %s: %s", _describe(pending.peer), exc)
+            logger.warning("closing connection from %s: %s", describe_peer(pending.peer), exc)
             self._drop(pending)
             return
         # Incomplete: all that arrived is header. Complete: take it and nothing after it.
@@ -258,11 +184,11 @@ class ProxyAcceptor:
         if header is not None and len(pending.buffer) == header.consumed and self._forget(pending):
             if self.on_close is not None:
                 self.on_close(True)
-            self._hand_over(sock, pending.peer, header)
+            self._hand_over(sock, pending.peer, header.client, header.server)
 
     def _expire(self, pending: _Pending) -> None:
         pending.timer = None
-        logger.debug("no PROXY header from %s in time", _describe(pending.peer))
+        logger.debug("no PROXY header from %s in time", describe_peer(pending.peer))
         self._drop(pending)
 
     def _forget(self, pending: _Pending) -> bool:
@@ -282,29 +208,3 @@ class ProxyAcceptor:
             pending.sock.close()
             if self.on_close is not None:
                 self.on_close(False)
-
-    # -- handing the connection to the loop ---------------------------------------
-
-    def _hand_over(self, conn: socket.socket, peer: Any, header: ProxyHeader | None) -> None:
-        client = header.client if header is not None else None
-        server = header.server if header is not None else None
-        task = self.loop.create_task(self._connect(conn, client or peer, client, server))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _connect(
-        self, conn: socket.socket, peer: Any, client: Address | None, server: Address | None
-    ) -> None:
-        try:
-            await self.loop.connect_accepted_socket(
-                lambda: self.make_protocol(client, server), conn, ssl=self.ssl_context
-            )
-        except (OSError, asyncio.TimeoutError) as exc:  # a failed TLS handshake, a reset
-            logger.debug("connection from %s not served: %r", _describe(peer), exc)
-
-
-def _describe(peer: Any) -> str:
-    if isinstance(peer, tuple) and len(peer) >= 2:
-        host = str(peer[0])
-        return f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
-    return "a unix socket"

@@ -93,6 +93,8 @@ class ServerState:
         self.connections: set[Managed] = set()
         # Told how many connections stay open each time one closes (`squall.steering`).
         self.on_closed: Callable[[int], object] | None = None
+        # Told each time one closes: a worker at --max-connections accepts again.
+        self.room_freed: Callable[[], object] | None = None
         self.holding: list[Managed] = []  # connections with held output, flushed as one
         self.draining = False
         self.requests_served = 0
@@ -133,6 +135,8 @@ class ServerState:
             connections.remove(connection)
             if self.on_closed is not None:
                 self.on_closed(len(connections))
+            if self.room_freed is not None:
+                self.room_freed()
 
     def hold_output(self, connection: Managed) -> None:
         """`connection` has output held back: write it after what is ready in this loop pass."""
