@@ -277,7 +277,7 @@ def make_plugins(config: Config) -> list[Plugin]:
     if config.metrics:
         from squall.metrics import MetricsPlugin
 
-        plugins.append(MetricsPlugin(config.metrics))
+        plugins.append(MetricsPlugin(config.metrics, allowed_hosts=config.metrics_allowed_hosts))
     if config.control:
         from squall.control import ControlPlugin
 

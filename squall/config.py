@@ -71,6 +71,7 @@ class Config:
     max_worker_memory: int = 0
     limit_concurrency: int = 0
     max_connections: int = 0
+    metrics_allowed_hosts: str = ""
     request_timeout: float = 0.0
     on_exhausted: str = "exit"
     reload_batch: int = 1
@@ -515,6 +516,14 @@ SETTINGS: tuple[Setting, ...] = (
         str,
         "serve /metrics (Prometheus), /healthz, /readyz and a live status page at HOST:PORT or unix:PATH, from the supervisor",
         "ADDRESS",
+    ),
+    Setting(
+        "metrics_allowed_hosts",
+        "--metrics-allowed-hosts",
+        str,
+        "the endpoint answers only requests whose Host is one of these names (comma-separated), "
+        "403 otherwise: a page opened under another name (DNS rebinding) learns nothing",
+        "HOSTS",
     ),
     Setting(
         "control",

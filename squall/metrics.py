@@ -280,6 +280,22 @@ _TEXT = b"text/plain; charset=utf-8"
 _NO_STORE = (b"cache-control", b"no-store")
 
 
+def _busy(client: _Client) -> bool:
+    """A request under way: part of one read, or an answer not yet all sent."""
+    return bool(client.request is not None or client.conn.head_in_progress or client.out)
+
+
+def _host(request: Request) -> str:
+    """The Host header's name, without its port, lower case."""
+    for name, value in request.headers:
+        if name == b"host":
+            host = value.decode("latin-1").strip().lower()
+            if host.startswith("["):
+                return host.partition("]")[0] + "]"
+            return host.rpartition(":")[0] if host.count(":") == 1 else host
+    return ""
+
+
 class _Client:
     __slots__ = ("closing", "conn", "last_active", "mask", "out", "request", "sock")
 
@@ -300,8 +316,12 @@ class MetricsPlugin(PluginBase):
     a bad one is an error at startup.
     """
 
-    def __init__(self, address: str, *, slots: int = DEFAULT_SLOTS) -> None:
+    def __init__(
+        self, address: str, *, slots: int = DEFAULT_SLOTS, allowed_hosts: str = ""
+    ) -> None:
         self.address = address
+        #: Host names the endpoint answers to (empty: any).
+        self.allowed_hosts = {h.strip().lower() for h in allowed_hosts.split(",") if h.strip()}
         self._owner = os.getpid()
         self._unix_path: str | None = None
         self._adopted_path: str | None = None  # the same, handed over, until we serve
@@ -528,8 +548,14 @@ class MetricsPlugin(PluginBase):
                 sock.close()
                 return
             if len(self._clients) >= MAX_CLIENTS:
-                # Full: the connection that has been quiet longest makes room.
-                self._drop(min(self._clients.values(), key=lambda c: c.last_active))
+                # Full: the connection that has been idle longest makes room, never
+                # one with a request under way; if every one has, this one waits
+                # no more than being turned away.
+                idle = [c for c in self._clients.values() if not _busy(c)]
+                if not idle:
+                    sock.close()
+                    continue
+                self._drop(min(idle, key=lambda c: c.last_active))
             sock.setblocking(False)
             if sock.family in (socket.AF_INET, socket.AF_INET6):
                 with contextlib.suppress(OSError):
@@ -566,7 +592,11 @@ class MetricsPlugin(PluginBase):
         conn = client.conn
         if len(client.out) >= MAX_PENDING_OUTPUT:
             conn.close_after_response()
-        status, headers, body = self._route(request)
+        if self.allowed_hosts and _host(request) not in self.allowed_hosts:
+            # --metrics-allowed-hosts: a page fetched under another name (DNS rebinding) gets nothing.
+            status, headers, body = 403, [(b"content-type", _TEXT)], b"host not allowed\n"
+        else:
+            status, headers, body = self._route(request)
         client.out += conn.encode_response(request, status, headers, body)
         client.last_active = time.monotonic()
         if conn.keep_alive:

@@ -750,3 +750,38 @@ def test_the_accept_queue_and_each_workers_connections(
 
 def assert_equal(got: float, expected: float) -> None:
     assert got == expected, (got, expected)
+
+
+def test_a_flood_never_pushes_out_a_scrape_under_way(services: Services, tmp_path: Path) -> None:
+    running = start(services, "supervised:app", cwd=app_dir(tmp_path))
+    scraper = socket.create_connection(("127.0.0.1", running.mport), timeout=TIMEOUT)
+    flood: list[socket.socket] = []
+    try:
+        scraper.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n")  # its head is under way
+        time.sleep(0.1)
+        for _ in range(3 * metrics.MAX_CLIENTS):  # idle connections, more than fit
+            flood.append(socket.create_connection(("127.0.0.1", running.mport), timeout=TIMEOUT))
+        time.sleep(0.3)
+        scraper.sendall(b"\r\n")
+        assert scraper.recv(65536).startswith(b"HTTP/1.1 200 ")
+        assert running.endpoint("/healthz").status_code == 200  # a newcomer gets in too
+    finally:
+        for sock in [scraper, *flood]:
+            sock.close()
+
+
+def test_the_endpoint_answers_only_the_allowed_host_names(
+    services: Services, tmp_path: Path
+) -> None:
+    running = start(
+        services,
+        "supervised:app",
+        "--metrics-allowed-hosts",
+        "localhost, metrics.internal",
+        cwd=app_dir(tmp_path),
+    )
+    url = f"http://127.0.0.1:{running.mport}/metrics"
+    rebound = httpx.get(url, headers={"host": "attacker.example"}, timeout=TIMEOUT)
+    assert rebound.status_code == 403 and "squall_" not in rebound.text
+    for host in ("localhost", f"localhost:{running.mport}", "METRICS.internal"):
+        assert httpx.get(url, headers={"host": host}, timeout=TIMEOUT).status_code == 200, host
