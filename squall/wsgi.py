@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from squall.http.core import ResponseError
+from squall.http.cycle import BODY_BUFFER_HIGH
 
 if TYPE_CHECKING:
     from squall.http.cycle import RequestCycle
@@ -116,8 +117,21 @@ class WSGIAdapter:
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="squall-wsgi")
 
     def begin(self, cycle: RequestCycle) -> bool:
-        """At the head of a request with a body: the app runs now, `wsgi.input`
-        streams the body as it comes (`InputStream`)."""
+        """At the head of a request with a body: when to take a thread.
+
+        A Content-Length within the connection's buffer (`BODY_BUFFER_HIGH`)
+        is read by the event loop first, and the app runs once it is complete:
+        a slow client then holds a coroutine, not one of the `--threads`.
+        A larger or chunked body streams to the app as it comes
+        (`InputStream`), under --body-min-rate.
+        """
+        head = cycle.request
+        assert head is not None
+        for name, value in head.headers:
+            if name == b"content-length":  # never with Transfer-Encoding: the parser refuses both
+                if int(value) <= BODY_BUFFER_HIGH:
+                    return False
+                break
         self.handle(cycle)
         return True
 

@@ -351,3 +351,36 @@ def test_max_connections_holds_the_rest_in_the_queue(services: Services, tmp_pat
         for sock in held:
             sock.close()
     assert "3 connections open (--max-connections): accepting paused" in service.output()
+
+
+SLOW_UPLOAD_WSGI = """
+def app(environ, start_response):
+    body = environ["wsgi.input"].read()
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"got %d" % len(body)]
+"""
+
+
+def test_slow_wsgi_uploads_hold_no_thread(services: Services, tmp_path: Path) -> None:
+    # Two threads, two slow uploads: the bodies are read by the event loop,
+    # so a GET still finds a free thread at once.
+    (tmp_path / "upload_app.py").write_text(SLOW_UPLOAD_WSGI)
+    port = free_port()
+    service = services.squall(
+        "upload_app:app", "--bind", f"127.0.0.1:{port}", "--threads", "2", cwd=tmp_path
+    )
+    service.wait_for_port(port)
+    service.wait_for_log("is ready")
+    head = b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\n\r\n"
+    uploads = [send(port, head + b"x") for _ in range(2)]
+    try:
+        time.sleep(0.3)
+        started = time.monotonic()
+        answer = httpx.get(f"http://127.0.0.1:{port}/", timeout=10)
+        assert answer.text == "got 0" and time.monotonic() - started < 0.5
+        for sock in uploads:
+            sock.sendall(b"yyy")
+            assert response(sock).startswith(b"HTTP/1.1 200 ")
+    finally:
+        for sock in uploads:
+            sock.close()
