@@ -37,7 +37,7 @@ from typing import Any, ClassVar, TypeVar
 from urllib.parse import parse_qs, unquote, urljoin
 
 from squall.http.core import ResponseError
-from squall.http.cycle import BODY_BUFFER_HIGH, RequestCycle, Upgraded
+from squall.http.cycle import RequestCycle, Upgraded, body_fits_buffer
 from squall.http.status import reason_phrase
 
 logger = logging.getLogger("squall.web")
@@ -687,14 +687,8 @@ class Application:
                 return True
         head = cycle.request
         assert head is not None
-        for name, value in head.headers:
-            if name == b"content-length":  # never with Transfer-Encoding: the parser refuses both
-                if int(value) <= BODY_BUFFER_HIGH:
-                    # It fits in the connection's buffer, which never pauses below
-                    # it: the connection runs it once its body is complete
-                    # (`cycle.body`), with no task.
-                    return False
-                break
+        if body_fits_buffer(head):
+            return False  # the connection runs it once its body is complete, with no task
         # A larger (or chunked) body: this task reads all of it; the parser
         # bounds its size (Limits.max_body_bytes, 413).
         task = cycle.task = cycle.loop.create_task(self._read_then_dispatch(cycle))

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from squall.http.core import ResponseError
-from squall.http.cycle import BODY_BUFFER_HIGH
+from squall.http.cycle import body_fits_buffer
 
 if TYPE_CHECKING:
     from squall.http.cycle import RequestCycle
@@ -127,11 +127,8 @@ class WSGIAdapter:
         """
         head = cycle.request
         assert head is not None
-        for name, value in head.headers:
-            if name == b"content-length":  # never with Transfer-Encoding: the parser refuses both
-                if int(value) <= BODY_BUFFER_HIGH:
-                    return False
-                break
+        if body_fits_buffer(head):
+            return False
         self.handle(cycle)
         return True
 

@@ -384,3 +384,15 @@ def test_slow_wsgi_uploads_hold_no_thread(services: Services, tmp_path: Path) ->
     finally:
         for sock in uploads:
             sock.close()
+
+
+def test_request_timeout_for_a_native_async_handler(services: Services, tmp_path: Path) -> None:
+    service, port = start(services, tmp_path, "--request-timeout", "1")
+    started = time.monotonic()
+    answer = httpx.get(f"http://127.0.0.1:{port}/slow?s=5", timeout=10)
+    assert answer.status_code == 504 and time.monotonic() - started < 2.5
+    assert (
+        "GET /slow?s=5 still running after 1 s (--request-timeout): answered 504; its task is cancelled"
+        in service.output()
+    )
+    assert httpx.get(f"http://127.0.0.1:{port}/", timeout=5).text == "1"  # the worker lives on

@@ -98,6 +98,18 @@ class Connection(Protocol):
     def refuse(self, cycle: RequestCycle) -> None: ...
 
 
+def body_fits_buffer(request: Request) -> bool:
+    """A Content-Length within the connection's buffer, which never pauses below it.
+
+    Such a body can be read whole before the app runs (`RequestCycle.body`),
+    with no task or thread waiting on a slow client meanwhile.
+    """
+    for name, value in request.headers:
+        if name == b"content-length":  # never with Transfer-Encoding: the parser refuses both
+            return int(value) <= BODY_BUFFER_HIGH
+    return False
+
+
 class RequestCycle:
     """One request and its response, as the app sees them."""
 
