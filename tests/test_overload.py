@@ -21,17 +21,29 @@ from tests.service import Service, Services, free_port, wait_until
 SCRIPTS = Path(__file__).parent / "scripts"
 
 
-def start(services: Services, tmp_path: Path, *args: str) -> tuple[Service, int]:
-    directory = tmp_path / "app"
-    directory.mkdir(exist_ok=True)
-    shutil.copy(SCRIPTS / "supervised.py", directory / "supervised_app.py")
+def serve(
+    services: Services, directory: Path, app: str, *args: str, launcher: str | None = None
+) -> tuple[Service, int]:
+    """squall on `app` (in `directory`), one worker unless told; `launcher` runs before it."""
     port = free_port()
-    service = services.squall(
-        "supervised_app:app", "--bind", f"127.0.0.1:{port}", *args, cwd=directory
+    prefix = [sys.executable, "-c", launcher] if launcher else [sys.executable]
+    service = services.start(
+        [*prefix, "-m", "squall", app, "--bind", f"127.0.0.1:{port}", *args], cwd=directory
     )
     service.wait_for_port(port)
     service.wait_for_log("is ready")
     return service, port
+
+
+def supervised_app(tmp_path: Path) -> Path:
+    directory = tmp_path / "app"
+    directory.mkdir(exist_ok=True)
+    shutil.copy(SCRIPTS / "supervised.py", directory / "supervised_app.py")
+    return directory
+
+
+def start(services: Services, tmp_path: Path, *args: str) -> tuple[Service, int]:
+    return serve(services, supervised_app(tmp_path), "supervised_app:app", *args)
 
 
 def send(port: int, request: bytes) -> socket.socket:
@@ -149,13 +161,7 @@ def wsgi(environ, start_response):
 
 def start_app(services: Services, tmp_path: Path, app: str, *args: str) -> tuple[Service, int]:
     (tmp_path / "slow_apps.py").write_text(SLOW_APPS)
-    port = free_port()
-    service = services.squall(
-        f"slow_apps:{app}", "--bind", f"127.0.0.1:{port}", *args, cwd=tmp_path
-    )
-    service.wait_for_port(port)
-    service.wait_for_log("is ready")
-    return service, port
+    return serve(services, tmp_path, f"slow_apps:{app}", *args)
 
 
 def test_request_timeout_answers_504_and_cancels_the_task(
@@ -270,29 +276,8 @@ LOW_ULIMIT = (
 def start_with_256_descriptors(
     services: Services, tmp_path: Path, *args: str
 ) -> tuple[Service, int]:
-    directory = tmp_path / "app"
-    directory.mkdir(exist_ok=True)
-    shutil.copy(SCRIPTS / "supervised.py", directory / "supervised_app.py")
-    port = free_port()
-    service = services.start(
-        [
-            sys.executable,
-            "-c",
-            LOW_ULIMIT,
-            "-m",
-            "squall",
-            "supervised_app:app",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            "1",
-            *args,
-        ],
-        cwd=directory,
-    )
-    service.wait_for_port(port)
-    service.wait_for_log("is ready")
-    return service, port
+    directory = supervised_app(tmp_path)
+    return serve(services, directory, "supervised_app:app", *args, launcher=LOW_ULIMIT)
 
 
 def test_out_of_descriptors_nothing_is_dropped_and_nothing_spins(
@@ -365,12 +350,7 @@ def test_slow_wsgi_uploads_hold_no_thread(services: Services, tmp_path: Path) ->
     # Two threads, two slow uploads: the bodies are read by the event loop,
     # so a GET still finds a free thread at once.
     (tmp_path / "upload_app.py").write_text(SLOW_UPLOAD_WSGI)
-    port = free_port()
-    service = services.squall(
-        "upload_app:app", "--bind", f"127.0.0.1:{port}", "--threads", "2", cwd=tmp_path
-    )
-    service.wait_for_port(port)
-    service.wait_for_log("is ready")
+    _, port = serve(services, tmp_path, "upload_app:app", "--threads", "2")
     head = b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\n\r\n"
     uploads = [send(port, head + b"x") for _ in range(2)]
     try:
