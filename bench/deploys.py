@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.load import Load, LoadResult  # noqa: E402
-from tests.service import free_port  # noqa: E402
+from tests.service import alive, free_port  # noqa: E402
 
 APP = ROOT / "tests" / "scripts" / "supervised.py"
 NOBODY = "65534"
@@ -85,21 +85,9 @@ class Squall:
         pid = self.supervisor()
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and _alive(pid):
+        while time.monotonic() < deadline and alive(pid):
             time.sleep(0.05)
         self.log.close()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(") ", 1)[1][0] != "Z"
-    except OSError:
-        return False
 
 
 def task_pid(port: int, task_id: int) -> int:

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from squall.errors import BindError
-from squall.sockets import remove_stale_socket
+from squall.sockets import handed_socket, remove_stale_socket
 from squall.supervisor import PluginBase, Supervisor, WorkerProcess
 
 logger = logging.getLogger("squall.control")
@@ -190,9 +190,7 @@ class ControlPlugin(PluginBase):
         path = self.path
         inherited = os.environ.pop(INHERIT_ENV, None)
         if inherited is not None:  # a hot upgrade: the old supervisor's socket, file and all
-            sock = socket.socket(fileno=int(inherited))
-            sock.set_inheritable(False)
-            sock.setblocking(False)
+            sock = handed_socket(int(inherited))
             with contextlib.suppress(OSError):
                 st = os.lstat(path)
                 self._adopted = (st.st_dev, st.st_ino)  # ours to remove once we serve

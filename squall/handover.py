@@ -25,10 +25,14 @@ import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from squall.errors import SquallError
+
 logger = logging.getLogger("squall.handover")
 
-#: What the new supervisor inherits: {"from": pid, "report": fd, "parts": {name: state}}.
+#: What the new supervisor inherits: {"format", "from": pid, "report": fd, "parts": {...}}.
 ENV = "SQUALL_HANDOVER"
+#: The description's shape; a squall that reads another refuses it (the old one serves on).
+FORMAT = 1
 
 
 def start_successor(
@@ -42,7 +46,9 @@ def start_successor(
     argv = list(sys.orig_argv)
     environment = dict(os.environ)
     environment.update(env)
-    environment[ENV] = json.dumps({"from": os.getpid(), "report": report_fd, "parts": parts})
+    environment[ENV] = json.dumps(
+        {"format": FORMAT, "from": os.getpid(), "report": report_fd, "parts": parts}
+    )
     pid = os.fork()
     if pid:
         return pid
@@ -63,12 +69,23 @@ def inherited(environ: dict[str, str] | None = None) -> dict[str, Any] | None:
     text = env.pop(ENV, None)
     if text is None:
         return None
-    handover: dict[str, Any] = json.loads(text)
+    try:
+        handover: dict[str, Any] = json.loads(text)
+        report = int(handover["report"])
+    except (ValueError, KeyError, TypeError):
+        logger.warning("%s is not a handover description; ignored", ENV)
+        return None
     if handover.get("from") != os.getppid():
         logger.warning(
             "%s names pid %s, not this process's parent; ignored", ENV, handover.get("from")
         )
-        with contextlib.suppress(OSError, TypeError):
-            os.close(int(handover["report"]))
+        with contextlib.suppress(OSError):
+            os.close(report)
         return None
+    if handover.get("format") != FORMAT:
+        # Another squall's description: its old supervisor hears why, and serves on.
+        why = f"handover format {handover.get('format')!r}, this squall reads {FORMAT}"
+        with contextlib.suppress(OSError):
+            os.write(report, f"failed cannot take over: {why}\n".encode())
+        raise SquallError(f"cannot take over from pid {handover.get('from')}: {why}")
     return handover

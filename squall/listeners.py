@@ -29,7 +29,7 @@ from typing import Any
 
 from squall.classic_bpf import GroupOrder
 from squall.classic_bpf import attach as attach_classic
-from squall.sockets import BindSpec, accept_queue, open_binds
+from squall.sockets import BindSpec, accept_queue, handed_socket, open_binds
 from squall.steering import Steering, SteeringUnavailable, WorkerReport, detach_program
 
 logger = logging.getLogger("squall.listeners")
@@ -258,13 +258,10 @@ class ReusePortListeners:
         self._pick()
 
     def close_all(self) -> None:
-        for task_id in list(self.slots):
-            self.close_slot(task_id)
-        for sock in self.overflow + self.shared:
-            sock.close()
-        if self.steering is not None:
-            self.steering.close()
-            self.steering = None
+        """Stop: every socket closes. Nothing is told to the program or the cells first:
+        with every slot going, whatever they picked would be closed too (and closing
+        slot by slot reloaded the program for each)."""
+        self.release()
 
     def describe(self) -> list[socket.socket]:
         return self.slots.get(0, []) + self.shared
@@ -353,7 +350,7 @@ def adopt(state: dict[str, Any], fds: dict[str, int]) -> SharedListeners | Reuse
     """The listeners a previous supervisor handed over, with their descriptors by name."""
 
     def sockets(names: list[str]) -> list[socket.socket]:
-        return [_socket(fds[name]) for name in names]
+        return [handed_socket(fds[name]) for name in names]
 
     if state["mode"] == "shared":
         return SharedListeners(sockets(state["sockets"]))
@@ -371,10 +368,3 @@ def adopt(state: dict[str, Any], fds: dict[str, int]) -> SharedListeners | Reuse
     if state["steering"] is not None:
         listeners.steering = Steering.adopt(state["steering"], fds)
     return listeners
-
-
-def _socket(fd: int) -> socket.socket:
-    sock = socket.socket(fileno=fd)
-    sock.set_inheritable(False)
-    sock.setblocking(False)
-    return sock

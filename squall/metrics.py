@@ -53,6 +53,7 @@ from squall.sockets import (
     bind_sockets,
     bind_unix_socket,
     describe_socket,
+    handed_socket,
     parse_bind,
 )
 from squall.supervisor import PluginBase
@@ -360,10 +361,7 @@ class MetricsPlugin(PluginBase):
             raise UsageError(str(exc).replace("--bind", "--metrics")) from None
         inherited = os.environ.pop(INHERIT_ENV, None)
         if inherited is not None:  # a hot upgrade: the old supervisor's sockets
-            socks = [socket.socket(fileno=int(fd)) for fd in inherited.split(",") if fd]
-            for sock in socks:
-                sock.set_inheritable(False)
-                sock.setblocking(False)
+            socks = [handed_socket(int(fd)) for fd in inherited.split(",") if fd]
             self._adopted_path = spec.path if spec.kind == "unix" else None  # ours once we serve
             return socks
         if spec.kind == "unix" and spec.path is not None:
@@ -713,12 +711,10 @@ class MetricsPlugin(PluginBase):
     def _listen_queues(self) -> list[tuple[dict[str, str], tuple[int, int]]]:
         """(labels, (queued, limit)) for every listening TCP socket the supervisor holds."""
         supervisor = self._supervisor
-        listeners = getattr(supervisor, "listeners", None)
-        named = getattr(listeners, "named", None)
-        if named is None:
+        if supervisor is None or supervisor.listeners is None:
             return []
         queues = []
-        for role, sock in named().items():
+        for role, sock in supervisor.listeners.named().items():
             if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.fileno() >= 0:
                 labels = {"listener": describe_socket(sock), "socket": role}
                 queues.append((labels, accept_queue_and_limit(sock)))

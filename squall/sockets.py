@@ -27,6 +27,7 @@ __all__ = [
     "bind_unix_socket",
     "default_backlog",
     "describe_socket",
+    "handed_socket",
     "open_binds",
     "parse_bind",
 ]
@@ -284,6 +285,18 @@ def parse_bind(spec: str) -> BindSpec:
     if any(c.isspace() or c in "/[]" for c in host):
         raise _usage(spec, f"{host!r} is not a host name or address")
     return BindSpec("tcp", host=host or None, port=_parse_port(spec, port))
+
+
+def handed_socket(fd: int) -> socket.socket:
+    """A listening socket a predecessor handed over (hot upgrade, systemd's fd store).
+
+    Non-blocking, and not inherited by what this process execs: it is handed
+    on again only on purpose.
+    """
+    sock = socket.socket(fileno=fd)
+    sock.set_inheritable(False)
+    sock.setblocking(False)
+    return sock
 
 
 def _adopt_fd(fd: int) -> socket.socket:

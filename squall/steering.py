@@ -308,16 +308,27 @@ def _split(pair: bytes) -> list[bytes]:
 class Steering:
     """The shared array, a socket array and a program per reuse-port group (in the supervisor)."""
 
-    def __init__(self, groups: int, churn_ns: int = CHURN_NS) -> None:
+    def __init__(
+        self,
+        groups: int,
+        churn_ns: int = CHURN_NS,
+        maps: tuple[int, list[int]] | None = None,
+    ) -> None:
+        """New maps for `groups` reuse-port groups, or `maps` (slots, socket arrays) made before."""
         self.churn_ns = churn_ns
-        self.slots = _create_map(BPF_MAP_TYPE_ARRAY, 8 * CELLS, MAX_SLOTS, BPF_F_MMAPABLE)
+        if maps is None:
+            maps = (
+                _create_map(BPF_MAP_TYPE_ARRAY, 8 * CELLS, MAX_SLOTS, BPF_F_MMAPABLE),
+                [
+                    _create_map(BPF_MAP_TYPE_REUSEPORT_SOCKARRAY, 8, MAX_SLOTS + 1)
+                    for _ in range(groups)
+                ],
+            )
+        self.slots, self.sockarrays = maps
         self._own = [self.slots]  # closed by close(); the mapping below keeps its own
         size = -(-8 * CELLS * MAX_SLOTS // mmap.PAGESIZE) * mmap.PAGESIZE
         self.shared = mmap.mmap(self.slots, size)
         self.cells = memoryview(self.shared).cast("Q")
-        self.sockarrays = [
-            _create_map(BPF_MAP_TYPE_REUSEPORT_SOCKARRAY, 8, MAX_SLOTS + 1) for _ in range(groups)
-        ]
         self.programs: list[int] = []
         self.present: set[int] = set()
         self.covered = 0  # slots the attached programs look at
@@ -330,18 +341,11 @@ class Steering:
 
         `_cover` loads this supervisor's own program at the next change of slots.
         """
-        self = cls.__new__(cls)
-        self.churn_ns = churn_ns
-        self.slots = fds[state["slots"]]
-        self._own = [self.slots]
-        size = -(-8 * CELLS * MAX_SLOTS // mmap.PAGESIZE) * mmap.PAGESIZE
-        self.shared = mmap.mmap(self.slots, size)
-        self.cells = memoryview(self.shared).cast("Q")
-        self.sockarrays = [fds[name] for name in state["sockarrays"]]
-        self.programs = []
-        self.present = {int(task_id) for task_id in state["present"]}
-        self.covered = int(state["covered"])
-        return self
+        arrays = [fds[name] for name in state["sockarrays"]]
+        adopted = cls(len(arrays), churn_ns, maps=(fds[state["slots"]], arrays))
+        adopted.present = {int(task_id) for task_id in state["present"]}
+        adopted.covered = int(state["covered"])
+        return adopted
 
     def handover(self) -> tuple[dict[str, int], dict[str, Any]]:
         """The descriptors by name, and the state a successor adopts (see `adopt`)."""

@@ -505,7 +505,11 @@ class Supervisor:
             fds += plugin_fds
             env.update(plugin_env)
         parts = {"listeners": listeners, "fds": named, "workers": self.num_workers}
-        read_fd, write_fd = os.pipe()
+        try:
+            read_fd, write_fd = os.pipe()
+        except OSError as exc:  # out of descriptors
+            logger.error("cannot start a new supervisor: %s", exc)
+            return str(exc)
         signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
         try:
             pid = handover.start_successor(fds, parts, env, write_fd)
@@ -606,30 +610,29 @@ class Supervisor:
 
     def _spawn(self, worker_id: int, replaces: WorkerProcess | None = None) -> None:
         """Fork one worker; in the child, unwind to `run` with `_BecameWorker`."""
-        if self.listeners is not None:
-            try:
+        try:
+            if self.listeners is not None:
                 self.listeners.open_slot(worker_id)
-            except (OSError, BindError) as exc:  # out of descriptors, say: the others serve on
-                logger.error(
-                    "cannot open worker %d's socket (%s); trying again in %.0f s",
-                    worker_id,
-                    exc,
-                    BACKOFF_CAP,
-                )
-                self._pending_spawns[worker_id] = time.monotonic() + BACKOFF_CAP
-                return
+            read_fd, write_fd = os.pipe()
+        except (OSError, BindError) as exc:  # out of descriptors, say: the others serve on
+            self._not_spawned(worker_id, replaces, exc)
+            return
         for plugin in self.plugins:
             plugin.before_spawn(worker_id)
-        read_fd, write_fd = os.pipe()
         # A signal sent to the child before it drops the supervisor's handlers
         # would be queued in its copy of this object and lost: block them
         # across fork(); the child unblocks once its handlers are the defaults.
         signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
         try:
             pid = os.fork()
-        except BaseException:
+        except BaseException as exc:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
-            raise
+            if not isinstance(exc, OSError):
+                raise
+            _close(read_fd)
+            _close(write_fd)
+            self._not_spawned(worker_id, replaces, exc)  # EAGAIN, ENOMEM: the others serve on
+            return
         if pid == 0:
             os.close(read_fd)
             self._forget_in_child(worker_id)
@@ -658,6 +661,27 @@ class Supervisor:
         logger.info("worker %d started (pid %d)", worker_id, pid)
         for plugin in self.plugins:
             plugin.after_spawn(worker)
+
+    def _not_spawned(
+        self, worker_id: int, replaces: WorkerProcess | None, exc: BaseException
+    ) -> None:
+        """A worker could not be started (descriptors, processes, memory): try again later."""
+        if replaces is not None:
+            self._takeover_failed(worker_id, None, f"could not be started: {exc}")
+            return
+        logger.error(
+            "cannot start worker %d (%s); trying again in %.0f s", worker_id, exc, BACKOFF_CAP
+        )
+        self._pending_spawns[worker_id] = time.monotonic() + BACKOFF_CAP
+
+    def _takeover_failed(self, worker_id: int, pid: int | None, reason: str) -> None:
+        """A successor never became ready: the old worker keeps serving, the reload ends."""
+        which = f"worker {worker_id}" + (f" (pid {pid})" if pid is not None else "")
+        logger.error("%s could not take over: %s; the old worker keeps serving", which, reason)
+        if self._reload_queue is not None:
+            self._reload_queue = None
+            self._emit("reloaded")
+        self._reload_again = False
 
     def _forget_in_child(self, worker_id: int) -> None:
         """Drop the supervisor's signal handling and file descriptors in a new child."""
@@ -898,17 +922,7 @@ class Supervisor:
             how = "was killed by the watchdog"
         if worker.replaces is not None:
             # A successor died before it was ready: the old worker keeps serving.
-            reason = worker.boot_error or how
-            logger.error(
-                "worker %d (pid %d) could not take over: %s; the old worker keeps serving",
-                worker_id,
-                pid,
-                reason,
-            )
-            if self._reload_queue is not None:
-                self._reload_queue = None
-                self._emit("reloaded")
-            self._reload_again = False
+            self._takeover_failed(worker_id, pid, worker.boot_error or how)
             return
         if worker.boot_error is not None:
             if not self._announced_ready:

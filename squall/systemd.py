@@ -33,6 +33,7 @@ import time
 from collections.abc import MutableMapping
 from typing import Any
 
+from squall import handover
 from squall.errors import BindError
 from squall.sockets import describe_socket
 from squall.supervisor import PluginBase, Supervisor
@@ -173,16 +174,24 @@ class SystemdPlugin(PluginBase):
         fds, state = supervisor.listeners.handover()
         memfd = os.memfd_create(STATE_NAME, os.MFD_CLOEXEC)
         try:
-            description = {"listeners": state, "workers": supervisor.num_workers}
+            description = {
+                "format": handover.FORMAT,
+                "listeners": state,
+                "workers": supervisor.num_workers,
+            }
             os.write(memfd, json.dumps(description).encode())
-            stored = all(
-                self.notify("FDSTORE=1", f"FDNAME={name}", fds=[fd]) for name, fd in fds.items()
-            )
-            if stored and self.notify("FDSTORE=1", f"FDNAME={STATE_NAME}", fds=[memfd]):
-                supervisor.keep_listeners()  # closing ours now leaves systemd's copies alone
-                logger.info(
-                    "gave systemd %d socket(s) and map(s) to keep for the next start", len(fds)
-                )
+            stored: list[str] = []
+            for name, fd in [*fds.items(), (STATE_NAME, memfd)]:
+                if not self.notify("FDSTORE=1", f"FDNAME={name}", fds=[fd]):
+                    # Half a store would pass for a .socket unit's sockets at the next
+                    # start: take back what went, and close as if none had.
+                    for sent in stored:
+                        self.notify("FDSTOREREMOVE=1", f"FDNAME={sent}")
+                    logger.warning("systemd's fd store took no %s; the sockets close", name)
+                    return
+                stored.append(name)
+            supervisor.keep_listeners()  # closing ours now leaves systemd's copies alone
+            logger.info("gave systemd %d socket(s) and map(s) to keep for the next start", len(fds))
         finally:
             os.close(memfd)
 
@@ -237,7 +246,10 @@ def stored_handover(
 ) -> tuple[dict[str, Any], dict[str, int]] | None:
     """What a previous squall left in systemd's fd store, passed back to this one, or None.
 
-    (description, descriptors by name); the variables are consumed then.
+    (description, descriptors by name); the variables are consumed then. A
+    description this squall cannot read (another version's) is a BindError:
+    binding afresh beside reuse-port sockets the store still holds would
+    send connections to sockets nobody serves.
     """
     env = os.environ if environ is None else environ
     names = env.get("LISTEN_FDNAMES", "").split(":")
@@ -257,7 +269,17 @@ def stored_handover(
             text += chunk
     finally:
         os.close(state_fd)
-    description: dict[str, Any] = json.loads(text)
+    try:
+        description: dict[str, Any] | None = json.loads(text)
+    except ValueError:
+        description = None
+    if not isinstance(description, dict) or description.get("format") != handover.FORMAT:
+        found = description.get("format") if isinstance(description, dict) else None
+        raise BindError(
+            f"systemd's fd store holds sockets described in a form this squall cannot read "
+            f"(format {found!r}, this squall reads {handover.FORMAT}); empty it with "
+            f"`systemctl clean --what=fdstore UNIT`, or stop and start the unit"
+        )
     return description, fds
 
 

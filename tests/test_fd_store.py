@@ -179,3 +179,28 @@ def test_without_the_store_a_restart_refuses_connections(
     assert first.wait(timeout=20) == 0
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=5)
+
+
+def test_a_store_this_squall_cannot_read_is_one_clear_error(
+    services: Services, tmp_path: Path, systemd: FakeSystemd
+) -> None:
+    # Another squall's description (a later format, say): binding afresh beside the
+    # reuse-port sockets the store still holds would send connections nowhere.
+    (tmp_path / "pid_app.py").write_text(APP)
+    port = free_port()
+    args = ["pid_app:app", "--bind", f"127.0.0.1:{port}", "--workers", "2"]
+    env = {"NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "FDSTORE": "64"}
+    first = services.squall(*args, cwd=tmp_path, env=env)
+    wait_until(lambda: systemd.receive(0.1) or any("READY" in m for m in systemd.messages))
+    first.send(signal.SIGTERM)
+    assert first.wait(timeout=20) == 0
+    systemd.receive(0.2)
+    state = systemd.store["squall.state"]
+    os.ftruncate(state, 0)
+    os.pwrite(state, b'{"format": 99}', 0)
+    with restarted(systemd, tmp_path, *args) as second:
+        assert second.wait(15) == 1
+    output = (tmp_path / "restarted.log").read_text().strip().splitlines()
+    assert output[-1].startswith("squall: error: systemd's fd store holds sockets"), output
+    assert "(format 99, this squall reads 1)" in output[-1]
+    assert "systemctl clean --what=fdstore" in output[-1]

@@ -93,6 +93,7 @@ class FakeSupervisor:
     workers: list[dict[str, Any]] = field(default_factory=list)
     stopping: bool = False
     causes: dict[str, int] = field(default_factory=dict)
+    listeners: None = None  # no sockets: no accept-queue gauges
 
     def snapshot(self) -> dict[str, object]:
         return {

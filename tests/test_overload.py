@@ -5,8 +5,8 @@ Real supervisors and workers, real sockets on 127.0.0.1, raw-socket clients.
 
 from __future__ import annotations
 
-import contextlib
 import os
+import select
 import shutil
 import socket
 import sys
@@ -303,10 +303,9 @@ def test_out_of_descriptors_nothing_is_dropped_and_nothing_spins(
         waiting.settimeout(10)
         assert response(waiting).startswith(b"HTTP/1.1 200 ")
         waiting.close()
-        for sock in held[300:]:  # the queued idle ones are there, not reset
-            sock.settimeout(0.05)
-            with contextlib.suppress(TimeoutError):
-                assert sock.recv(1) == b"", "an idle connection got bytes"
+        # The idle ones that waited in the queue are open: no EOF, no reset.
+        readable, _, _ = select.select(held[300:], [], [], 0.3)
+        assert not readable, f"{len(readable)} queued idle connections were closed"
     finally:
         for sock in held:
             sock.close()

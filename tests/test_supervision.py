@@ -561,3 +561,56 @@ def test_a_worker_over_max_worker_memory_is_replaced_gracefully(
     assert now - workers and leaker not in now and (workers - {leaker}) <= now  # only the leaker
     metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
     assert 'squall_worker_restarts_total{cause="memory"} 1' in metrics
+
+
+def test_a_supervisor_out_of_descriptors_retries_a_worker_and_lives(
+    services: Services, tmp_path: Path
+) -> None:
+    # A supervisor with 24 descriptors, most of them taken by idle control
+    # clients when a worker dies: the pipe for its replacement cannot be made.
+    # The supervisor says so, serves on with the other worker, and starts the
+    # replacement once descriptors free.
+    directory = app_dir(tmp_path)
+    control = tmp_path / "control.sock"
+    port = free_port()
+    launcher = (
+        "import os, resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (24, 24)); "
+        "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
+    )
+    service = services.start(
+        [
+            sys.executable,
+            "-c",
+            launcher,
+            "-m",
+            "squall",
+            "supervised_app:app",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            "2",
+            "--shared-socket",
+            "--control",
+            str(control),
+        ],
+        cwd=directory,
+    )
+    service.wait_for_port(port)
+    service.wait_for_log("is ready", count=2)
+    clients: list[socket.socket] = []
+    try:
+        for _ in range(30):  # until the supervisor cannot take one more
+            client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            client.connect(str(control))
+            clients.append(client)
+        time.sleep(0.5)
+        victim = pid_of_task(port, 1)
+        os.kill(victim, signal.SIGKILL)
+        service.wait_for_log("cannot start worker 1", timeout=10)
+        assert alive(service.pid)
+        assert get(port, "/pid").json()["task_id"] == 0  # the other one serves
+    finally:
+        for client in clients:
+            client.close()
+    service.wait_for_log("worker 1 started", count=2, timeout=20)  # started again, later
+    wait_until(lambda: len(service.workers()) == 2, timeout=20)

@@ -19,6 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from squall import handover
+from squall.errors import SquallError
 from tests.load import Load
 from tests.service import Service, Services, alive, free_port, wait_until
 
@@ -160,3 +162,31 @@ def test_a_stop_during_an_upgrade_stops_the_new_supervisor_too(
     assert service.wait(timeout=20) == 0
     wait_until(lambda: not alive(successor), timeout=20)
     assert "upgrade abandoned: stopping the new supervisor" in service.output()
+
+
+def test_a_handover_in_another_format_is_refused_and_the_old_one_told() -> None:
+    read_end, write_end = os.pipe()
+    environ = {
+        handover.ENV: json.dumps(
+            {"format": 99, "from": os.getppid(), "report": write_end, "parts": {}}
+        )
+    }
+    try:
+        with pytest.raises(SquallError, match="handover format 99, this squall reads 1"):
+            handover.inherited(environ)
+        assert handover.ENV not in environ  # consumed
+        told = os.read(read_end, 4096).decode()
+        assert told.startswith("failed cannot take over: handover format 99"), told
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+def test_a_handover_for_another_parent_is_ignored() -> None:
+    read_end, write_end = os.pipe()
+    environ = {handover.ENV: json.dumps({"format": 1, "from": 1, "report": write_end, "parts": {}})}
+    assert handover.inherited(environ) is None
+    assert os.read(read_end, 10) == b""  # its report end was closed, nothing said
+    os.close(read_end)
+    environ = {handover.ENV: "not json"}
+    assert handover.inherited(environ) is None
