@@ -188,6 +188,15 @@ class Service:
         return [pid for pid in self._known if alive(pid)]
 
 
+def with_descriptor_limit(limit: int) -> list[str]:
+    """A command prefix: this Python, run with at most `limit` open descriptors (ulimit -n)."""
+    code = (
+        f"import os, resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, ({limit}, {limit})); "
+        "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
+    )
+    return [sys.executable, "-c", code]
+
+
 def stop_process_tree(proc: subprocess.Popen[bytes], known: Sequence[int] = ()) -> None:
     """SIGTERM `proc` (SIGKILL after 15 s), then SIGKILL what is left of its descendants.
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.service import ROOT, Services, free_port, stop_process_tree, wait_until
+from tests.service import ROOT, Service, Services, free_port, stop_process_tree, wait_until
 
 APP = """
 import os
@@ -121,6 +121,22 @@ def restarted(systemd: FakeSystemd, cwd: Path, *args: str) -> Iterator[subproces
         log.close()
 
 
+def serve_then_stop(
+    services: Services, tmp_path: Path, systemd: FakeSystemd, *extra: str
+) -> tuple[Service, int, list[str]]:
+    """A squall under the fake systemd, ready, then stopped: what it stored is in the store."""
+    (tmp_path / "pid_app.py").write_text(APP)
+    port = free_port()
+    args = ["pid_app:app", "--bind", f"127.0.0.1:{port}", "--workers", "2", *extra]
+    env = {"NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "FDSTORE": "64"}
+    first = services.squall(*args, cwd=tmp_path, env=env)
+    wait_until(lambda: systemd.receive(0.1) or any("READY" in m for m in systemd.messages))
+    first.send(signal.SIGTERM)
+    assert first.wait(timeout=20) == 0
+    systemd.receive(0.2)
+    return first, port, args
+
+
 def ask(clients: list[socket.socket]) -> list[bytes]:
     answers = []
     for client in clients:
@@ -137,15 +153,7 @@ def ask(clients: list[socket.socket]) -> list[bytes]:
 def test_a_restart_keeps_the_sockets_in_the_store(
     services: Services, tmp_path: Path, systemd: FakeSystemd, mode: list[str]
 ) -> None:
-    (tmp_path / "pid_app.py").write_text(APP)
-    port = free_port()
-    args = ["pid_app:app", "--bind", f"127.0.0.1:{port}", "--workers", "2", *mode]
-    env = {"NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "FDSTORE": "64"}
-    first = services.squall(*args, cwd=tmp_path, env=env)
-    wait_until(lambda: systemd.receive(0.1) or any("READY" in m for m in systemd.messages))
-    first.send(signal.SIGTERM)
-    assert first.wait(timeout=20) == 0
-    systemd.receive(0.2)
+    first, port, args = serve_then_stop(services, tmp_path, systemd, *mode)
     assert "squall.state" in systemd.store, systemd.messages
     assert "gave systemd" in first.output()
     # Between the two: the kernel still accepts, into the kept sockets' queues.
@@ -186,15 +194,7 @@ def test_a_store_this_squall_cannot_read_is_one_clear_error(
 ) -> None:
     # Another squall's description (a later format, say): binding afresh beside the
     # reuse-port sockets the store still holds would send connections nowhere.
-    (tmp_path / "pid_app.py").write_text(APP)
-    port = free_port()
-    args = ["pid_app:app", "--bind", f"127.0.0.1:{port}", "--workers", "2"]
-    env = {"NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "FDSTORE": "64"}
-    first = services.squall(*args, cwd=tmp_path, env=env)
-    wait_until(lambda: systemd.receive(0.1) or any("READY" in m for m in systemd.messages))
-    first.send(signal.SIGTERM)
-    assert first.wait(timeout=20) == 0
-    systemd.receive(0.2)
+    _, _, args = serve_then_stop(services, tmp_path, systemd)
     state = systemd.store["squall.state"]
     os.ftruncate(state, 0)
     os.pwrite(state, b'{"format": 99}', 0)

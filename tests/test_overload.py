@@ -16,17 +16,17 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.service import Service, Services, free_port, wait_until
+from tests.service import Service, Services, free_port, wait_until, with_descriptor_limit
 
 SCRIPTS = Path(__file__).parent / "scripts"
 
 
 def serve(
-    services: Services, directory: Path, app: str, *args: str, launcher: str | None = None
+    services: Services, directory: Path, app: str, *args: str, descriptors: int = 0
 ) -> tuple[Service, int]:
-    """squall on `app` (in `directory`), one worker unless told; `launcher` runs before it."""
+    """squall on `app` (in `directory`), one worker unless told; `descriptors`: ulimit -n."""
     port = free_port()
-    prefix = [sys.executable, "-c", launcher] if launcher else [sys.executable]
+    prefix = with_descriptor_limit(descriptors) if descriptors else [sys.executable]
     service = services.start(
         [*prefix, "-m", "squall", app, "--bind", f"127.0.0.1:{port}", *args], cwd=directory
     )
@@ -267,17 +267,11 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-LOW_ULIMIT = (
-    "import os, resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256)); "
-    "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
-)
-
-
 def start_with_256_descriptors(
     services: Services, tmp_path: Path, *args: str
 ) -> tuple[Service, int]:
     directory = supervised_app(tmp_path)
-    return serve(services, directory, "supervised_app:app", *args, launcher=LOW_ULIMIT)
+    return serve(services, directory, "supervised_app:app", *args, descriptors=256)
 
 
 def test_out_of_descriptors_nothing_is_dropped_and_nothing_spins(

@@ -37,7 +37,7 @@ from squall.http.proxy_protocol import (
     ProxyProtocolError,
     parse_proxy_header,
 )
-from tests.service import Service, Services, free_port, wait_until
+from tests.service import Service, Services, free_port, wait_until, with_descriptor_limit
 
 TIMEOUT = 5.0
 
@@ -1008,15 +1008,9 @@ def test_e2e_out_of_file_descriptors_is_logged_once_without_spinning(
     # A worker with 64 file descriptors, and more connections held (each waiting
     # for its header) than it can take: accept fails with EMFILE.
     port = free_port()
-    launcher = (
-        "import os, resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64)); "
-        "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
-    )
     service = services.start(
         [
-            sys.executable,
-            "-c",
-            launcher,
+            *with_descriptor_limit(64),
             *("-m", "squall", "tests.apps.echo_client:app"),
             *("--bind", f"127.0.0.1:{port}", "--workers", "1"),
             *("--proxy-protocol", "--header-timeout", "30"),

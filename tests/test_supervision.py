@@ -24,7 +24,15 @@ import httpx
 import pytest
 
 from tests.load import Load
-from tests.service import Service, Services, alive, free_port, listeners_on, wait_until
+from tests.service import (
+    Service,
+    Services,
+    alive,
+    free_port,
+    listeners_on,
+    wait_until,
+    with_descriptor_limit,
+)
 
 SCRIPTS = Path(__file__).parent / "scripts"
 
@@ -573,15 +581,9 @@ def test_a_supervisor_out_of_descriptors_retries_a_worker_and_lives(
     directory = app_dir(tmp_path)
     control = tmp_path / "control.sock"
     port = free_port()
-    launcher = (
-        "import os, resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (24, 24)); "
-        "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
-    )
     service = services.start(
         [
-            sys.executable,
-            "-c",
-            launcher,
+            *with_descriptor_limit(24),
             "-m",
             "squall",
             "supervised_app:app",
