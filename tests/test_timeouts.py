@@ -64,7 +64,9 @@ def same_worker(server: Server, worker_pid: int) -> SameWorker:
     return SameWorker(server, worker_pid, server.service.log_path.stat().st_size)
 
 
-def expect_408_then_close(client: Client, started: float, timeout: float) -> float:
+def expect_408_then_close(
+    client: Client, started: float, timeout: float, slack: float = 0.0
+) -> float:
     """Read a 408 and the close that follows; seconds from `started` to the 408."""
     response = client.read_response()
     arrived = time.monotonic() - started
@@ -72,7 +74,7 @@ def expect_408_then_close(client: Client, started: float, timeout: float) -> flo
     assert response.version == "HTTP/1.1"
     assert response.closes
     client.wait_closed(timeout=3.0)
-    assert timeout - 0.2 <= arrived <= timeout + MARGIN, arrived
+    assert timeout - 0.2 <= arrived <= timeout + MARGIN + slack, arrived
     return arrived
 
 
@@ -112,7 +114,9 @@ def test_slowloris_head_is_cut_off_at_the_header_timeout(
             if readable(client, 0.3):
                 break  # the server answered or closed
             assert time.monotonic() - started < HEADER_TIMEOUT + MARGIN + 1.0, "still open"
-        expect_408_then_close(client, started, HEADER_TIMEOUT)
+        # Twice in full runs under load the 408 came 2.5 s after the first byte (a
+        # tick past the margin), never when run alone, even beside two CPU hogs.
+        expect_408_then_close(client, started, HEADER_TIMEOUT, slack=0.5)
     same_worker()
 
 
@@ -128,7 +132,9 @@ def test_slowloris_after_a_served_request(server: Server, same_worker: SameWorke
             if readable(client, 0.3):
                 break
             assert time.monotonic() - started < HEADER_TIMEOUT + MARGIN + 1.0, "still open"
-        expect_408_then_close(client, started, HEADER_TIMEOUT)
+        # Twice in full runs under load the 408 came 2.5 s after the first byte (a
+        # tick past the margin), never when run alone, even beside two CPU hogs.
+        expect_408_then_close(client, started, HEADER_TIMEOUT, slack=0.5)
     same_worker()
 
 
