@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -62,6 +63,7 @@ class Point:
     errors: int = 0
     elapsed: float = 0.0
     cpu: float = 0.0  # the server's CPU seconds over the point
+    load_cpu: float = 0.0  # ... and the load generator's (this process)
 
     @property
     def served(self) -> int:
@@ -143,6 +145,11 @@ def tree_cpu(pid: int) -> float:
     return total
 
 
+def own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 async def one(port: int, due: float, point: Point) -> None:
     point.sent += 1
     try:
@@ -204,8 +211,10 @@ def measure(name: str, factor: float, rate: float, duration: float) -> Point:
     try:
         point = Point(name, factor, rate)
         before = tree_cpu(proc.pid)
+        load_before = own_cpu()
         asyncio.run(open_loop(port, rate, duration, point))
         point.cpu = tree_cpu(proc.pid) - before
+        point.load_cpu = own_cpu() - load_before
         return point
     finally:
         stop_supervisor(proc)
@@ -259,7 +268,7 @@ def describe(point: Point, saturation: float) -> str:
         f"served {goodput:6.0f}/s ({goodput / saturation:4.0%} of saturation) "
         f"p50 {point.ms(0.5):7.1f} ms p99 {point.ms(0.99):7.1f} ms "
         f"shed {point.shed / max(1, point.sent):4.0%} timeouts {point.timeouts} errors {point.errors} "
-        f"CPU/served {cpu_us:6.0f} µs"
+        f"CPU/served {cpu_us:6.0f} µs load generator {point.load_cpu / point.elapsed:4.0%} of a CPU"
     )
 
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 from urllib.parse import unquote
 
+from squall.eager import start_task
 from squall.http.core import ResponseError
 from squall.http.cycle import RequestCycle, Upgraded
 from squall.websocket import WebSocketOptions, upgrade_asgi
@@ -26,9 +26,6 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
-# Eager tasks register as the current task (anyio and sniffio need one), so
-# they are safe for any app; Python 3.11 has none, and squall does not fake them.
-EAGER_TASKS = sys.version_info >= (3, 12)
 
 
 class ClientDisconnected(OSError):
@@ -81,15 +78,10 @@ class ASGIAdapter:
             "extensions": {},
         }
         exchange = _Exchange(cycle)
-        coro = self._run(scope, exchange)
-        if EAGER_TASKS:
-            # Python 3.12+: runs at once, and becomes a scheduled task only if it waits.
-            task = asyncio.Task(coro, loop=cycle.loop, eager_start=True)  # type: ignore[call-arg]
-            if task.done():
-                return
-        else:
-            # Named here: an unnamed task formats a fresh "Task-N" string.
-            task = asyncio.Task(coro, loop=cycle.loop, name="asgi-http")
+        # Named: an unnamed task formats a fresh "Task-N" string.
+        task = start_task(self._run(scope, exchange), cycle.loop, "asgi-http")
+        if task is None:
+            return  # answered without waiting
         # `_run` drops the reference as it ends: cheaper than a done callback,
         # which costs the loop one more callback per request.
         exchange.task = cycle.task = task

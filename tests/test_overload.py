@@ -96,6 +96,39 @@ def test_limit_concurrency_sheds_with_503_without_calling_the_app(
         assert response(admitted).startswith(b"HTTP/1.1 200 ")
 
 
+BLOCKING_APP = """
+import time
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    time.sleep(float(scope["query_string"] or b"0.2"))  # holds the loop, never awaits
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"done"})
+"""
+
+
+def test_an_app_that_never_awaits_is_limited_per_pass_of_the_loop(
+    services: Services, tmp_path: Path
+) -> None:
+    """Started eagerly (Python 3.12's tasks, squall's own on 3.11), such an app
+    finishes inside the pass that read its request, so it is never "in flight"
+    when the next one is read: counted that way, a pass served everything it
+    read and nothing was ever shed. Each pass starts at most the limit."""
+    (tmp_path / "blocking_app.py").write_text(BLOCKING_APP)
+    _, port = serve(services, tmp_path, "blocking_app:app", "--limit-concurrency", "1")
+    with send(port, b"GET /?0.6 HTTP/1.1\r\nHost: t\r\n\r\n") as blocker:
+        time.sleep(0.2)  # the worker is inside it: these wait in the kernel's queue
+        queued = [send(port, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n") for _ in range(4)]
+        try:
+            assert response(blocker).startswith(b"HTTP/1.1 200 ")
+            statuses = [response(sock)[9:12] for sock in queued]
+        finally:
+            for sock in queued:
+                sock.close()
+    assert statuses.count(b"503") >= 2 and statuses.count(b"200") >= 1, statuses
+
+
 def test_a_client_that_leaves_frees_its_place_once_the_app_is_done(
     services: Services, tmp_path: Path
 ) -> None:

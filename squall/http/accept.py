@@ -34,10 +34,13 @@ logger = logging.getLogger("squall.http")
 
 Address = tuple[str, int]
 #: Makes the connection's protocol from its (client, server), each None when not known.
-ProtocolFactory = Callable[[Address | None, Address | None], asyncio.Protocol]
+#: The third argument is what the client had sent by the time it was accepted.
+ProtocolFactory = Callable[[Address | None, Address | None, bytes], asyncio.Protocol]
 
 #: Connections accepted per wake-up of the listening socket, at most.
 ACCEPT_BATCH = 64
+#: At most this much is read at accept, before the connection is handed over.
+EARLY_READ = 65536
 #: After accept failed otherwise (EMFILE, ENFILE, ENOBUFS...), wait this long to try again.
 ACCEPT_RETRY_DELAY = 0.5
 #: ... and say so at most this often (descriptors freed and taken again make episodes short).
@@ -188,13 +191,31 @@ class Acceptor:
         self._retry = self.loop.call_later(ACCEPT_RETRY_DELAY, self._resume)
 
     def _accepted(self, conn: socket.socket, peer: Any) -> None:
-        # Non-blocking and TCP_NODELAY: the loop's transport sets both.
-        self._hand_over(conn, peer, None, None)
+        # TCP_NODELAY: the loop's transport sets it.
+        early = b""
+        if self.ssl_context is None:
+            # The request is usually here already. Read now, the protocol
+            # parses it as soon as it is made, one pass of the loop earlier
+            # than the transport's first read would.
+            conn.setblocking(False)
+            try:
+                early = conn.recv(EARLY_READ)
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError:  # reset before it was served
+                conn.close()
+                return
+        self._hand_over(conn, peer, None, None, early)
 
     # -- handing the connection to the loop ---------------------------------------
 
     def _hand_over(
-        self, conn: socket.socket, peer: Any, client: Address | None, server: Address | None
+        self,
+        conn: socket.socket,
+        peer: Any,
+        client: Address | None,
+        server: Address | None,
+        early: bytes = b"",
     ) -> None:
         """`connect_accepted_socket`, stepped by hand rather than as a task.
 
@@ -204,7 +225,7 @@ class Acceptor:
         """
         make_protocol = self.make_protocol
         coro = self.loop.connect_accepted_socket(
-            lambda: make_protocol(client, server), conn, ssl=self.ssl_context
+            lambda: make_protocol(client, server, early), conn, ssl=self.ssl_context
         )
         self._handing.add(coro)
         self._step(coro, client or peer)

@@ -60,6 +60,7 @@ class HTTPProtocol(asyncio.Protocol):
         scheme: str = "http",
         server: tuple[str, int] | None = None,
         client: tuple[str, int] | None = None,
+        early: bytes = b"",
     ) -> None:
         self.state = state
         # Given when a PROXY protocol header said who the client really is.
@@ -97,6 +98,7 @@ class HTTPProtocol(asyncio.Protocol):
         # per pass. A response that ends the connection goes out at once.
         self._held: list[bytes] = []
         self._held_size = 0
+        self._early = early  # read at accept: parsed once the transport is here
 
     # -- transport events ---------------------------------------------------
 
@@ -110,6 +112,16 @@ class HTTPProtocol(asyncio.Protocol):
         if state.metrics is not None:
             state.metrics.connection_opened()
         self._start_idle_timer()
+        if self._early:
+            early, self._early = self._early, b""
+            self.data_received(early)
+            if self._reading_paused:
+                # uvloop starts reading after connection_made returns, paused or not.
+                self.loop.call_soon(self._pause_again)
+
+    def _pause_again(self) -> None:
+        if self._reading_paused and self.transport is not None and not self.closing:
+            self.transport.pause_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
@@ -337,12 +349,11 @@ class HTTPProtocol(asyncio.Protocol):
     def _admit(self, cycle: RequestCycle) -> bool:
         """Count the request in, or answer 503 at once if the worker has its limit running."""
         state = self.state
-        if state.in_flight >= state.concurrency_limit:
+        if not state.admit():
             if state.metrics is not None:
                 state.metrics.request_shed()
             cycle.respond(503, SHED_HEADERS, b"Service Unavailable\n")
             return False
-        state.in_flight += 1
         cycle.counted = True
         return True
 

@@ -104,8 +104,28 @@ class ServerState:
         self.request_timeout = request_timeout  # --request-timeout: 504 past it; 0: none
         self.body_min_rate = body_min_rate  # bytes/s a body keeps up after --body-timeout
         self.in_flight = 0
+        # ... and those started in this pass of the event loop, finished or
+        # not: an app that answers without awaiting (Python 3.12's eager
+        # tasks run it inside `data_received`) is never in flight for long,
+        # yet each pass must start no more than the limit, or a pass serves
+        # whatever it read and the kernel's queue grows without bound.
+        self.admitted_this_pass = 0
         self.request_quota = request_quota  # 0: no quota
         self.on_quota = on_quota
+
+    def admit(self) -> bool:
+        """Count a request in against --limit-concurrency; False: it is over the limit."""
+        admitted = self.admitted_this_pass
+        if max(self.in_flight, admitted) >= self.concurrency_limit:
+            return False
+        if not admitted:
+            self.loop.call_soon(self._next_pass)
+        self.admitted_this_pass = admitted + 1
+        self.in_flight += 1
+        return True
+
+    def _next_pass(self) -> None:
+        self.admitted_this_pass = 0
 
     def start_ticker(self) -> None:
         """Check every connection's deadlines a few times a second."""
