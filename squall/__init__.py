@@ -8,12 +8,16 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from squall import process
 from squall.cpus import cpu_count
-from squall.process import fork_processes, task_id
+from squall.fork import fork_processes
+from squall.process import task_id
 from squall.server import HTTPServer
 from squall.sockets import bind_sockets, bind_unix_socket
 from squall.web import Application, HTTPError, RequestHandler
 from squall.worker import run_forever
+
+process.fork_processes = fork_processes  # the seed's spelling: squall.process.fork_processes(n)
 
 __all__ = [
     "Application",

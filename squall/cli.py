@@ -306,7 +306,7 @@ def serve_worker(
         try:
             app = import_app(config.app)
         except SquallError as exc:
-            process.notify(f"booterror {exc}")
+            process.notify(process.WorkerMessage.BOOT_ERROR, str(exc))
             sys.exit(BOOT_FAILURE_EXIT)
     tls = server_context(config.certfile, config.keyfile) if config.certfile else None
     quota = 0

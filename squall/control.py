@@ -39,7 +39,7 @@ from typing import Any
 
 from squall.errors import BindError
 from squall.sockets import handed_socket, remove_stale_socket
-from squall.supervisor import PluginBase, Supervisor, WorkerProcess
+from squall.supervisor import Event, PluginBase, Supervisor, WorkerProcess
 
 logger = logging.getLogger("squall.control")
 
@@ -139,7 +139,7 @@ class ControlPlugin(PluginBase):
         fd = self._listener.fileno()
         return [fd], {INHERIT_ENV: str(fd)}
 
-    def on_event(self, event: str) -> None:
+    def on_event(self, event: Event) -> None:
         if event == "upgraded":
             self._identity = None  # the socket file is the new supervisor's now
             return

@@ -56,7 +56,7 @@ from squall.sockets import (
     handed_socket,
     parse_bind,
 )
-from squall.supervisor import PluginBase
+from squall.supervisor import Event, PluginBase
 
 if TYPE_CHECKING:
     from squall.http.cycle import RequestCycle
@@ -438,7 +438,7 @@ class MetricsPlugin(PluginBase):
         fds = [sock.fileno() for sock in self._listeners]
         return fds, {INHERIT_ENV: ",".join(map(str, fds))}
 
-    def on_event(self, event: str) -> None:
+    def on_event(self, event: Event) -> None:
         if event == "upgraded":
             self._unix_path = None  # the socket file is the new supervisor's now
             return

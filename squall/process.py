@@ -1,7 +1,8 @@
-"""The seed's process primitives: `fork_processes`, `task_id`, `cpu_count`.
+"""What a worker knows about itself: its task id, and the pipe on which it
+tells the supervisor that it is ready, alive, or failed to boot.
 
-What a worker knows about itself lives here too: its task id and the pipe on
-which it tells the supervisor that it is ready, alive, or failed to boot.
+A leaf: both sides of the fork import it, and it imports nothing of squall's
+but `cpus`. `squall.fork.fork_processes` makes the supervisor.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import enum
 import errno
 import os
 import random
@@ -16,6 +18,7 @@ import signal
 import sys
 import threading
 import warnings
+from collections.abc import Callable
 
 from squall.cpus import cpu_count
 
@@ -33,30 +36,15 @@ _parent_pid: int | None = None
 _PR_SET_PDEATHSIG = 1
 
 
+#: The seed's `process.fork_processes(n)`: `squall.fork.fork_processes`, bound here by
+#: the package's `__init__` (which every import of squall runs first), so that this
+#: module imports nothing above it.
+fork_processes: Callable[[int | None, int | None], int]
+
+
 def task_id() -> int | None:
     """This worker's id (0..n-1), or None in the supervisor and in a single process."""
     return _task_id
-
-
-def fork_processes(num_processes: int | None, max_restarts: int | None = None) -> int:
-    """Fork `num_processes` workers and return the task id in each of them.
-
-    The calling process becomes the supervisor and never returns: it restarts
-    workers that crash (signal or non-zero exit), exits 0 once all have exited
-    cleanly, and raises `TooManyRestarts` (after stopping the rest) when more
-    than `max_restarts` restarts were needed (default 100, as in the seed).
-    """
-    from squall.logs import ensure_logging
-    from squall.supervisor import Supervisor
-
-    check_fork_safety()
-    ensure_logging()
-    if num_processes is None or num_processes <= 0:
-        num_processes = cpu_count()
-    supervisor = Supervisor(
-        num_processes, max_restarts=100 if max_restarts is None else max_restarts
-    )
-    return supervisor.run()
 
 
 def check_fork_safety() -> None:
@@ -120,12 +108,31 @@ def resident_memory() -> int:
         return 0
 
 
-def notify(message: str) -> None:
-    """Tell the supervisor something (one line); a no-op outside a supervised worker."""
+class WorkerMessage(str, enum.Enum):
+    """What a worker tells its supervisor, one line each: the kind, then any detail."""
+
+    READY = "ready"  # serving
+    HEARTBEAT = "heartbeat"  # the loop still runs (the watchdog)
+    RETIRE = "retire"  # replace me: "memory <bytes>", or the request quota is served
+    BOOT_ERROR = "booterror"  # cannot serve: the detail says why; the exit follows
+
+
+def notify(message: WorkerMessage, detail: str = "") -> None:
+    """Tell the supervisor something; a no-op outside a supervised worker."""
     if _channel_fd is None:
         return
+    line = f"{message.value} {detail}" if detail else message.value
     try:
-        os.write(_channel_fd, message.encode("utf-8", "replace") + b"\n")
+        os.write(_channel_fd, line.encode("utf-8", "replace") + b"\n")
     except OSError as exc:
         if exc.errno not in (errno.EPIPE, errno.EBADF, errno.EAGAIN):
             raise
+
+
+def parse_message(line: str) -> tuple[WorkerMessage | None, str]:
+    """The kind and detail of a line `notify` wrote; None for a kind this squall does not know."""
+    kind, _, detail = line.partition(" ")
+    try:
+        return WorkerMessage(kind), detail
+    except ValueError:
+        return None, detail

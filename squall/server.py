@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import ssl
@@ -20,10 +21,37 @@ from squall.http.protocol import HTTPProtocol
 from squall.http.proxy_accept import DEFAULT_ALLOW_FROM, AllowList, ProxyAcceptor
 from squall.http.proxy_headers import make_forwarded
 from squall.http.state import Metrics, ServerState
+from squall.process import WorkerMessage
 from squall.sockets import bind_sockets, default_backlog, describe_socket
 from squall.websocket import WebSocketOptions
 
 logger = logging.getLogger("squall.server")
+
+#: Servers given sockets before a loop ran: `squall.run_forever` serves them.
+_waiting: list[HTTPServer] = []
+
+
+def take_waiting() -> list[HTTPServer]:
+    """The servers waiting for a loop, handed over once."""
+    waiting = list(_waiting)
+    _waiting.clear()
+    return waiting
+
+
+def import_serving_modules() -> None:
+    """Import what a server imports late; called before the first fork, never after.
+
+    A worker forked later (a restart, a reload, a scale-up) then starts
+    serving without importing them: about 20 ms of each restart here. The
+    workers also share those pages with the supervisor instead of each
+    holding its own copy.
+    """
+    import squall.asgi
+    import squall.tls
+    import squall.wsgi  # noqa: F401
+
+    with contextlib.suppress(ImportError):  # the stock asyncio loop serves without it
+        import uvloop  # noqa: F401
 
 
 class HTTPServer:
@@ -110,10 +138,10 @@ class HTTPServer:
     def start(self, num_processes: int | None = 1, max_restarts: int | None = None) -> None:
         """Fork `num_processes` workers (None or <= 0: one per CPU); 1 forks nothing."""
         if num_processes != 1:
-            from squall.worker import import_worker_modules
+            from squall.fork import fork_processes
 
-            import_worker_modules()  # before the fork: a restarted worker imports nothing
-            process.fork_processes(num_processes, max_restarts)
+            import_serving_modules()  # before the fork: a restarted worker imports nothing
+            fork_processes(num_processes, max_restarts)
         sockets, self._bound = self._bound, []
         self.add_sockets(sockets)
 
@@ -123,13 +151,12 @@ class HTTPServer:
 
     def add_sockets(self, sockets: list[socket.socket]) -> None:
         """Serve on these listening sockets: now if a loop runs, else from `run_forever`."""
-        from squall import worker
-
         self._sockets.extend(sockets)
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            worker.register(self)
+            if self not in _waiting:
+                _waiting.append(self)
         else:
             task = loop.create_task(self._serve_now(sockets))
             self._tasks.add(task)
@@ -173,7 +200,7 @@ class HTTPServer:
             self.limits,
             self.keepalive_timeout,
             request_quota=self.max_requests,
-            on_quota=lambda: process.notify("retire"),
+            on_quota=lambda: process.notify(WorkerMessage.RETIRE),
             header_timeout=self.header_timeout,
             body_timeout=self.body_timeout,
             access_log=access_log,

@@ -18,6 +18,7 @@ worker is told to drain, so ids stay dense 0..n-1 and no request is refused.
 from __future__ import annotations
 
 import contextlib
+import enum
 import errno
 import logging
 import os
@@ -32,6 +33,8 @@ from typing import Any, NoReturn, Protocol
 
 from squall import handover, privileges, process
 from squall.errors import BindError, SquallError
+from squall.exits import ExitAction, WorkerExit, decide
+from squall.process import WorkerMessage, parse_message
 
 logger = logging.getLogger("squall.supervisor")
 
@@ -101,6 +104,17 @@ class Listeners(Protocol):
         """After a hot upgrade: close this process's copies and change nothing shared."""
 
 
+class Event(str, enum.Enum):
+    """What the supervisor tells its plugins of its life (`Plugin.on_event`)."""
+
+    READY = "ready"  # every worker up, the first time
+    RELOADING = "reloading"
+    RELOADED = "reloaded"
+    STOPPING = "stopping"
+    TICK = "tick"  # each pass of the supervisor's loop, a few times a second
+    UPGRADED = "upgraded"  # a new supervisor took over; this one drains
+
+
 class Plugin(Protocol):
     """Something that runs inside the supervisor's loop: metrics, control, systemd.
 
@@ -113,9 +127,8 @@ class Plugin(Protocol):
 
     def on_readable(self, key: selectors.SelectorKey, mask: int) -> None: ...
 
-    def on_event(self, event: str) -> None:
-        """`ready` (every worker up, first time), `reloading`, `reloaded`, `stopping`, `tick`,
-        `upgraded` (a new supervisor took over; this one drains)."""
+    def on_event(self, event: Event) -> None:
+        """The supervisor's lifecycle; see `Event`."""
 
     def close(self) -> None:
         """In the supervisor at exit, and in every new worker (which must not keep its fds)."""
@@ -142,7 +155,7 @@ class PluginBase:
     def on_readable(self, key: selectors.SelectorKey, mask: int) -> None:
         pass
 
-    def on_event(self, event: str) -> None:
+    def on_event(self, event: Event) -> None:
         pass
 
     def close(self) -> None:
@@ -352,7 +365,7 @@ class Supervisor:
         now = time.monotonic()
         self._spawn_due(now)
         self._enforce_deadlines(now)
-        self._emit("tick")
+        self._emit(Event.TICK)
 
     def _next_timeout(self) -> float:
         timeout = 1.0
@@ -432,7 +445,7 @@ class Supervisor:
                 _kill(successor.pid, signal.SIGTERM)
                 self._close_successor_channel(successor)
                 self._successor = None
-            self._emit("stopping")  # first: systemd's fd store may keep the sockets
+            self._emit(Event.STOPPING)  # first: systemd's fd store may keep the sockets
             self._close_listeners()
         self._stopping = True
         self._pending_spawns.clear()
@@ -455,7 +468,7 @@ class Supervisor:
         self._hook("on_reload")
         old = sorted(self._serving(), key=lambda w: w.task_id)
         logger.info("reloading %d worker(s)", len(old))
-        self._emit("reloading")
+        self._emit(Event.RELOADING)
         self._reload_queue = deque(old)
         self._advance_reload()
 
@@ -576,7 +589,7 @@ class Supervisor:
         if self.listeners is not None:
             self.listeners.release()
         self._owns_listeners = False
-        self._emit("upgraded")  # plugins leave their files to the new supervisor
+        self._emit(Event.UPGRADED)  # plugins leave their files to the new supervisor
         self.stop(graceful=True)
 
     def _report_ready(self) -> None:
@@ -641,14 +654,14 @@ class Supervisor:
             try:
                 privileges.drop_capabilities()
             except OSError as exc:
-                process.notify(f"booterror cannot give up its capabilities: {exc}")
+                process.notify(WorkerMessage.BOOT_ERROR, f"cannot give up its capabilities: {exc}")
                 os._exit(process.BOOT_FAILURE_EXIT)
             if self.hooks.post_fork is not None:
                 try:
                     self.hooks.post_fork(worker_id)
                 except Exception as exc:
                     logger.exception("the post_fork hook raised in worker %d", worker_id)
-                    process.notify(f"booterror the post_fork hook raised {exc!r}")
+                    process.notify(WorkerMessage.BOOT_ERROR, f"the post_fork hook raised {exc!r}")
                     os._exit(process.BOOT_FAILURE_EXIT)
             raise _BecameWorker(worker_id)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
@@ -680,7 +693,7 @@ class Supervisor:
         logger.error("%s could not take over: %s; the old worker keeps serving", which, reason)
         if self._reload_queue is not None:
             self._reload_queue = None
-            self._emit("reloaded")
+            self._emit(Event.RELOADED)
         self._reload_again = False
 
     def _forget_in_child(self, worker_id: int) -> None:
@@ -763,7 +776,7 @@ class Supervisor:
         except Exception:
             logger.exception("the %s hook raised; the supervisor carries on", name)
 
-    def _emit(self, event: str) -> None:
+    def _emit(self, event: Event) -> None:
         for plugin in self.plugins:
             try:
                 plugin.on_event(event)
@@ -819,11 +832,11 @@ class Supervisor:
             self._handle_message(worker, line.decode("utf-8", "replace"))
 
     def _handle_message(self, worker: WorkerProcess, line: str) -> None:
-        kind, _, detail = line.partition(" ")
+        kind, detail = parse_message(line)
         worker.last_heartbeat = time.monotonic()
-        if kind == "ready":
+        if kind is WorkerMessage.READY:
             self._worker_ready(worker)
-        elif kind == "retire":
+        elif kind is WorkerMessage.RETIRE:
             if not worker.retiring and not self._stopping and self._successor_of(worker) is None:
                 reason, _, amount = detail.partition(" ")
                 if reason == "memory":
@@ -839,7 +852,7 @@ class Supervisor:
                     "worker %d (pid %d) served its quota; replacing it", worker.task_id, worker.pid
                 )
                 self._replace(worker, "recycle")
-        elif kind == "booterror":
+        elif kind is WorkerMessage.BOOT_ERROR:
             worker.boot_error = detail or "worker failed to boot"
 
     def _successor_of(self, worker: WorkerProcess) -> WorkerProcess | None:
@@ -853,7 +866,7 @@ class Supervisor:
         logger.info("worker %d (pid %d) is ready", worker.task_id, worker.pid)
         if not self._announced_ready and sum(w.ready for w in self._serving()) >= self.num_workers:
             self._announced_ready = True
-            self._emit("ready")
+            self._emit(Event.READY)
             self._hook("when_ready")
             self._report_ready()
         old = worker.replaces
@@ -877,7 +890,7 @@ class Supervisor:
         if not queue and booting == 0:
             self._reload_queue = None
             logger.info("reload complete")
-            self._emit("reloaded")
+            self._emit(Event.RELOADED)
             if self._reload_again:
                 self._reload_again = False
                 self.reload()
@@ -918,41 +931,50 @@ class Supervisor:
     def _worker_exited(self, worker: WorkerProcess, status: int) -> None:
         worker_id, pid = worker.task_id, worker.pid
         how = _describe_status(status)
+        clean = how == "exited normally" and not worker.timed_out
         if worker.timed_out:
             how = "was killed by the watchdog"
-        if worker.replaces is not None:
-            # A successor died before it was ready: the old worker keeps serving.
-            self._takeover_failed(worker_id, pid, worker.boot_error or how)
-            return
         if worker.boot_error is not None:
-            if not self._announced_ready:
-                # The first start: the app cannot run at all, and an operator
-                # is watching. Later, a replacement that cannot boot (a
-                # dependency briefly down) is a crash like any other.
-                logger.debug("worker %d (pid %d) failed to boot", worker_id, pid)
-                self.stop(graceful=True, error=WorkerBootError(worker.boot_error))
-                return
             how = f"failed to boot ({worker.boot_error})"
-        if worker.retiring or self._stopping:
+        successor = self._successor_of(worker)
+        action = decide(
+            WorkerExit(
+                replacing=worker.replaces is not None,
+                boot_failed=worker.boot_error is not None,
+                service_ready=self._announced_ready,
+                retiring=worker.retiring,
+                stopping=self._stopping,
+                clean=clean,
+                has_successor=successor is not None,
+                slot_wanted=worker_id < self.num_workers,
+            )
+        )
+        if action is ExitAction.TAKEOVER_FAILED:
+            self._takeover_failed(worker_id, pid, worker.boot_error or how)
+        elif action is ExitAction.STOP_SERVICE:
+            logger.debug("worker %d (pid %d) failed to boot", worker_id, pid)
+            self.stop(graceful=True, error=WorkerBootError(worker.boot_error or how))
+        elif action is ExitAction.RETIRED:
             logger.info("worker %d (pid %d) %s", worker_id, pid, how)
             if worker_id >= self.num_workers and not any(
                 w.task_id == worker_id for w in self.workers.values()
             ):
                 self._close_slot(worker_id)  # the last worker holding it is gone
             self._advance_reload()
-            return
-        if how == "exited normally":
+        elif action is ExitAction.EXITED_CLEANLY:
             logger.info("worker %d (pid %d) exited normally", worker_id, pid)
-            return
-        successor = self._successor_of(worker)
-        if successor is not None:
-            # It died while its successor boots: the successor takes the slot.
+        elif action is ExitAction.SUCCESSOR_TAKES_OVER:
             logger.warning("worker %d (pid %d) %s; its successor takes over", worker_id, pid, how)
+            assert successor is not None
             successor.replaces = None
-            return
-        if worker_id >= self.num_workers:
+        elif action is ExitAction.SLOT_UNWANTED:
             logger.info("worker %d (pid %d) %s; slot no longer wanted", worker_id, pid, how)
-            return
+        else:
+            self._restart(worker, status, how)
+
+    def _restart(self, worker: WorkerProcess, status: int, how: str) -> None:
+        """After a crash: count it, then restart within the budget, after the backoff."""
+        worker_id, pid = worker.task_id, worker.pid
         self.restarts += 1
         self._count_restart(_restart_cause(worker, status))
         if self.degraded or not self.budget.spend(time.monotonic()):

@@ -8,50 +8,29 @@ flight, run the app's shutdown. A second SIGINT stops at once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import signal
 import sys
-from typing import TYPE_CHECKING
 
 from squall import process
 from squall.asgi import LifespanFailed
 from squall.errors import SquallError
 from squall.logs import enable_stack_dumps, reopen_log_file
-
-if TYPE_CHECKING:
-    from squall.server import HTTPServer
+from squall.process import WorkerMessage
+from squall.server import HTTPServer, import_serving_modules, take_waiting
 
 logger = logging.getLogger("squall.worker")
 
 HEARTBEAT_INTERVAL = 1.0
 BOOT_FAILURE_EXIT = process.BOOT_FAILURE_EXIT
 
-_registered: list[HTTPServer] = []
-
-
-def register(server: HTTPServer) -> None:
-    """Called by `HTTPServer.add_sockets` before a loop exists."""
-    if server not in _registered:
-        _registered.append(server)
-
 
 def import_worker_modules() -> None:
-    """Import what every worker runs; called before the first fork, never after.
+    """What every worker runs, imported before the first fork (`import_serving_modules`)."""
+    import squall.metrics  # noqa: F401
 
-    A worker forked later (a restart, a reload, a scale-up) then starts
-    serving without importing them: about 20 ms of each restart here. The
-    workers also share those pages with the supervisor instead of each
-    holding its own copy.
-    """
-    import squall.metrics
-    import squall.server
-    import squall.tls
-    import squall.websocket  # noqa: F401
-
-    with contextlib.suppress(ImportError):  # the stock asyncio loop serves without it
-        import uvloop  # noqa: F401
+    import_serving_modules()
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -73,8 +52,7 @@ def run_forever(
     taken for a hung one. `memory_limit`: bytes of resident memory past which
     the worker asks to be replaced (checked with each heartbeat).
     """
-    servers = list(_registered)
-    _registered.clear()
+    servers = take_waiting()
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
     worker = Worker(servers, graceful_timeout)
@@ -86,7 +64,7 @@ def run_forever(
     except BootFailure as exc:
         if process.task_id() is None:
             logger.error("%s", exc)
-        process.notify(f"booterror {exc}")
+        process.notify(WorkerMessage.BOOT_ERROR, str(exc))
         sys.exit(BOOT_FAILURE_EXIT)
     finally:
         loop.run_until_complete(loop.shutdown_asyncgens())
@@ -124,7 +102,7 @@ class Worker:
         # requests left, not the whole heap (over 20 ms for a 40-route FastAPI
         # app: bench/gc_pauses.py).
         gc.freeze()
-        process.notify("ready")
+        process.notify(WorkerMessage.READY)
         heartbeat = loop.create_task(self._heartbeat())
         await self._stop.wait()
         heartbeat.cancel()
@@ -138,11 +116,13 @@ class Worker:
     async def _heartbeat(self) -> None:
         asked = False
         while True:
-            process.notify("heartbeat")
+            process.notify(WorkerMessage.HEARTBEAT)
             if self.memory_limit and not asked:
                 resident = process.resident_memory()
                 if resident > self.memory_limit:
-                    process.notify(f"retire memory {resident}")  # once: the supervisor replaces us
+                    process.notify(
+                        WorkerMessage.RETIRE, f"memory {resident}"
+                    )  # once: the supervisor replaces us
                     asked = True
             if process.orphaned():
                 logger.warning("supervisor is gone; stopping")
