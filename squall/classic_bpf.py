@@ -23,11 +23,25 @@ import socket
 import struct
 from collections.abc import Iterable
 
+from squall.bpf_asm import (
+    BPF_ABS,
+    BPF_ALU,
+    BPF_JEQ,
+    BPF_JMP,
+    BPF_JUMP,
+    BPF_K,
+    BPF_LD,
+    BPF_MOD,
+    BPF_RET,
+    BPF_STMT,
+    BPF_W,
+    SKF_AD_OFF,
+    SKF_AD_RANDOM,
+)
+
 __all__ = ["GroupOrder", "attach", "program"]
 
 SO_ATTACH_REUSEPORT_CBPF = 51
-_SKF_AD_RANDOM = -0x1000 + 56  # an ancillary load: a random 32-bit number
-_LD_W_ABS, _ALU_MOD_K, _JEQ_K, _RET_K = 0x20, 0x94, 0x15, 0x06
 #: An index past the group's end: the kernel falls back to its hash.
 NO_CHOICE = 0xFFFFFFFF
 #: cBPF's limit is 4096 instructions; two per slot.
@@ -55,18 +69,20 @@ class GroupOrder:
         return [index for index, key in enumerate(self.keys) if key in wanted]
 
 
-def _insn(code: int, jt: int = 0, jf: int = 0, k: int = 0) -> bytes:
-    return struct.pack("=HBBI", code, jt, jf, k & 0xFFFFFFFF)
-
-
 def program(choices: list[int]) -> bytes:
     """Return one of the group indexes `choices`, at random (none: the kernel's hash)."""
     if not choices:
-        return _insn(_RET_K, k=NO_CHOICE)
-    code = [_insn(_LD_W_ABS, k=_SKF_AD_RANDOM), _insn(_ALU_MOD_K, k=len(choices))]
+        return BPF_STMT(BPF_RET | BPF_K, NO_CHOICE)
+    code = [
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, SKF_AD_OFF + SKF_AD_RANDOM),  # A = a random number
+        BPF_STMT(BPF_ALU | BPF_MOD | BPF_K, len(choices)),  # A %= len(choices)
+    ]
     for number, index in enumerate(choices[:-1]):
-        code += [_insn(_JEQ_K, 0, 1, number), _insn(_RET_K, k=index)]
-    code.append(_insn(_RET_K, k=choices[-1]))
+        code += [
+            BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, number, 0, 1),  # A == number, or skip one
+            BPF_STMT(BPF_RET | BPF_K, index),
+        ]
+    code.append(BPF_STMT(BPF_RET | BPF_K, choices[-1]))
     return b"".join(code)
 
 

@@ -49,6 +49,51 @@ import sys
 from time import monotonic_ns
 from typing import Any
 
+from squall.bpf_asm import (
+    BPF_ADD,
+    BPF_ALU64_IMM,
+    BPF_ALU64_REG,
+    BPF_ATOMIC_OP,
+    BPF_DW,
+    BPF_EMIT_CALL,
+    BPF_EXIT_INSN,
+    BPF_JEQ,
+    BPF_JGE,
+    BPF_JLE,
+    BPF_JMP_IMM,
+    BPF_JMP_REG,
+    BPF_JNE,
+    BPF_LD_IMM64,
+    BPF_LD_MAP_FD,
+    BPF_LDX_MEM,
+    BPF_LSH,
+    BPF_MOD,
+    BPF_MOV64_IMM,
+    BPF_MOV64_REG,
+    BPF_NEG,
+    BPF_OR,
+    BPF_REG_0,
+    BPF_REG_1,
+    BPF_REG_2,
+    BPF_REG_3,
+    BPF_REG_4,
+    BPF_REG_6,
+    BPF_REG_7,
+    BPF_REG_8,
+    BPF_REG_9,
+    BPF_REG_FP,
+    BPF_RSH,
+    BPF_ST_MEM,
+    BPF_STX_MEM,
+    BPF_SUB,
+    BPF_W,
+    BPF_FUNC_ktime_get_ns,
+    BPF_FUNC_map_lookup_elem,
+    BPF_FUNC_sk_select_reuseport,
+    Item,
+    assemble,
+)
+
 __all__ = ["Steering", "SteeringUnavailable", "WorkerReport", "detach_program"]
 
 
@@ -155,32 +200,34 @@ def _load_as(code: bytes, attach_type: int) -> int:
 # -- the program ---------------------------------------------------------------------------
 
 
-def _insn(code: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> bytes:
-    return struct.pack("<BBhi", code, (src << 4) | dst, off, imm)
-
-
-def _imm64(dst: int, value: int) -> bytes:
-    low, high = struct.unpack("<ii", struct.pack("<Q", value))
-    return _insn(0x18, dst, 0, 0, low) + _insn(0, imm=high)  # ld_imm64
-
-
-def _load_map(dst: int, fd: int) -> bytes:
-    return _insn(0x18, dst, 1, 0, fd) + _insn(0)  # ld_imm64 dst, map[fd]
-
-
 def _store_key(key: int, register: int | None) -> bytes:
     """*(u32 *)(fp - 4) = the constant `key`, or `register`."""
-    return _insn(0x62, 10, 0, -4, key) if register is None else _insn(0x63, 10, register, -4)
+    if register is None:
+        return BPF_ST_MEM(BPF_W, BPF_REG_FP, -4, key)
+    return BPF_STX_MEM(BPF_W, BPF_REG_FP, register, -4)
 
 
-def _lookup(slots: int, key: int = 0, register: int | None = None) -> list[bytes]:
+def _lookup(slots: int, key: int = 0, register: int | None = None) -> list[Item]:
     """r0 = &slots[key] or NULL; the key a constant, or in `register`."""
     return [
         _store_key(key, register),
-        _insn(0xBF, 2, 10),
-        _insn(0x07, 2, 0, 0, -4),  # r2 = fp - 4
-        *_split(_load_map(1, slots)),
-        _insn(0x85, imm=1),  # map_lookup_elem(slots, r2)
+        BPF_MOV64_REG(BPF_REG_2, BPF_REG_FP),
+        BPF_ALU64_IMM(BPF_ADD, BPF_REG_2, -4),  # r2 = fp - 4
+        BPF_LD_MAP_FD(BPF_REG_1, slots),
+        BPF_EMIT_CALL(BPF_FUNC_map_lookup_elem),  # r0 = map_lookup_elem(slots, r2)
+    ]
+
+
+def _select(sockarray: int, key: int = 0, register: int | None = None) -> list[Item]:
+    """r0 = sk_select_reuseport(ctx in r6, sockarray, &key, 0): 0 once chosen."""
+    return [
+        _store_key(key, register),
+        BPF_MOV64_REG(BPF_REG_1, BPF_REG_6),
+        BPF_LD_MAP_FD(BPF_REG_2, sockarray),
+        BPF_MOV64_REG(BPF_REG_3, BPF_REG_FP),
+        BPF_ALU64_IMM(BPF_ADD, BPF_REG_3, -4),  # r3 = fp - 4
+        BPF_MOV64_IMM(BPF_REG_4, 0),
+        BPF_EMIT_CALL(BPF_FUNC_sk_select_reuseport),
     ]
 
 
@@ -188,118 +235,75 @@ def program(slots: int, sockarray: int, count: int, churn_ns: int = CHURN_NS) ->
     """Pick the present slot, among the first `count`, with the least in hand.
 
     Or the overflow socket, if every present slot reported within `churn_ns`.
+    A jump to a label goes to its next occurrence (`bpf_asm.assemble`).
     """
-    code: list[bytes | str | tuple[str, int, int, int]] = [
-        _insn(0xBF, 6, 1),  # r6 = ctx
-        _insn(0x85, imm=5),  # r0 = ktime_get_ns()
-        _insn(0x7B, 10, 0, -16),  # *(u64 *)(fp - 16) = now
-        _insn(0x7A, 10, 0, -24, 1),  # *(u64 *)(fp - 24) = churning, so far
-        _insn(0x61, 7, 6, CTX_HASH),  # r7 = ctx->hash
-        _insn(0x97, 7, 0, 0, count),
-        _insn(0x87, 7),
-        _insn(0x07, 7, 0, 0, count),  # r7 = count - start, start = hash mod count
-        _insn(0xB7, 8, 0, 0, -1),  # best = the most there is
-        _insn(0xB7, 9, 0, 0, count),  # choice = none
+    code: list[Item] = [
+        BPF_MOV64_REG(BPF_REG_6, BPF_REG_1),  # r6 = ctx
+        BPF_EMIT_CALL(BPF_FUNC_ktime_get_ns),  # r0 = now
+        BPF_STX_MEM(BPF_DW, BPF_REG_FP, BPF_REG_0, -16),  # *(u64 *)(fp - 16) = now
+        BPF_ST_MEM(BPF_DW, BPF_REG_FP, -24, 1),  # *(u64 *)(fp - 24) = churning, so far
+        BPF_LDX_MEM(BPF_W, BPF_REG_7, BPF_REG_6, CTX_HASH),  # r7 = ctx->hash
+        BPF_ALU64_IMM(BPF_MOD, BPF_REG_7, count),
+        BPF_ALU64_IMM(BPF_NEG, BPF_REG_7, 0),
+        BPF_ALU64_IMM(BPF_ADD, BPF_REG_7, count),  # r7 = count - start, start = hash mod count
+        BPF_MOV64_IMM(BPF_REG_8, -1),  # best = the most there is
+        BPF_MOV64_IMM(BPF_REG_9, count),  # choice = none
     ]
     for i in range(count):
         code += [
             *_lookup(slots, key=i),
-            ("next", 0x15, 0, 0),  # no such slot
-            _insn(0x79, 1, 0, 8 * PRESENT),
-            ("next", 0x15, 1, 0),  # no socket
-            _insn(0x79, 1, 0, 8 * REPORTED_AT),
-            _insn(0x79, 2, 10, -16),
-            _insn(0x1F, 2, 1),  # r2 = now - reported at (QUIET, ahead of now, wraps: long ago)
-            *_split(_imm64(3, churn_ns)),
-            ("recent", 0xBD, 2, 3),  # within churn_ns
-            _insn(0x7A, 10, 0, -24, 0),  # this one is quiet: no overflow
+            BPF_JMP_IMM(BPF_JEQ, BPF_REG_0, 0, "next"),  # no such slot
+            BPF_LDX_MEM(BPF_DW, BPF_REG_1, BPF_REG_0, 8 * PRESENT),
+            BPF_JMP_IMM(BPF_JEQ, BPF_REG_1, 0, "next"),  # no socket
+            BPF_LDX_MEM(BPF_DW, BPF_REG_1, BPF_REG_0, 8 * REPORTED_AT),
+            BPF_LDX_MEM(BPF_DW, BPF_REG_2, BPF_REG_FP, -16),
+            # r2 = now - reported at (QUIET, ahead of now, wraps: long ago)
+            BPF_ALU64_REG(BPF_SUB, BPF_REG_2, BPF_REG_1),
+            BPF_LD_IMM64(BPF_REG_3, churn_ns),
+            BPF_JMP_REG(BPF_JLE, BPF_REG_2, BPF_REG_3, "recent"),  # within churn_ns
+            BPF_ST_MEM(BPF_DW, BPF_REG_FP, -24, 0),  # this one is quiet: no overflow
             "recent",
-            _insn(0x79, 1, 0, 8 * REPORT),
-            _insn(0x79, 2, 0, 8 * ASSIGNED),
-            _insn(0xBF, 3, 1),
-            _insn(0x77, 3, 0, 0, 32),  # r3 = assigned when counted
-            _insn(0x1F, 2, 3),
-            _insn(0x67, 2, 0, 0, 32),
-            _insn(0x77, 2, 0, 0, 32),  # r2 = sent since (mod 2**32)
-            _insn(0x67, 1, 0, 0, 32),
-            _insn(0x77, 1, 0, 0, 32),  # r1 = open when counted
-            _insn(0x0F, 1, 2),  # r1 = in hand
+            BPF_LDX_MEM(BPF_DW, BPF_REG_1, BPF_REG_0, 8 * REPORT),
+            BPF_LDX_MEM(BPF_DW, BPF_REG_2, BPF_REG_0, 8 * ASSIGNED),
+            BPF_MOV64_REG(BPF_REG_3, BPF_REG_1),
+            BPF_ALU64_IMM(BPF_RSH, BPF_REG_3, 32),  # r3 = assigned when counted
+            BPF_ALU64_REG(BPF_SUB, BPF_REG_2, BPF_REG_3),
+            BPF_ALU64_IMM(BPF_LSH, BPF_REG_2, 32),
+            BPF_ALU64_IMM(BPF_RSH, BPF_REG_2, 32),  # r2 = sent since (mod 2**32)
+            BPF_ALU64_IMM(BPF_LSH, BPF_REG_1, 32),
+            BPF_ALU64_IMM(BPF_RSH, BPF_REG_1, 32),  # r1 = open when counted
+            BPF_ALU64_REG(BPF_ADD, BPF_REG_1, BPF_REG_2),  # r1 = in hand
             # Of slots with as few in hand, the first from a start that the
             # connection's hash picks: idle workers share sequential connections.
-            _insn(0x67, 1, 0, 0, 32),
-            _insn(0xBF, 3, 7),
-            _insn(0x07, 3, 0, 0, i),
-            _insn(0x97, 3, 0, 0, count),
-            _insn(0x4F, 1, 3),  # r1 = in hand << 32 | (i - start) mod count
-            ("next", 0x3D, 1, 8),  # not less than the best so far
-            _insn(0xBF, 8, 1),  # best = r1
-            _insn(0xB7, 9, 0, 0, i),  # choice = i
+            BPF_ALU64_IMM(BPF_LSH, BPF_REG_1, 32),
+            BPF_MOV64_REG(BPF_REG_3, BPF_REG_7),
+            BPF_ALU64_IMM(BPF_ADD, BPF_REG_3, i),
+            BPF_ALU64_IMM(BPF_MOD, BPF_REG_3, count),
+            # r1 = in hand << 32 | (i - start) mod count
+            BPF_ALU64_REG(BPF_OR, BPF_REG_1, BPF_REG_3),
+            BPF_JMP_REG(BPF_JGE, BPF_REG_1, BPF_REG_8, "next"),  # not less than the best so far
+            BPF_MOV64_REG(BPF_REG_8, BPF_REG_1),  # best = r1
+            BPF_MOV64_IMM(BPF_REG_9, i),  # choice = i
             "next",
         ]
     code += [
-        ("pass", 0x15, 9, count),  # no slot present: the kernel's hash
-        _insn(0x79, 1, 10, -24),
-        ("steer", 0x15, 1, 0),  # some worker is quiet: by load
+        BPF_JMP_IMM(BPF_JEQ, BPF_REG_9, count, "pass"),  # no slot present: the kernel's hash
+        BPF_LDX_MEM(BPF_DW, BPF_REG_1, BPF_REG_FP, -24),
+        BPF_JMP_IMM(BPF_JEQ, BPF_REG_1, 0, "steer"),  # some worker is quiet: by load
         *_select(sockarray, key=OVERFLOW_KEY),
-        ("pass", 0x15, 0, 0),  # to whichever worker is free first
+        BPF_JMP_IMM(BPF_JEQ, BPF_REG_0, 0, "pass"),  # to whichever worker is free first
         "steer",  # (no overflow socket: by load)
-        *_select(sockarray, register=9),
-        ("pass", 0x55, 0, 0),  # failed: the kernel's hash
-        *_lookup(slots, register=9),
-        ("pass", 0x15, 0, 0),
-        _insn(0xB7, 1, 0, 0, 1),
-        _insn(0xDB, 0, 1, 8 * ASSIGNED, 0),  # atomic: assigned += 1
+        *_select(sockarray, register=BPF_REG_9),
+        BPF_JMP_IMM(BPF_JNE, BPF_REG_0, 0, "pass"),  # failed: the kernel's hash
+        *_lookup(slots, register=BPF_REG_9),
+        BPF_JMP_IMM(BPF_JEQ, BPF_REG_0, 0, "pass"),
+        BPF_MOV64_IMM(BPF_REG_1, 1),
+        BPF_ATOMIC_OP(BPF_DW, BPF_ADD, BPF_REG_0, BPF_REG_1, 8 * ASSIGNED),  # assigned += 1
         "pass",
-        _insn(0xB7, 0, 0, 0, 1),
-        _insn(0x95),  # return SK_PASS
+        BPF_MOV64_IMM(BPF_REG_0, 1),
+        BPF_EXIT_INSN(),  # return SK_PASS
     ]
-    return _assemble(code)
-
-
-def _select(sockarray: int, key: int = 0, register: int | None = None) -> list[bytes]:
-    """r0 = sk_select_reuseport(ctx in r6, sockarray, &key, 0): 0 once chosen."""
-    return [
-        _store_key(key, register),
-        _insn(0xBF, 1, 6),
-        *_split(_load_map(2, sockarray)),
-        _insn(0xBF, 3, 10),
-        _insn(0x07, 3, 0, 0, -4),  # r3 = fp - 4
-        _insn(0xB7, 4, 0, 0, 0),
-        _insn(0x85, imm=82),
-    ]
-
-
-def _assemble(code: list[bytes | str | tuple[str, int, int, int]]) -> bytes:
-    """Resolve each jump (label, op, dst, operand) to the next occurrence of its label."""
-    out: list[bytes] = []
-    pending: list[tuple[int, str, int, int, int]] = []
-    for item in code:
-        if isinstance(item, bytes):
-            out.append(item)
-        elif isinstance(item, str):
-            here = len(out)
-            for index, label, op, dst, operand in pending:
-                if label == item:
-                    out[index] = _jump(op, dst, operand, here - index - 1)
-            pending = [jump for jump in pending if jump[1] != item]
-        else:
-            label, op, dst, operand = item
-            pending.append((len(out), label, op, dst, operand))
-            out.append(b"")
-    if pending:
-        raise AssertionError(f"unresolved jumps in the steering program: {pending}")
-    return b"".join(out)
-
-
-def _jump(op: int, dst: int, operand: int, offset: int) -> bytes:
-    """A conditional jump: against a constant (op & 0x08 == 0) or register `operand`."""
-    if op & 0x08:
-        return _insn(op, dst, operand, offset)
-    return _insn(op, dst, 0, offset, operand)
-
-
-def _split(pair: bytes) -> list[bytes]:
-    return [pair[:8], pair[8:]]
+    return assemble(code)
 
 
 # -- the supervisor's side ---------------------------------------------------------------------
