@@ -1,14 +1,18 @@
 """The access log: one line per request, off by default.
 
 Lines go to the logger ``squall.access`` at INFO, so they land wherever the
-rest of the log goes (stderr or `--log-file`), each tagged with the worker by
-the log handler. Formats:
+rest of the log goes (stderr or `--log-file`). Formats:
 
 - ``common``: NCSA Common Log Format,
   ``127.0.0.1 - - [28/Nov/2026:06:17:39 +0000] "GET /path?q HTTP/1.1" 200 1234``
 - ``combined``: common plus ``"referer" "user-agent"``
 - ``json``: one JSON object with the keys time, client, method, path, query,
   http_version, status, bytes, duration_ms, referer, user_agent, worker.
+
+The text formats are the message of a log line, which the log handler tags
+with the worker (or, with ``--log-format json``, wraps in its JSON object). A
+JSON line is written as it is (`squall.logs.WHOLE_LINE`): the object and
+nothing around it, whatever the log format.
 
 The time is when the response finished, in local time. ``bytes`` counts the
 response body (``-`` in the text formats when it is empty, as in CLF). A
@@ -27,10 +31,11 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from squall import process
 from squall.http.cycle import RequestCycle
+from squall.logs import WHOLE_LINE
 
 logger = logging.getLogger("squall.access")
 
@@ -49,7 +54,7 @@ def make_access_log(fmt: str) -> Callable[[RequestCycle], None] | None:
     if fmt == "combined":
         return AccessLog(_combined)
     if fmt == "json":
-        return AccessLog(_json)
+        return AccessLog(_json, WHOLE_LINE)
     raise ValueError(f"unknown access log format {fmt!r}; expected one of {', '.join(FORMATS)}")
 
 
@@ -103,14 +108,20 @@ _clock = _Clock()
 class AccessLog:
     """The callback `ServerState.access_log` calls once per finished request."""
 
-    __slots__ = ("_format",)
+    __slots__ = ("_extra", "_format")
 
-    def __init__(self, format_line: Callable[[RequestCycle], str]) -> None:
+    def __init__(
+        self,
+        format_line: Callable[[RequestCycle], str],
+        extra: Mapping[str, object] | None = None,
+    ) -> None:
         self._format = format_line
+        self._extra = extra  # WHOLE_LINE: the line is complete, written without a prefix
 
     def __call__(self, cycle: RequestCycle) -> None:
         if logger.isEnabledFor(logging.INFO) and cycle.request is not None:
-            logger.info(self._format(cycle))  # no args: the line is never %-formatted
+            # No args: the line is never %-formatted.
+            logger.info(self._format(cycle), extra=self._extra)
 
 
 def escape(value: bytes) -> str:

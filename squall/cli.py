@@ -155,7 +155,7 @@ def run(config: Config) -> NoReturn:
     """Bind, fork, supervise; in each worker, serve until told to stop."""
     from squall.supervisor import Hooks, Supervisor
 
-    configure(config.log_level, config.log_file)
+    configure(config.log_level, config.log_file, config.log_format)
     if ":" not in config.app:
         raise UsageError(
             f"app must be given as MODULE:ATTR (for example 'app:app'), not {config.app!r}"

@@ -15,6 +15,7 @@ from typing import Any
 from squall.appload import INTERFACES
 from squall.errors import UsageError
 from squall.http.core import DEFAULT_LIMITS
+from squall.logs import FORMATS as LOG_FORMATS
 
 ENV_PREFIX = "SQUALL_"
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
@@ -62,6 +63,7 @@ class Config:
     root_path: str = ""
     log_level: str = "info"
     log_file: str | None = None
+    log_format: str = "text"
     user: str | None = None
     group: str | None = None
     timeout: float = 30.0
@@ -176,6 +178,8 @@ class Config:
                 raise UsageError(f"hook {hook} must be a callable, not {value!r}")
         if self.log_level not in LOG_LEVELS:
             raise UsageError(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
+        if self.log_format not in LOG_FORMATS:
+            raise UsageError(f"--log-format must be one of {', '.join(LOG_FORMATS)}")
         self.bind_given = bool(self.bind)  # without it, systemd's sockets (if any) are used
         if not self.bind:
             self.bind = [self.DEFAULT_BIND]
@@ -304,6 +308,14 @@ SETTINGS: tuple[Setting, ...] = (
         str,
         "write the log to this file (reopened on SIGUSR1) instead of stderr",
         "PATH",
+    ),
+    Setting(
+        "log_format",
+        "--log-format",
+        str,
+        "text (default) or json: one JSON object a line, with time, level, logger, message, "
+        "role (supervisor or worker), worker (its id), pid and exception",
+        choices=LOG_FORMATS,
     ),
     Setting(
         "timeout",
@@ -441,7 +453,9 @@ SETTINGS: tuple[Setting, ...] = (
         "access_log",
         "--access-log",
         str,
-        "access log format (default off)",
+        "one line per request: common, combined (common with referer and user agent), "
+        "json (one JSON object a line, with the worker's id, and nothing around it "
+        "whatever --log-format is) or off (default)",
         choices=ACCESS_LOG_FORMATS,
     ),
     Setting(

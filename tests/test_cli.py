@@ -197,6 +197,23 @@ def test_limits_from_environment_and_config_file(
         parse_config(["app:app", "--config", str(conf)])
 
 
+@pytest.mark.usefixtures("clean_environment")
+def test_log_format_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert parse_config(["app:app"]).log_format == "text"
+    assert parse_config(["app:app", "--log-format", "json"]).log_format == "json"
+    conf = tmp_path / "conf.py"
+    conf.write_text('log_format = "json"\n')
+    assert parse_config(["app:app", "--config", str(conf)]).log_format == "json"
+    monkeypatch.setenv("SQUALL_LOG_FORMAT", "text")  # the environment wins over the file
+    assert parse_config(["app:app", "--config", str(conf)]).log_format == "text"
+    monkeypatch.setenv("SQUALL_LOG_FORMAT", "logfmt")
+    with pytest.raises(UsageError, match="--log-format must be one of text, json"):
+        parse_config(["app:app"])
+    monkeypatch.delenv("SQUALL_LOG_FORMAT")
+    with pytest.raises(UsageError, match="invalid choice: 'xml'"):
+        parse_config(["app:app", "--log-format", "xml"])
+
+
 def test_demo_with_a_worker_per_cpu_answers_curl_and_stops_clean(services: Services) -> None:
     port = free_port()
     service = services.squall("examples.demo:app", "--workers", "0", "--bind", f"127.0.0.1:{port}")
