@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                 dest=setting.name,
                 action="store_const",
                 const=True,
-                help=setting.help,
+                help=setting.described,
             )
             continue
         parser.add_argument(
@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
             action="append" if setting.repeated else "store",
             choices=setting.choices,
             metavar=setting.metavar,
-            help=setting.help,
+            help=setting.described,
             default=None,
         )
     parser.add_argument("--version", action="version", version=f"squall {__version__}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 from squall.appload import INTERFACES
@@ -43,10 +43,38 @@ class Setting:
     repeated: bool = False  # may be given several times (a list)
     switch: bool = False  # a flag without a value
     aliases: tuple[str, ...] = ()  # other spellings of the flag (gunicorn's, say)
+    minimum: float | None = None  # a smaller value is refused (`Config.validate`)
+    minimum_means: str = ""  # what the minimum does, for the message: "(off)"
 
     @property
     def env_key(self) -> str:
         return ENV_PREFIX + self.name.upper()
+
+    @property
+    def default(self) -> Any:
+        """The default, from `Config`: the one place where defaults live."""
+        return _DEFAULTS.get(self.name)
+
+    @property
+    def described(self) -> str:
+        """The help text, with the default said (unless the help says it in words)."""
+        default = self.default
+        if self.switch or "default" in self.help or default in (None, "", 0, []):
+            return self.help
+        if self.parse is _size:
+            default = _size_text(default)
+        elif isinstance(default, float):
+            default = f"{default:g}"
+        return f"{self.help} (default {default})"
+
+    def check(self, value: Any) -> None:
+        """Refuse a value below the minimum or outside the choices, in one clear line."""
+        if self.minimum is not None and value is not None and value < self.minimum:
+            least = int(self.minimum) if self.minimum == int(self.minimum) else self.minimum
+            means = f" {self.minimum_means}" if self.minimum_means else ""
+            raise UsageError(f"{self.flag} must be {least}{means} or more, not {value}")
+        if self.choices is not None and value not in self.choices:
+            raise UsageError(f"{self.flag} must be one of {', '.join(self.choices)}")
 
 
 @dataclass
@@ -116,42 +144,8 @@ class Config:
     bind_given: bool = field(default=False, init=False, repr=False)
 
     def validate(self) -> None:
-        if self.workers < 0:
-            raise UsageError(f"--workers must be 0 (one per CPU) or more, not {self.workers}")
-        if self.max_restarts < 0:
-            raise UsageError(f"--max-restarts must be 0 or more, not {self.max_restarts}")
-        for name in (
-            "restart_window",
-            "request_timeout",
-            "graceful_timeout",
-            "boot_timeout",
-            "keepalive_timeout",
-            "header_timeout",
-            "body_timeout",
-            "ws_ping_interval",
-            "ws_ping_timeout",
-        ):
-            if getattr(self, name) < 0:
-                flag = "--" + name.replace("_", "-")
-                raise UsageError(f"{flag} must be 0 or more, not {getattr(self, name)}")
-        if self.backlog is not None and self.backlog < 1:
-            raise UsageError(f"--backlog must be 1 or more, not {self.backlog}")
-        if self.interface not in INTERFACES:
-            raise UsageError(f"--interface must be one of {', '.join(INTERFACES)}")
-        for name in (
-            "max_requests",
-            "max_requests_jitter",
-            "max_worker_memory",
-            "limit_concurrency",
-            "max_connections",
-        ):
-            if getattr(self, name) < 0:
-                flag = "--" + name.replace("_", "-")
-                raise UsageError(f"{flag} must be 0 or more, not {getattr(self, name)}")
-        if self.timeout < 0:
-            raise UsageError(f"--timeout must be 0 (off) or more, not {self.timeout}")
-        if self.reload_batch < 1:
-            raise UsageError(f"--reload-batch must be 1 or more, not {self.reload_batch}")
+        for setting in SETTINGS:
+            setting.check(getattr(self, setting.name))
         if self.forwarded_allow_ips.strip():
             from squall.http.proxy_headers import TrustedProxies
 
@@ -162,24 +156,10 @@ class Config:
             AllowList(self.proxy_allow_from)  # a bad entry is a UsageError now
         if self.keyfile is not None and self.certfile is None:
             raise UsageError("--keyfile needs --certfile")
-        for name in (*LIMIT_SETTINGS, "ws_max_size"):
-            if getattr(self, name) < 1:
-                flag = "--" + name.replace("_", "-")
-                raise UsageError(f"{flag} must be 1 or more, not {getattr(self, name)}")
-        if self.access_log not in ACCESS_LOG_FORMATS:
-            raise UsageError(f"--access-log must be one of {', '.join(ACCESS_LOG_FORMATS)}")
-        if self.threads < 1:
-            raise UsageError(f"--threads must be 1 or more, not {self.threads}")
-        if self.on_exhausted not in ON_EXHAUSTED:
-            raise UsageError(f"--on-exhausted must be one of {', '.join(ON_EXHAUSTED)}")
         for hook in HOOKS:
             value = getattr(self, hook)
             if value is not None and not callable(value):
                 raise UsageError(f"hook {hook} must be a callable, not {value!r}")
-        if self.log_level not in LOG_LEVELS:
-            raise UsageError(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
-        if self.log_format not in LOG_FORMATS:
-            raise UsageError(f"--log-format must be one of {', '.join(LOG_FORMATS)}")
         self.bind_given = bool(self.bind)  # without it, systemd's sockets (if any) are used
         if not self.bind:
             self.bind = [self.DEFAULT_BIND]
@@ -196,6 +176,14 @@ def _switch(text: str) -> bool:
     if lowered in ("0", "false", "no", "off", ""):
         return False
     raise ValueError(text)
+
+
+def _size_text(value: int) -> str:
+    """A byte count as `_size` reads it: 100M, 64K, or plain bytes."""
+    for unit in "GMK":
+        if value and value % _UNITS[unit.lower()] == 0:
+            return f"{value // _UNITS[unit.lower()]}{unit}"
+    return str(value)
 
 
 _SIZE = re.compile(r"([0-9]+)\s*(?:([kmg])i?b?|b)?", re.ASCII | re.IGNORECASE)
@@ -242,22 +230,26 @@ SETTINGS: tuple[Setting, ...] = (
         "workers",
         "--workers",
         _count,
-        "worker processes; 0 means one per usable CPU (default 1)",
+        "worker processes; 0 means one per usable CPU",
         "N",
+        minimum=0,
+        minimum_means="(one per CPU)",
     ),
     Setting(
         "max_restarts",
         "--max-restarts",
         _count,
-        "give up after this many worker restarts within --restart-window (default 100)",
+        "give up after this many worker restarts within --restart-window",
         "N",
+        minimum=0,
     ),
     Setting(
         "restart_window",
         "--restart-window",
         _seconds,
-        "the window in which --max-restarts counts, in seconds; 0 means the whole lifetime (default 0)",
+        "the window in which --max-restarts counts, in seconds; 0 means the whole lifetime",
         "SECONDS",
+        minimum=0,
     ),
     Setting(
         "interface",
@@ -270,23 +262,30 @@ SETTINGS: tuple[Setting, ...] = (
         "graceful_timeout",
         "--graceful-timeout",
         _seconds,
-        "on stop, how long workers may finish requests in flight (default 30)",
+        "on stop, how long workers may finish requests in flight",
         "SECONDS",
+        minimum=0,
     ),
     Setting(
         "keepalive_timeout",
         "--keepalive-timeout",
         _seconds,
-        "close idle keep-alive connections after this long (default 5)",
+        "close idle keep-alive connections after this long",
         "SECONDS",
+        minimum=0,
     ),
     Setting(
-        "backlog", "--backlog", _count, "listen backlog (default: the most the OS allows)", "N"
+        "backlog",
+        "--backlog",
+        _count,
+        "listen backlog (default: the most the OS allows)",
+        "N",
+        minimum=1,
     ),
     Setting(
         "root_path", "--root-path", str, "ASGI root_path, for apps mounted below a prefix", "PATH"
     ),
-    Setting("log_level", "--log-level", str, "log level (default info)", choices=LOG_LEVELS),
+    Setting("log_level", "--log-level", str, "log level", choices=LOG_LEVELS),
     Setting(
         "user",
         "--user",
@@ -321,15 +320,18 @@ SETTINGS: tuple[Setting, ...] = (
         "timeout",
         "--timeout",
         _seconds,
-        "replace a worker whose event loop has made no progress for this long, after logging its stacks; 0 disables (default 30)",
+        "replace a worker whose event loop has made no progress for this long, after logging its stacks; 0 disables",
         "SECONDS",
+        minimum=0,
+        minimum_means="(off)",
     ),
     Setting(
         "boot_timeout",
         "--boot-timeout",
         _seconds,
-        "a worker not ready this long after its start is stopped: at the first start the service stops, later it counts as a crash; 0 disables (default 60)",
+        "a worker not ready this long after its start is stopped: at the first start the service stops, later it counts as a crash; 0 disables",
         "SECONDS",
+        minimum=0,
     ),
     Setting(
         "max_requests",
@@ -337,6 +339,7 @@ SETTINGS: tuple[Setting, ...] = (
         _count,
         "replace a worker gracefully after it served this many requests; 0 disables",
         "N",
+        minimum=0,
     ),
     Setting(
         "request_timeout",
@@ -345,6 +348,7 @@ SETTINGS: tuple[Setting, ...] = (
         "a request still running after this long gets 504 (or, its response begun, a closed "
         "connection) and its task is cancelled; 0: none",
         "SECONDS",
+        minimum=0,
     ),
     Setting(
         "max_connections",
@@ -353,6 +357,7 @@ SETTINGS: tuple[Setting, ...] = (
         "per worker: at this many open connections, accept no more until one closes (the kernel "
         "queue or the other workers hold them); default 0: what ulimit -n allows, less a reserve",
         "N",
+        minimum=0,
     ),
     Setting(
         "limit_concurrency",
@@ -361,6 +366,7 @@ SETTINGS: tuple[Setting, ...] = (
         "per worker: a request beyond this many in flight gets 503 with Retry-After at once, "
         "without calling the app; 0: no limit",
         "N",
+        minimum=0,
     ),
     Setting(
         "max_worker_memory",
@@ -369,6 +375,7 @@ SETTINGS: tuple[Setting, ...] = (
         "replace a worker whose resident memory passes this many MiB (its successor ready "
         "first; each worker's limit is up to 5%% lower, so they do not all go at once); 0: off",
         "MiB",
+        minimum=0,
     ),
     Setting(
         "max_requests_jitter",
@@ -376,6 +383,7 @@ SETTINGS: tuple[Setting, ...] = (
         _count,
         "add up to this many to each worker's --max-requests, so they do not all recycle at once",
         "N",
+        minimum=0,
     ),
     Setting(
         "on_exhausted",
@@ -388,8 +396,9 @@ SETTINGS: tuple[Setting, ...] = (
         "reload_batch",
         "--reload-batch",
         _count,
-        "on reload (SIGHUP), replace this many workers at a time (default 1)",
+        "on reload (SIGHUP), replace this many workers at a time",
         "N",
+        minimum=1,
     ),
     Setting(
         "reuse_port",
@@ -426,20 +435,22 @@ SETTINGS: tuple[Setting, ...] = (
         "development: reload the workers when a source file under the working directory changes",
         switch=True,
     ),
-    Setting("threads", "--threads", _count, "WSGI: threads per worker (default 10)", "N"),
+    Setting("threads", "--threads", _count, "WSGI: threads per worker", "N", minimum=1),
     Setting(
         "header_timeout",
         "--header-timeout",
         _seconds,
-        "a request head must arrive within this long once begun, else 408 and close (default 10)",
+        "a request head must arrive within this long once begun, else 408 and close",
         "SECONDS",
+        minimum=0,
     ),
     Setting(
         "body_timeout",
         "--body-timeout",
         _seconds,
-        "the longest silence while a request body is read, else 408 and close (default 30)",
+        "the longest silence while a request body is read, else 408 and close",
         "SECONDS",
+        minimum=0,
     ),
     Setting(
         "body_min_rate",
@@ -448,6 +459,7 @@ SETTINGS: tuple[Setting, ...] = (
         "once --body-timeout has passed since a request body began, it must have come at "
         "this many bytes a second on average, else 408 and close (default 500; 0: off)",
         "BYTES",
+        minimum=0,
     ),
     Setting(
         "access_log",
@@ -484,37 +496,42 @@ SETTINGS: tuple[Setting, ...] = (
         "limit_request_line",
         "--limit-request-line",
         _size,
-        f"the longest request target (URL), in bytes, else 414 (default {DEFAULT_LIMITS.max_target_bytes})",
+        "the longest request target (URL), in bytes, else 414",
         "BYTES",
+        minimum=1,
     ),
     Setting(
         "limit_request_fields",
         "--limit-request-fields",
         _count,
-        f"the most header fields in a request, else 431 (default {DEFAULT_LIMITS.max_header_count})",
+        "the most header fields in a request, else 431",
         "N",
+        minimum=1,
     ),
     Setting(
         "limit_request_field_size",
         "--limit-request-field-size",
         _size,
-        f"the longest header field line (name, value, separator and CRLF), in bytes, else 431 (default {DEFAULT_LIMITS.max_field_bytes})",
+        "the longest header field line (name, value, separator and CRLF), in bytes, else 431",
         "BYTES",
         aliases=("--limit-request-field_size",),
+        minimum=1,
     ),
     Setting(
         "limit_request_headers",
         "--limit-request-headers",
         _size,
-        f"the largest request head (target and all header fields), in bytes, else 431 (default {DEFAULT_LIMITS.max_header_bytes})",
+        "the largest request head (target and all header fields), in bytes, else 431",
         "BYTES",
+        minimum=1,
     ),
     Setting(
         "limit_request_body",
         "--limit-request-body",
         _size,
-        "the largest request body, in bytes (suffixes K, M, G), else 413 (default 100M)",
+        "the largest request body, in bytes (suffixes K, M, G), else 413",
         "BYTES",
+        minimum=1,
     ),
     Setting(
         "certfile",
@@ -550,23 +567,26 @@ SETTINGS: tuple[Setting, ...] = (
         "ws_max_size",
         "--ws-max-size",
         _size,
-        "the largest WebSocket message accepted, in bytes (suffixes K, M, G), else close 1009 (default 16M)",
+        "the largest WebSocket message accepted, in bytes (suffixes K, M, G), else close 1009",
         "BYTES",
         aliases=("--websocket-max-message-size",),
+        minimum=1,
     ),
     Setting(
         "ws_ping_interval",
         "--ws-ping-interval",
         _seconds,
-        "send a WebSocket ping this often; 0 disables (default 20)",
+        "send a WebSocket ping this often; 0 disables",
         "SECONDS",
+        minimum=0,
     ),
     Setting(
         "ws_ping_timeout",
         "--ws-ping-timeout",
         _seconds,
-        "close a WebSocket whose pong does not come within this long (default 20)",
+        "close a WebSocket whose pong does not come within this long",
         "SECONDS",
+        minimum=0,
     ),
     Setting(
         "config",
@@ -644,4 +664,10 @@ _FILE_TYPES: dict[Callable[[str], Any], tuple[tuple[type, ...], str]] = {
     _size: ((int, str), "a number of bytes (65536, or a string such as '64K' or '10M')"),
     _seconds: ((int, float), "a number of seconds"),
     _switch: ((bool,), "True or False"),
+}
+
+
+#: Each setting's default, read from `Config`'s fields (`Setting.default`).
+_DEFAULTS: dict[str, Any] = {
+    each.name: each.default for each in fields(Config) if each.default is not MISSING
 }

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from squall.cli import parse_config
-from squall.config import ENV_PREFIX
+from squall.config import ENV_PREFIX, SETTINGS, Config
 from squall.errors import UsageError
 from squall.http.core import DEFAULT_LIMITS
 from tests.service import ROOT, Services, alive, free_port, wait_until
@@ -284,3 +284,31 @@ def test_workers_die_with_a_killed_supervisor(services: Services) -> None:
     service.send(signal.SIGKILL)
     service.wait(timeout=5)
     wait_until(lambda: all(not alive(pid) for pid in workers), timeout=2)
+
+
+BOUNDED = [setting for setting in SETTINGS if setting.minimum is not None]
+
+
+@pytest.mark.parametrize("setting", BOUNDED, ids=[each.flag for each in BOUNDED])
+def test_each_minimum_is_checked_from_its_setting(setting: object) -> None:
+    """Validation derives from the setting: below its minimum, one line naming the flag."""
+    from squall.config import Setting
+
+    assert isinstance(setting, Setting) and setting.minimum is not None
+    kind = float if isinstance(setting.default, float) else int
+    below, least = kind(setting.minimum - 1), kind(setting.minimum)
+    with pytest.raises(UsageError, match=f"^{setting.flag} must be {int(least)}"):
+        Config(app="m:a", **{setting.name: below}).validate()
+    Config(app="m:a", **{setting.name: least}).validate()
+
+
+def test_help_states_each_default_once_from_the_config() -> None:
+    """The help says what Config says, and no help text repeats a default by hand."""
+    described = {setting.name: setting.described for setting in SETTINGS}
+    assert described["graceful_timeout"].endswith("(default 30)")
+    assert described["limit_request_body"].endswith("(default 100M)")
+    assert described["workers"].endswith("(default 1)")
+    for setting in SETTINGS:
+        assert setting.described.count("(default") <= 1, setting.flag
+        if not setting.repeated:  # a list's default is made afresh for each Config
+            assert setting.default == getattr(Config(), setting.name), setting.flag
