@@ -21,7 +21,6 @@ from squall import __version__, handover, process
 from squall.appload import import_app
 from squall.config import (
     HOOKS,
-    LIMIT_SETTINGS,
     SETTINGS,
     Config,
     Setting,
@@ -294,11 +293,9 @@ def serve_worker(
     app: Any = None,
     report_load: Callable[[int], object] | None = None,
 ) -> NoReturn:
-    from squall.http.core import Limits
     from squall.metrics import worker_recorder
     from squall.server import HTTPServer
     from squall.tls import server_context
-    from squall.websocket import WebSocketOptions
     from squall.worker import BOOT_FAILURE_EXIT, run_forever
 
     enable_stack_dumps()
@@ -314,26 +311,9 @@ def serve_worker(
         quota = config.max_requests + random.randint(0, config.max_requests_jitter)
     server = HTTPServer(
         app,
-        interface=config.interface,
-        keepalive_timeout=config.keepalive_timeout,
-        limits=Limits(**{field: getattr(config, name) for name, field in LIMIT_SETTINGS.items()}),
-        root_path=config.root_path,
+        config,
         max_requests=quota,
-        limit_concurrency=config.limit_concurrency,
-        max_connections=config.max_connections,
-        request_timeout=config.request_timeout,
-        threads=config.threads,
-        header_timeout=config.header_timeout,
-        body_timeout=config.body_timeout,
-        body_min_rate=config.body_min_rate,
-        access_log=config.access_log,
-        forwarded_allow_ips=config.forwarded_allow_ips,
-        proxy_protocol=config.proxy_protocol,
-        proxy_allow_from=config.proxy_allow_from,
         ssl_context=tls,
-        websocket=WebSocketOptions(
-            config.ws_max_size, config.ws_ping_interval, config.ws_ping_timeout
-        ),
         metrics=worker_recorder(),
         on_closed=report_load,
     )

@@ -14,7 +14,7 @@ from typing import Any
 
 from squall.appload import INTERFACES
 from squall.errors import UsageError
-from squall.http.core import DEFAULT_LIMITS
+from squall.http.core import DEFAULT_LIMITS, Limits
 from squall.logs import FORMATS as LOG_FORMATS
 
 ENV_PREFIX = "SQUALL_"
@@ -142,6 +142,10 @@ class Config:
 
     DEFAULT_BIND = "127.0.0.1:8000"
     bind_given: bool = field(default=False, init=False, repr=False)
+
+    def limits(self) -> Limits:
+        """The request limits (`--limit-request-*`), as the HTTP core takes them."""
+        return Limits(**{field: getattr(self, name) for name, field in LIMIT_SETTINGS.items()})
 
     def validate(self) -> None:
         for setting in SETTINGS:

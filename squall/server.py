@@ -8,17 +8,19 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from squall import process, websocket
 from squall.accesslog import make_access_log
 from squall.appload import detect_interface
+from squall.config import Config
 from squall.errors import UsageError
 from squall.http.accept import Acceptor, Address, automatic_limit
-from squall.http.core import DEFAULT_LIMITS, Limits
+from squall.http.core import Limits
 from squall.http.cycle import App
 from squall.http.protocol import HTTPProtocol
-from squall.http.proxy_accept import DEFAULT_ALLOW_FROM, AllowList, ProxyAcceptor
+from squall.http.proxy_accept import AllowList, ProxyAcceptor
 from squall.http.proxy_headers import make_forwarded
 from squall.http.state import Metrics, ServerState
 from squall.process import WorkerMessage
@@ -65,51 +67,45 @@ class HTTPServer:
     def __init__(
         self,
         app: Any,
+        config: Config | None = None,
         *,
-        interface: str = "auto",
-        keepalive_timeout: float = 5.0,
-        limits: Limits = DEFAULT_LIMITS,
-        root_path: str = "",
-        max_requests: int = 0,
-        limit_concurrency: int = 0,
-        max_connections: int = 0,
-        request_timeout: float = 0.0,
-        threads: int = 10,
-        header_timeout: float = 10.0,
-        body_timeout: float = 30.0,
-        body_min_rate: int = 0,
-        access_log: str = "off",
-        forwarded_allow_ips: str = "",
-        proxy_protocol: bool = False,
-        proxy_allow_from: str = DEFAULT_ALLOW_FROM,
+        limits: Limits | None = None,
         ssl_context: ssl.SSLContext | None = None,
-        websocket: WebSocketOptions | None = None,
         metrics: Metrics | None = None,
         on_closed: Callable[[int], object] | None = None,
+        **settings: Any,
     ) -> None:
+        """`config`: squall's settings, those of the command line (`squall.config.Config`);
+        keyword arguments set single ones by name (`keepalive_timeout=5.0`). The
+        defaults are the command line's: they live in `Config` only."""
+        config = config or Config()
+        if settings:
+            config = replace(config, **settings)
         self.app = app
-        self.max_requests = max_requests
-        self.limit_concurrency = limit_concurrency
+        self.max_requests = config.max_requests
+        self.limit_concurrency = config.limit_concurrency
         # Open connections per worker past which it accepts none (0: what ulimit -n allows).
-        self.max_connections = max_connections
-        self.request_timeout = request_timeout
-        self.threads = threads
-        self.header_timeout = header_timeout
-        self.body_timeout = body_timeout
-        self.body_min_rate = body_min_rate
-        self.access_log = access_log
-        self.forwarded_allow_ips = forwarded_allow_ips
-        self.proxy_protocol = proxy_protocol
+        self.max_connections = config.max_connections
+        self.request_timeout = config.request_timeout
+        self.threads = config.threads
+        self.header_timeout = config.header_timeout
+        self.body_timeout = config.body_timeout
+        self.body_min_rate = config.body_min_rate
+        self.access_log = config.access_log
+        self.forwarded_allow_ips = config.forwarded_allow_ips
+        self.proxy_protocol = config.proxy_protocol
         # Whose PROXY header is read (a bad entry is a UsageError here).
-        self.proxy_allow = AllowList(proxy_allow_from) if proxy_protocol else None
+        self.proxy_allow = AllowList(config.proxy_allow_from) if config.proxy_protocol else None
         self.ssl_context = ssl_context
-        self.websocket = websocket or WebSocketOptions()
+        self.websocket = WebSocketOptions(
+            config.ws_max_size, config.ws_ping_interval, config.ws_ping_timeout
+        )
         self.metrics = metrics
         self.on_closed = on_closed  # told how many connections stay open after each close
-        self.interface = interface
-        self.keepalive_timeout = keepalive_timeout
-        self.limits = limits
-        self.root_path = root_path
+        self.interface = config.interface
+        self.keepalive_timeout = config.keepalive_timeout
+        self.limits = limits or config.limits()
+        self.root_path = config.root_path
         self.state: ServerState | None = None
         self._adapter: App | None = None
         self._bound: list[socket.socket] = []
