@@ -114,7 +114,7 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
 def main(argv: Sequence[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else list(argv)
     if args[:1] == ["ctl"]:
-        from squall.control import ctl_main
+        from squall.ctl import ctl_main
 
         sys.exit(ctl_main(args[1:]))
     try:
