@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -44,7 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 APP = "tests.scripts.asgi_basic:app"
 WORKERS = 2
 BUSY = 0.70
-MODES = (
+MODES: tuple[tuple[str, list[str]], ...] = (
     ("socket per worker (default)", []),
     ("--no-steering", ["--no-steering"]),
     ("--shared-socket", ["--shared-socket"]),
@@ -108,7 +109,8 @@ async def burst(port: int, count: int) -> Counter[int]:
             await loop.sock_sendall(sock, REQUEST_CLOSE)
             return worker_of(await read_response(sock, bytearray()))
 
-        answers = await asyncio.gather(*(ask(s) for s in socks))  # type: ignore[arg-type]
+        connected = [s for s in socks if isinstance(s, socket.socket)]
+        answers = await asyncio.gather(*(ask(s) for s in connected))
     finally:
         for sock in socks:
             if isinstance(sock, socket.socket):
@@ -152,7 +154,14 @@ def ask_worker(port: int) -> int:
     return worker_of(data.split(b"\r\n\r\n", 1)[1])
 
 
-def run_mode(flags: list[str], args: argparse.Namespace) -> dict[str, object]:
+@dataclass
+class ModeResult:
+    bursts: list[Counter[int]]  # connections per worker id, per burst
+    requests: Counter[int]  # keep-alive requests per worker id
+    connections: Counter[int]  # keep-alive connections per worker id
+
+
+def run_mode(flags: list[str], args: argparse.Namespace) -> ModeResult:
     port = free_port()
     command = [
         sys.executable,
@@ -200,7 +209,7 @@ def run_mode(flags: list[str], args: argparse.Namespace) -> dict[str, object]:
                 raise SystemExit(f"squall exited early with status {proc.returncode}")
         finally:
             stop_supervisor(proc)
-    return {"bursts": bursts, "requests": requests, "connections": connections}
+    return ModeResult(bursts, requests, connections)
 
 
 def share(counts: Counter[int]) -> float:
@@ -233,7 +242,7 @@ def main() -> None:
     for i in range(args.bursts):
         cells = []
         for mode, _ in MODES:
-            counts = results[mode]["bursts"][i]  # type: ignore[index]
+            counts = results[mode].bursts[i]
             cells += [split(counts), f"{share(counts):.0%}"]
         print(f"| {i + 1} | " + " | ".join(cells) + " |")
 
@@ -241,7 +250,7 @@ def main() -> None:
     print(f"| mode | bursts | median share | max share | bursts > {BUSY:.0%} |")
     print("|---|---:|---:|---:|---:|")
     for mode, _ in MODES:
-        shares = [share(c) for c in results[mode]["bursts"]]  # type: ignore[attr-defined]
+        shares = [share(c) for c in results[mode].bursts]
         over = sum(s > BUSY for s in shares)
         print(
             f"| {mode} | {len(shares)} | {statistics.median(shares):.0%} | "
@@ -258,8 +267,7 @@ def main() -> None:
     )
     print("|---|---:|---:|---:|---:|")
     for mode, _ in MODES:
-        requests: Counter[int] = results[mode]["requests"]  # type: ignore[assignment]
-        connections: Counter[int] = results[mode]["connections"]  # type: ignore[assignment]
+        requests, connections = results[mode].requests, results[mode].connections
         rate = sum(requests.values()) / args.keepalive_seconds
         print(
             f"| {mode} | {split(connections)} | {split(requests)} | "

@@ -824,7 +824,8 @@ def mode_table(mode: str, servers: list[Server], runs: dict[str, list[Result | N
             continue
 
         def med(key: str, got: list[Result] = got) -> float:
-            return statistics.median(getattr(r, key) for r in got)
+            values: list[float] = [getattr(r, key) for r in got]
+            return statistics.median(values)
 
         rps = med("rps")
         spread = (max(r.rps for r in got) - min(r.rps for r in got)) / rps * 100

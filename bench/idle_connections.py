@@ -41,6 +41,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -110,6 +111,15 @@ def memory_kib(pid: int) -> tuple[int, int] | None:
             elif line.startswith("Pss:"):
                 pss = int(line.split()[1])
     return None if rss is None or pss is None else (rss, pss)
+
+
+T = TypeVar("T")
+
+
+def every(readings: list[T | None]) -> list[T] | None:
+    """`readings` if each was read, None if one was not (its process was gone)."""
+    read = [reading for reading in readings if reading is not None]
+    return read if len(read) == len(readings) else None
 
 
 def sockets(pid: int) -> int:
@@ -318,22 +328,17 @@ def run_server(server: Server, args: argparse.Namespace, workdir: Path) -> Outco
             gained = {pid: sockets(pid) - sockets_before[pid] for pid in tree if pid != root}
             workers = sorted(gained, key=lambda p: gained[p], reverse=True)[:WORKERS]
             out.split = [gained[pid] for pid in workers]
-            memory_after = {pid: memory_kib(pid) for pid in workers}
-            if any(memory_before[p] is None or memory_after[p] is None for p in workers):
+            before = every([memory_before[p] for p in workers])
+            after = every([memory_kib(p) for p in workers])
+            if before is None or after is None:
                 raise RuntimeError("could not read a worker's smaps_rollup")
-            out.before_kib = (
-                sum(memory_before[p][0] for p in workers),  # type: ignore[index]
-                sum(memory_before[p][1] for p in workers),  # type: ignore[index]
-            )
-            out.after_kib = (
-                sum(memory_after[p][0] for p in workers),  # type: ignore[index]
-                sum(memory_after[p][1] for p in workers),  # type: ignore[index]
-            )
-            ticks = [compare.cpu_ticks(p) for p in workers]
+            out.before_kib = (sum(rss for rss, _ in before), sum(pss for _, pss in before))
+            out.after_kib = (sum(rss for rss, _ in after), sum(pss for _, pss in after))
+            ticks = every([compare.cpu_ticks(p) for p in workers])
             time.sleep(IDLE_WINDOW)
-            ticks_after = [compare.cpu_ticks(p) for p in workers]
-            if None not in ticks and None not in ticks_after:
-                used = sum(ticks_after) - sum(ticks)  # type: ignore[arg-type]
+            ticks_after = every([compare.cpu_ticks(p) for p in workers])
+            if ticks is not None and ticks_after is not None:
+                used = sum(ticks_after) - sum(ticks)
                 out.idle_cpu_ms_per_s = used / compare.CLOCK_TICKS * 1000 / IDLE_WINDOW
             out.loaded_probes = probes(port, args.probes)
             out.open_after = still_open(socks)

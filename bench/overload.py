@@ -30,6 +30,7 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -76,14 +77,14 @@ class Point:
         return 1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-SERVERS = {
+SERVERS: dict[str, Callable[[int], list[str]]] = {
     "squall": lambda port: [
         sys.executable,
         *("-m", "squall", "bench.apps.cpu_app:app", "--interface", "asgi"),
         *("--bind", f"127.0.0.1:{port}", "--workers", str(WORKERS), "--log-level", "warning"),
     ],
     f"squall --limit-concurrency {LIMIT}": lambda port: [
-        *SERVERS["squall"](port),  # type: ignore[no-untyped-call]
+        *SERVERS["squall"](port),
         *("--limit-concurrency", str(LIMIT)),
     ],
     f"uvicorn --limit-concurrency {LIMIT}": lambda port: [

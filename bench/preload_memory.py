@@ -118,7 +118,19 @@ def one_connection(port: int, app: App) -> int:
         conn.close()
 
 
-def measure(app: App, preload: bool, workers: int, requests: int) -> dict[str, object]:
+@dataclass
+class Run:
+    """One run's memory in MiB, and its warm-up requests."""
+
+    worker_pss: list[float]
+    worker_uss: list[float]
+    supervisor_pss: float
+    total_pss: float
+    requests: int
+    served: dict[int, int]  # requests per worker pid
+
+
+def measure(app: App, preload: bool, workers: int, requests: int) -> Run:
     """Start squall, warm it up, read the memory of every process, stop it."""
     port = free_port()
     command = [
@@ -177,31 +189,26 @@ def measure(app: App, preload: bool, workers: int, requests: int) -> dict[str, o
             per_worker = [memory_kib(pid) for pid in worker_pids]
         finally:
             stop_supervisor(proc, seen)
+    return Run(
+        worker_pss=[pss / MIB for pss, _ in per_worker],
+        worker_uss=[uss / MIB for _, uss in per_worker],
+        supervisor_pss=supervisor[0] / MIB,
+        total_pss=(supervisor[0] + sum(pss for pss, _ in per_worker)) / MIB,
+        requests=total,
+        served=served,
+    )
+
+
+def summarize(runs: list[Run]) -> dict[str, float]:
     return {
-        "worker_pss": [pss / MIB for pss, _ in per_worker],
-        "worker_uss": [uss / MIB for _, uss in per_worker],
-        "supervisor_pss": supervisor[0] / MIB,
-        "total_pss": (supervisor[0] + sum(pss for pss, _ in per_worker)) / MIB,
-        "requests": total,
-        "served": served,
+        "worker_pss": statistics.median([v for run in runs for v in run.worker_pss]),
+        "worker_uss": statistics.median([v for run in runs for v in run.worker_uss]),
+        "supervisor_pss": statistics.median([run.supervisor_pss for run in runs]),
+        "total_pss": statistics.median([run.total_pss for run in runs]),
     }
 
 
-def summarize(runs: list[dict[str, object]]) -> dict[str, float]:
-    def values(key: str) -> list[float]:
-        out: list[float] = []
-        for run in runs:
-            value = run[key]
-            out.extend(value if isinstance(value, list) else [value])  # type: ignore[arg-type]
-        return out
-
-    return {
-        key: statistics.median(values(key))
-        for key in ("worker_pss", "worker_uss", "supervisor_pss", "total_pss")
-    }
-
-
-def table(app: App, results: dict[str, list[dict[str, object]]], workers: int) -> str:
+def table(app: App, results: dict[str, list[Run]], workers: int) -> str:
     keys = ("worker_pss", "worker_uss", "supervisor_pss", "total_pss")
     rounds = len(next(iter(results.values())))
     lines = [
@@ -224,7 +231,7 @@ def table(app: App, results: dict[str, list[dict[str, object]]], workers: int) -
     lines.append(
         "Total PSS per round (MiB): "
         + "; ".join(
-            f"{mode}: " + ", ".join(f"{run['total_pss']:.1f}" for run in runs)
+            f"{mode}: " + ", ".join(f"{run.total_pss:.1f}" for run in runs)
             for mode, runs in results.items()
         )
     )
@@ -252,16 +259,16 @@ def main() -> None:
         flush=True,
     )
     for app in (BIG_APP, SMALL_APP):
-        results: dict[str, list[dict[str, object]]] = {mode: [] for mode, _ in MODES}
+        results: dict[str, list[Run]] = {mode: [] for mode, _ in MODES}
         for round_no in range(1, args.rounds + 1):
             for mode, preload in MODES:
                 run = measure(app, preload, args.workers, args.requests)
                 results[mode].append(run)
                 print(
                     f"  {app.target} round {round_no} {mode}: total PSS "
-                    f"{run['total_pss']:.1f} MiB, worker PSS "
-                    + ", ".join(f"{v:.1f}" for v in run["worker_pss"])  # type: ignore[attr-defined]
-                    + f" MiB; {run['requests']} requests, per worker pid {run['served']}",
+                    f"{run.total_pss:.1f} MiB, worker PSS "
+                    + ", ".join(f"{v:.1f}" for v in run.worker_pss)
+                    + f" MiB; {run.requests} requests, per worker pid {run.served}",
                     file=sys.stderr,
                 )
         print(flush=True)

@@ -29,6 +29,7 @@ import argparse
 import asyncio
 import datetime
 import gc
+import importlib
 import json
 import os
 import re
@@ -38,7 +39,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from squall.http.state import ServerState
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -47,13 +51,13 @@ CLOSING_REQUEST = REQUEST.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
 CASES = ("native keep-alive", "native new connection", "ASGI keep-alive", "ASGI new connection")
 
 
-class SinkTransport:
+class SinkTransport(asyncio.Transport):
     """Enough of an asyncio transport for the protocol: it keeps nothing."""
 
     def __init__(self) -> None:
         self.written = 0
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | bytearray | memoryview) -> None:
         self.written += 1
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
@@ -80,17 +84,32 @@ class SinkTransport:
         pass
 
 
-async def new_connections(app: Any, requests: int) -> float:
-    from squall.http.core import DEFAULT_LIMITS
-    from squall.http.protocol import HTTPProtocol, ServerState
+def server_state(app: Any) -> ServerState:
+    """What the connections of a worker serving `app` share, from the imported squall.
 
-    state = ServerState(app, DEFAULT_LIMITS, keepalive_timeout=5.0)
+    ServerState is defined in squall.http.state since 7ac9dda; in a `--before`
+    tree older than that, in squall.http.protocol.
+    """
+    from squall.http.core import DEFAULT_LIMITS
+
+    try:
+        module = importlib.import_module("squall.http.state")
+    except ModuleNotFoundError:
+        module = importlib.import_module("squall.http.protocol")
+    state: ServerState = module.ServerState(app, DEFAULT_LIMITS, keepalive_timeout=5.0)
+    return state
+
+
+async def new_connections(app: Any, requests: int) -> float:
+    from squall.http.protocol import HTTPProtocol
+
+    state = server_state(app)
     server = ("127.0.0.1", 8080)
 
     def one() -> tuple[HTTPProtocol, SinkTransport]:
         protocol = HTTPProtocol(state, server=server)
         transport = SinkTransport()
-        protocol.connection_made(transport)  # type: ignore[arg-type]
+        protocol.connection_made(transport)
         protocol.data_received(CLOSING_REQUEST)
         return protocol, transport
 
@@ -112,13 +131,12 @@ async def new_connections(app: Any, requests: int) -> float:
 
 
 async def keep_alive(app: Any, requests: int) -> float:
-    from squall.http.core import DEFAULT_LIMITS
-    from squall.http.protocol import HTTPProtocol, ServerState
+    from squall.http.protocol import HTTPProtocol
 
-    state = ServerState(app, DEFAULT_LIMITS, keepalive_timeout=5.0)
+    state = server_state(app)
     protocol = HTTPProtocol(state)
     transport = SinkTransport()
-    protocol.connection_made(transport)  # type: ignore[arg-type]
+    protocol.connection_made(transport)
     for _ in range(1000):  # warm up
         protocol.data_received(REQUEST)
         await asyncio.sleep(0)
@@ -146,14 +164,17 @@ async def raw_asgi(scope: Any, receive: Any, send: Any) -> None:
 
 def run_cases(tree: Path, requests: int, cases: tuple[str, ...]) -> dict[str, float]:
     """µs of CPU per request for each case, with `tree`'s squall (this process)."""
+    # This tree's bench package, whichever tree's squall runs its apps: imported
+    # before `tree` goes first on sys.path (`tree` may have a bench of its own).
+    sys.path.insert(0, str(REPO))
+    importlib.import_module("bench")
     sys.path.insert(0, str(tree))
-    sys.path.insert(1, str(HERE))
     import squall
     from squall.asgi import ASGIAdapter
     from squall.worker import new_event_loop
 
     assert Path(squall.__file__).resolve().is_relative_to(tree.resolve()), squall.__file__
-    from peers.squall_native import app as native
+    from bench.peers.squall_native import app as native
 
     apps = {"native": native, "ASGI": ASGIAdapter(raw_asgi)}
     loop = new_event_loop()
@@ -250,8 +271,8 @@ def main() -> None:
         report = compare(args)
         print(report)
         if args.save:
-            sys.path.insert(0, str(HERE))
-            from compare import save_result
+            sys.path.insert(0, str(REPO))
+            from bench.compare import save_result
 
             save_result("request-path", datetime.datetime.now(), report)
         return

@@ -5,6 +5,13 @@ squall --interface asgi in bench/compare.py. It answers the lifespan
 protocol, so no server logs a lifespan error.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # squall is not installed in bench/.venv, where the peers serve this
+    from squall.asgi import Receive, Scope, Send
+
 BODY = b"Hello, world"
 START = {
     "type": "http.response.start",
@@ -14,7 +21,7 @@ START = {
 BODY_MESSAGE = {"type": "http.response.body", "body": BODY}
 
 
-async def app(scope, receive, send):
+async def app(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] == "http":
         await send(START)
         await send(BODY_MESSAGE)

@@ -4,11 +4,12 @@ Served by uvicorn and by squall --interface asgi in bench/compare.py.
 """
 
 from starlette.applications import Starlette
+from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 
-async def homepage(request):
+async def homepage(request: Request) -> PlainTextResponse:
     return PlainTextResponse("Hello, world")
 
 
