@@ -35,7 +35,7 @@ from squall.ctl import ctl_main
 from squall.endpoint import Endpoint, TurnAway
 from squall.errors import BindError
 from squall.sockets import handed_socket, remove_stale_socket
-from squall.supervisor import Event, PluginBase, Supervisor, WorkerProcess
+from squall.supervisor import PluginBase, Supervisor, SupervisorEvent, WorkerProcess
 
 __all__ = ["ControlPlugin", "ctl_main"]  # ctl_main: `squall ctl`, from ctl.py
 
@@ -141,14 +141,14 @@ class ControlPlugin(PluginBase):
         fd = self._listener.fileno()
         return [fd], {INHERIT_ENV: str(fd)}
 
-    def on_event(self, event: Event) -> None:
-        if event == "upgraded":
+    def on_event(self, event: SupervisorEvent) -> None:
+        if event == SupervisorEvent.UPGRADED:
             self._identity = None  # the socket file is the new supervisor's now
             return
-        if event == "ready" and self._adopted is not None:
+        if event == SupervisorEvent.READY and self._adopted is not None:
             self._identity, self._adopted = self._adopted, None
             return
-        if event == "tick":
+        if event == SupervisorEvent.TICK:
             self._endpoint.close_idle(IDLE_TIMEOUT)
 
     def after_spawn(self, worker: WorkerProcess) -> None:

@@ -87,7 +87,7 @@ from squall.sockets import (
     handed_socket,
     parse_bind,
 )
-from squall.supervisor import Event, PluginBase
+from squall.supervisor import PluginBase, SupervisorEvent
 
 if TYPE_CHECKING:
     from squall.http.cycle import RequestCycle
@@ -339,18 +339,23 @@ class MetricsPlugin(PluginBase):
         fds = [sock.fileno() for sock in self._endpoint.listeners]
         return fds, {INHERIT_ENV: ",".join(map(str, fds))}
 
-    def on_event(self, event: Event) -> None:
-        if event == "upgraded":
+    def on_event(self, event: SupervisorEvent) -> None:
+        if event == SupervisorEvent.UPGRADED:
             self._unix_path = None  # the socket file is the new supervisor's now
             return
-        if event == "ready" and self._adopted_path is not None:
+        if event == SupervisorEvent.READY and self._adopted_path is not None:
             self._unix_path, self._adopted_path = self._adopted_path, None
-        if event == "tick":
+        if event == SupervisorEvent.TICK:
             self._endpoint.close_idle(IDLE_TIMEOUT)
             now = time.monotonic()
             if now - self._sampled_at >= SAMPLE_INTERVAL:
                 self._sample(now)
-        elif event in ("reloading", "reloaded", "stopping", "ready"):
+        elif event in (
+            SupervisorEvent.RELOADING,
+            SupervisorEvent.RELOADED,
+            SupervisorEvent.STOPPING,
+            SupervisorEvent.READY,
+        ):
             text = {
                 "ready": "all workers ready",
                 "reloading": "reload started",

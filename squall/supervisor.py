@@ -104,7 +104,7 @@ class Listeners(Protocol):
         """After a hot upgrade: close this process's copies and change nothing shared."""
 
 
-class Event(str, enum.Enum):
+class SupervisorEvent(str, enum.Enum):
     """What the supervisor tells its plugins of its life (`Plugin.on_event`)."""
 
     READY = "ready"  # every worker up, the first time
@@ -127,8 +127,8 @@ class Plugin(Protocol):
 
     def on_readable(self, key: selectors.SelectorKey, mask: int) -> None: ...
 
-    def on_event(self, event: Event) -> None:
-        """The supervisor's lifecycle; see `Event`."""
+    def on_event(self, event: SupervisorEvent) -> None:
+        """The supervisor's lifecycle; see `SupervisorEvent`."""
 
     def close(self) -> None:
         """In the supervisor at exit, and in every new worker (which must not keep its fds)."""
@@ -155,7 +155,7 @@ class PluginBase:
     def on_readable(self, key: selectors.SelectorKey, mask: int) -> None:
         pass
 
-    def on_event(self, event: Event) -> None:
+    def on_event(self, event: SupervisorEvent) -> None:
         pass
 
     def close(self) -> None:
@@ -365,7 +365,7 @@ class Supervisor:
         now = time.monotonic()
         self._spawn_due(now)
         self._enforce_deadlines(now)
-        self._emit(Event.TICK)
+        self._emit(SupervisorEvent.TICK)
 
     def _next_timeout(self) -> float:
         timeout = 1.0
@@ -445,7 +445,7 @@ class Supervisor:
                 _kill(successor.pid, signal.SIGTERM)
                 self._close_successor_channel(successor)
                 self._successor = None
-            self._emit(Event.STOPPING)  # first: systemd's fd store may keep the sockets
+            self._emit(SupervisorEvent.STOPPING)  # first: systemd's fd store may keep the sockets
             self._close_listeners()
         self._stopping = True
         self._pending_spawns.clear()
@@ -468,7 +468,7 @@ class Supervisor:
         self._hook("on_reload")
         old = sorted(self._serving(), key=lambda w: w.task_id)
         logger.info("reloading %d worker(s)", len(old))
-        self._emit(Event.RELOADING)
+        self._emit(SupervisorEvent.RELOADING)
         self._reload_queue = deque(old)
         self._advance_reload()
 
@@ -589,7 +589,7 @@ class Supervisor:
         if self.listeners is not None:
             self.listeners.release()
         self._owns_listeners = False
-        self._emit(Event.UPGRADED)  # plugins leave their files to the new supervisor
+        self._emit(SupervisorEvent.UPGRADED)  # plugins leave their files to the new supervisor
         self.stop(graceful=True)
 
     def _report_ready(self) -> None:
@@ -693,7 +693,7 @@ class Supervisor:
         logger.error("%s could not take over: %s; the old worker keeps serving", which, reason)
         if self._reload_queue is not None:
             self._reload_queue = None
-            self._emit(Event.RELOADED)
+            self._emit(SupervisorEvent.RELOADED)
         self._reload_again = False
 
     def _forget_in_child(self, worker_id: int) -> None:
@@ -776,7 +776,7 @@ class Supervisor:
         except Exception:
             logger.exception("the %s hook raised; the supervisor carries on", name)
 
-    def _emit(self, event: Event) -> None:
+    def _emit(self, event: SupervisorEvent) -> None:
         for plugin in self.plugins:
             try:
                 plugin.on_event(event)
@@ -866,7 +866,7 @@ class Supervisor:
         logger.info("worker %d (pid %d) is ready", worker.task_id, worker.pid)
         if not self._announced_ready and sum(w.ready for w in self._serving()) >= self.num_workers:
             self._announced_ready = True
-            self._emit(Event.READY)
+            self._emit(SupervisorEvent.READY)
             self._hook("when_ready")
             self._report_ready()
         old = worker.replaces
@@ -890,7 +890,7 @@ class Supervisor:
         if not queue and booting == 0:
             self._reload_queue = None
             logger.info("reload complete")
-            self._emit(Event.RELOADED)
+            self._emit(SupervisorEvent.RELOADED)
             if self._reload_again:
                 self._reload_again = False
                 self.reload()

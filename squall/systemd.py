@@ -36,7 +36,7 @@ from typing import Any
 from squall import handover
 from squall.errors import BindError
 from squall.sockets import describe_socket
-from squall.supervisor import Event, PluginBase, Supervisor
+from squall.supervisor import PluginBase, Supervisor, SupervisorEvent
 
 logger = logging.getLogger("squall.systemd")
 
@@ -128,31 +128,31 @@ class SystemdPlugin(PluginBase):
             env["WATCHDOG_USEC"] = str(round(self.watchdog_interval * 2_000_000))
         return [], env
 
-    def on_event(self, event: Event) -> None:
+    def on_event(self, event: SupervisorEvent) -> None:
         try:
             self._on_event(event)
         except Exception:  # never take the supervisor down over a notification
             logger.exception("systemd notification on %s failed", event)
 
-    def _on_event(self, event: str) -> None:
-        if event is Event.TICK:
+    def _on_event(self, event: SupervisorEvent) -> None:
+        if event == SupervisorEvent.TICK:
             self._tick()
             return
-        if event is Event.UPGRADED and self._supervisor is not None:
+        if event == SupervisorEvent.UPGRADED and self._supervisor is not None:
             # The new supervisor is the service's main process from now on;
             # this one says nothing more (no STOPPING=1 as it drains).
             self.notify(f"MAINPID={self._supervisor.upgraded_to}")
             self.close()
             return
-        if event is Event.RELOADING:
+        if event == SupervisorEvent.RELOADING:
             self._status = "reloading"
             self.notify("RELOADING=1", f"MONOTONIC_USEC={monotonic_usec()}", "STATUS=reloading")
-        elif event is Event.STOPPING:
+        elif event == SupervisorEvent.STOPPING:
             self._status = "stopping"
             self.notify("STOPPING=1", "STATUS=stopping")
             if self.fdstore:
                 self._store()
-        elif event in (Event.READY, Event.RELOADED):
+        elif event in (SupervisorEvent.READY, SupervisorEvent.RELOADED):
             self._status = self.describe()
             self.notify("READY=1", f"STATUS={self._status}")
 
