@@ -1,31 +1,57 @@
-"""ASGI 3 on squall's request cycle: the `http` and `websocket` scopes and `lifespan`.
+"""ASGI 3 on squall's request cycle: the `http` scope and `lifespan`.
 
 The response head is held back until the first body message, so a response
 whose body comes in one message leaves in one write with a Content-Length.
+
+A WebSocket handshake becomes a `websocket` scope in `squall.websocket.asgi`;
+both scopes come from one builder (`squall.asgi_scope`), and every ASGI type
+from `squall.asgi_types`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from typing import Any
-from urllib.parse import unquote
+from typing import Any, Literal, TypedDict
 
+from squall.asgi_scope import connection_scope
+from squall.asgi_types import (
+    ASGI_VERSION,
+    ASGIApp,
+    Headers,
+    HTTPDisconnectEvent,
+    HTTPRequestEvent,
+    HTTPScope,
+    LifespanScope,
+    LifespanShutdownEvent,
+    LifespanStartupEvent,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    SendEvent,
+)
 from squall.eager import start_task
 from squall.http.core import ResponseError
 from squall.http.cycle import RequestCycle, Upgraded
-from squall.websocket import WebSocketOptions, upgrade_asgi
+from squall.websocket.asgi import upgrade_asgi
+from squall.websocket.session import WebSocketOptions
+
+# The ASGI aliases are named here too: apps have imported them from this module.
+__all__ = [
+    "ASGI_VERSION",
+    "ASGIAdapter",
+    "ASGIApp",
+    "ClientDisconnected",
+    "Lifespan",
+    "LifespanFailed",
+    "Message",
+    "Receive",
+    "Scope",
+    "Send",
+]
 
 logger = logging.getLogger("squall.asgi")
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
 
 
 class ClientDisconnected(OSError):
@@ -55,28 +81,7 @@ class ASGIAdapter:
         return True
 
     def handle(self, cycle: RequestCycle) -> None:
-        request = cycle.request
-        assert request is not None
-        raw_path = request.path
-        path = raw_path.decode("latin-1")
-        if "%" in path:
-            path = unquote(path)
-        scope: Scope = {
-            "type": "http",
-            "asgi": ASGI_VERSION,
-            "http_version": request.http_version,
-            "method": request.method,
-            "scheme": cycle.scheme,
-            "path": self.root_path + path if self.root_path else path,
-            "raw_path": raw_path,
-            "query_string": request.query,
-            "root_path": self.root_path,
-            "headers": request.headers,
-            "client": cycle.client,
-            "server": cycle.server,
-            "state": self.state.copy(),
-            "extensions": {},
-        }
+        scope = connection_scope(cycle, self.root_path, self.state)
         exchange = _Exchange(cycle)
         # Named: an unnamed task formats a fresh "Task-N" string.
         task = start_task(self._run(scope, exchange), cycle.loop, "asgi-http")
@@ -91,7 +96,7 @@ class ASGIAdapter:
         """A WebSocket handshake becomes a `websocket` scope; any other Upgrade stays HTTP."""
         return upgrade_asgi(self.app, cycle, trailing, self.websocket, self.root_path, self.state)
 
-    async def _run(self, scope: Scope, exchange: _Exchange) -> None:
+    async def _run(self, scope: HTTPScope, exchange: _Exchange) -> None:
         cycle = exchange.cycle
         try:
             await self.app(scope, exchange.receive, exchange.send)
@@ -143,10 +148,10 @@ class _Exchange:
         self.cycle = cycle
         self.task: asyncio.Task[None] | None = None
         self.status: int | None = None
-        self.headers: Iterable[tuple[bytes, bytes]] = ()
+        self.headers: Headers = ()
         self.body_done = False
 
-    async def receive(self) -> Message:
+    async def receive(self) -> HTTPRequestEvent | HTTPDisconnectEvent:
         cycle = self.cycle
         if not self.body_done and not cycle.disconnected:
             body, more = await cycle.receive_body()
@@ -156,20 +161,19 @@ class _Exchange:
         await cycle.wait_disconnect()
         return {"type": "http.disconnect"}
 
-    async def send(self, message: Message) -> None:
+    async def send(self, message: SendEvent) -> None:
         cycle = self.cycle
-        kind = message["type"]
         if cycle.disconnected:
             # The client is gone: spec 2.4 (which ASGI_VERSION announces) has send()
             # raise an OSError, so that a streaming app stops instead of running on.
             raise ClientDisconnected("the client has disconnected")
-        if kind == "http.response.start":
+        if message["type"] == "http.response.start":
             if self.status is not None or cycle.response_started:
                 raise RuntimeError("ASGI app sent 'http.response.start' twice")
             self.status = message["status"]
             # Checked by the core with the head, as every interface's are.
             self.headers = message.get("headers", ())
-        elif kind == "http.response.body":
+        elif message["type"] == "http.response.body":
             if self.status is None:
                 raise RuntimeError("ASGI app sent 'http.response.body' before 'start'")
             if cycle.complete:
@@ -190,6 +194,7 @@ class _Exchange:
             else:
                 cycle.end()
         else:
+            kind = message["type"]
             raise RuntimeError(f"unexpected ASGI message type {kind!r} in an http scope")
 
     def finish_empty(self) -> None:
@@ -213,21 +218,28 @@ class LifespanFailed(Exception):
     """The app's lifespan startup reported failure or raised."""
 
 
+class _AppEnded(TypedDict):
+    """What `Lifespan` tells itself when the app's lifespan call raised or returned."""
+
+    type: Literal["_raised", "_returned"]
+    message: str
+
+
 class Lifespan:
     """Runs the app's `lifespan` scope in one worker: startup before serving, shutdown after."""
 
     def __init__(self, app: ASGIApp, state: dict[str, Any]) -> None:
         self.app = app
         self.state = state
-        self._inbox: asyncio.Queue[Message] | None = None
-        self._outbox: asyncio.Queue[Message] | None = None
+        self._inbox: asyncio.Queue[LifespanStartupEvent | LifespanShutdownEvent] | None = None
+        self._outbox: asyncio.Queue[SendEvent | _AppEnded] | None = None
         self._task: asyncio.Task[None] | None = None
         self.supported = True
 
     async def startup(self) -> None:
         self._inbox = asyncio.Queue()
         self._outbox = asyncio.Queue()
-        scope = {"type": "lifespan", "asgi": ASGI_VERSION, "state": self.state}
+        scope: LifespanScope = {"type": "lifespan", "asgi": ASGI_VERSION, "state": self.state}
         self._task = asyncio.get_running_loop().create_task(self._main(scope))
         await self._inbox.put({"type": "lifespan.startup"})
         reply = await self._outbox.get()
@@ -252,17 +264,17 @@ class Lifespan:
         elif reply["type"] == "_raised":
             logger.error("lifespan shutdown raised: %s", reply["message"])
 
-    async def _main(self, scope: Scope) -> None:
+    async def _main(self, scope: LifespanScope) -> None:
         assert self._inbox is not None and self._outbox is not None
         started = False
 
-        async def receive() -> Message:
+        async def receive() -> LifespanStartupEvent | LifespanShutdownEvent:
             nonlocal started
             started = True
             assert self._inbox is not None
             return await self._inbox.get()
 
-        async def send(message: Message) -> None:
+        async def send(message: SendEvent) -> None:
             assert self._outbox is not None
             await self._outbox.put(message)
 
@@ -282,4 +294,4 @@ class Lifespan:
             if not started:
                 self.supported = False
             # Whoever waits on a reply (startup or shutdown) stops waiting.
-            await self._outbox.put({"type": "_returned"})
+            await self._outbox.put({"type": "_returned", "message": ""})

@@ -325,7 +325,9 @@ class RequestHandler:
         """Replace whatever was written with an error page."""
         if self._headers_written:
             # Part of the response is out: all that is left is to cut it off.
-            logger.error("cannot send error %d after flush() for %s", status_code, self._summary())
+            logger.error(
+                "cannot send error %d after flush() for %s", status_code, self.request_summary()
+            )
             self._abort()
             return
         self._chunks.clear()
@@ -429,12 +431,12 @@ class RequestHandler:
         exists, with what `find_handler` found and the bytes that followed the
         request's head. None (this default) answers the request in HTTP like
         any other; `squall.websocket.WebSocketHandler` takes WebSocket
-        handshakes. A handler made here is attached to `cycle` with `_bind`.
+        handshakes. A handler made here is attached to `cycle` with `attach`.
         """
         return None
 
-    def _bind(self, cycle: RequestCycle, args: Sequence[str], kwargs: dict[str, str]) -> None:
-        """Attach the handler to its request cycle and to its route's groups."""
+    def attach(self, cycle: RequestCycle, args: Sequence[str], kwargs: dict[str, str]) -> None:
+        """Attach the handler to its request cycle and to its route's groups (see `take_over`)."""
         self._cycle = cycle
         self.path_args = list(args) if args else []
         self.path_kwargs = kwargs
@@ -479,7 +481,7 @@ class RequestHandler:
                 self._continue_async(self._await_result(result))
                 return
         except Exception as exc:
-            self._handle_exception(exc)
+            self.handle_exception(exc)
             return
         if not self._finished:
             self.finish()
@@ -539,22 +541,25 @@ class RequestHandler:
             return
         exc = task.exception()
         if exc is not None:
-            self._handle_exception(exc)
+            self.handle_exception(exc)
         elif not self._finished:
             self.finish()
 
-    def _handle_exception(self, exc: BaseException) -> None:
+    def handle_exception(self, exc: BaseException) -> None:
+        """Log `exc` as its kind asks and answer with its error page (or cut the response off)."""
         if isinstance(exc, StreamClosedError):
-            logger.debug("client disconnected during %s", self._summary())
+            logger.debug("client disconnected during %s", self.request_summary())
             status = 0
         elif isinstance(exc, ResponseError):
             status = 0  # the cycle has logged it, and answered or closed
         elif isinstance(exc, HTTPError):
             if exc.log_message:
-                logger.warning("%d %s: %s", exc.status_code, self._summary(), exc.log_message)
+                logger.warning(
+                    "%d %s: %s", exc.status_code, self.request_summary(), exc.log_message
+                )
             status = exc.status_code
         else:
-            logger.error("uncaught exception in %s", self._summary(), exc_info=exc)
+            logger.error("uncaught exception in %s", self.request_summary(), exc_info=exc)
             status = 500
         if self._finished:
             return
@@ -564,11 +569,12 @@ class RequestHandler:
         try:
             self.send_error(status)
         except Exception:
-            logger.exception("failed to send the error page for %s", self._summary())
+            logger.exception("failed to send the error page for %s", self.request_summary())
             if not self._cycle.response_started:
                 self._cycle.respond(500, [], b"")
 
-    def _summary(self) -> str:
+    def request_summary(self) -> str:
+        """The request as the log names it: method, URI and client address."""
         return f"{self.request.method} {self.request.uri} ({self.request.remote_ip})"
 
 

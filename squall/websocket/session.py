@@ -1,19 +1,14 @@
-"""WebSocket (RFC 6455) on an upgraded squall connection, for ASGI apps and squall handlers.
+"""One WebSocket connection (RFC 6455) once the HTTP layer has handed it over.
 
-Three layers, the lowest shared:
-
-- `WebSocketSession` is the protocol that owns a connection once the HTTP
-  layer hands it over (`squall.http.cycle.Upgraded`). wsproto does the
-  framing (sans-IO); the session adds what wsproto leaves to its user:
-  answering pings, reassembling fragments under `max_size`, server pings with
-  a pong deadline, the closing handshake with a deadline, flow control in
-  both directions, and the HTTP answer when the handshake is refused (that
-  one goes through the request cycle, so it is framed, dated and logged like
-  any response).
-- `ASGIWebSocket` speaks the ASGI `websocket` scope (spec 2.4, with the
-  `websocket.http.response` denial extension) over a session.
-- `WebSocketHandler` is squall's own, tornado-like API: an `Application`
-  hands it the handshakes routed to it (`RequestHandler.take_over`).
+`WebSocketSession` is the protocol that owns an upgraded connection
+(`squall.http.cycle.Upgraded`). wsproto does the framing (sans-IO); the
+session adds what wsproto leaves to its user: answering pings, reassembling
+fragments under `max_size`, server pings with a pong deadline, the closing
+handshake with a deadline, flow control in both directions, and the HTTP
+answer when the handshake is refused. Its app side (`accept`/`reject`,
+`receive`, `send`, `close`) is all that the ASGI adapter
+(`squall.websocket.asgi`) and squall's handler (`squall.websocket.handler`)
+use; this module imports neither, nor `squall.web` or `squall.asgi`.
 
 Every live session of the process is in a registry, so a worker that drains
 can end them with 1001 (going away): `close_all` starts the closing
@@ -24,19 +19,16 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import inspect
-import json
 import logging
 import os
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, MutableMapping
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlparse
 
 import h11
 from wsproto import WSConnection
-from wsproto.connection import ConnectionState, ConnectionType
+from wsproto.connection import ConnectionState
 from wsproto.events import (
     AcceptConnection,
     BytesMessage,
@@ -48,11 +40,9 @@ from wsproto.events import (
 from wsproto.events import Request as HandshakeRequest
 from wsproto.utilities import ProtocolError
 
-from squall.http.core import checked_headers
-from squall.web import Application, Found, HTTPServerRequest, RequestHandler
+from squall.websocket.handshake import read_handshake, refuse
 
 if TYPE_CHECKING:
-    from squall.http.core import Request
     from squall.http.cycle import RequestCycle
 
 logger = logging.getLogger("squall.websocket")
@@ -81,8 +71,6 @@ MAX_EARLY_BYTES = 64 * 1024
 # A connection we close still sends what it has buffered: a client that reads
 # nothing would keep it open (and its buffer held) forever. It is dropped then.
 FLUSH_TIMEOUT = 5.0
-
-WEBSOCKET_VERSION = b"13"
 
 
 class WebSocketClosedError(OSError):
@@ -142,78 +130,21 @@ async def wait_all_closed(timeout: float) -> bool:
     return False
 
 
-def _spawn(
+def spawn(
     coroutine: Coroutine[Any, Any, None], loop: asyncio.AbstractEventLoop
 ) -> asyncio.Task[None]:
+    """Run an app's side of a session as a task, held here until it ends."""
     task = loop.create_task(coroutine)
     _tasks.add(task)
     task.add_done_callback(_tasks.discard)
     return task
 
 
-# -- handshake --------------------------------------------------------------------
-
-
-def is_websocket_request(request: Request) -> bool:
-    """A GET/1.1 without a body asking for `Upgrade: websocket` (its headers not yet checked)."""
-    if request.method != "GET" or request.http_version != "1.1" or request.body_expected:
-        return False
-    upgrade = request.header(b"upgrade")
-    if upgrade is None:
-        return False
-    return any(token.strip().lower() == b"websocket" for token in upgrade.split(b","))
-
-
-_HANDSHAKE_FIELDS = frozenset(
-    {
-        b"connection",
-        b"upgrade",
-        b"sec-websocket-key",
-        b"sec-websocket-version",
-        b"sec-websocket-protocol",
-        b"sec-websocket-extensions",
-    }
-)
-
-
-def _handshake(request: Request) -> tuple[WSConnection, HandshakeRequest] | int | None:
-    """wsproto's server side of the handshake in `request`.
-
-    None when the request is no WebSocket handshake at all (HTTP answers
-    it); a status (426 for an unknown version) when it is a broken one that
-    the server must refuse itself.
-    """
-    if not is_websocket_request(request):
-        return None
-    version = request.header(b"sec-websocket-version")
-    if version is not None and version.strip() != WEBSOCKET_VERSION:
-        return 426
-    # wsproto re-reads the head through h11; it gets only the fields it checks.
-    # Host and target are ours already (and h11 would refuse a head over
-    # 16 KiB, which squall's limits allow), so placeholders stand in for them.
-    headers = [(b"host", b"squall")]
-    headers.extend((name, value) for name, value in request.headers if name in _HANDSHAKE_FIELDS)
-    connection = WSConnection(ConnectionType.SERVER)
-    try:
-        connection.initiate_upgrade_connection(headers, b"/")
-        events = list(connection.events())
-    except (ProtocolError, h11.ProtocolError, ValueError) as exc:  # UnicodeError too
-        logger.debug("not a valid WebSocket handshake: %s", exc)
-        return None
-    if len(events) != 1 or not isinstance(events[0], HandshakeRequest):
-        return None
-    return connection, events[0]
-
-
-def _refuse(cycle: RequestCycle, status: int, headers: list[tuple[bytes, bytes]]) -> None:
-    headers = [*headers, (b"content-type", b"text/plain; charset=utf-8")]
-    body = {426: b"Upgrade Required", 503: b"Service Unavailable"}.get(status, b"")
-    cycle.respond(status, headers, body)
+# -- the handshake's answer -----------------------------------------------------------
 
 
 def _refused_session(cycle: RequestCycle, status: int) -> WebSocketSession:
-    headers = [(b"sec-websocket-version", WEBSOCKET_VERSION)] if status == 426 else []
-    _refuse(cycle, status, headers)
+    refuse(cycle, status)
     return WebSocketSession(cycle, None, None, DEFAULT_OPTIONS, b"")
 
 
@@ -229,7 +160,7 @@ def start_session(
     request = cycle.request
     if request is None or cycle.transport is None:
         return None
-    found = _handshake(request)
+    found = read_handshake(request)
     if found is None:
         return None
     if isinstance(found, int):
@@ -347,6 +278,10 @@ class WebSocketSession:
         self.state = State.REJECTED
         self._early.clear()
         self.cycle.start(status, headers)
+
+    def mark_rejected(self) -> None:
+        """The handshake gets no WebSocket: its caller answers in HTTP, or the client left."""
+        self.state = State.REJECTED
 
     def write_response(self, data: bytes) -> None:
         self.cycle.write(data)
@@ -496,7 +431,7 @@ class WebSocketSession:
             self._send_close(code, reason)
         elif self.state is State.CONNECTING and not self._lost:
             self.state = State.REJECTED
-            _refuse(self.cycle, 503, [])
+            refuse(self.cycle, 503)
 
     def abort(self) -> None:
         """Drop the connection without a closing handshake."""
@@ -762,326 +697,3 @@ def _high_water(transport: asyncio.Transport | None) -> int | None:
         return int(transport.get_write_buffer_limits()[1])
     except (AttributeError, NotImplementedError):
         return None
-
-
-# -- ASGI ----------------------------------------------------------------------------
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-ASGIApp = Callable[
-    [Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]],
-    Awaitable[None],
-]
-
-ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
-
-
-def upgrade_asgi(
-    app: ASGIApp,
-    cycle: RequestCycle,
-    trailing: bytes,
-    options: WebSocketOptions,
-    root_path: str = "",
-    state: dict[str, Any] | None = None,
-) -> WebSocketSession | None:
-    """Take over `cycle`'s connection for an ASGI `websocket` scope, if it is a handshake."""
-    session = start_session(cycle, trailing, options)
-    if session is None or session.state is not State.CONNECTING:
-        return session
-    request = cycle.request
-    assert request is not None
-    raw_path = request.path
-    scope: Scope = {
-        "type": "websocket",
-        "asgi": ASGI_VERSION,
-        "http_version": request.http_version,
-        "scheme": "wss" if cycle.scheme == "https" else "ws",
-        "path": root_path + unquote(raw_path.decode("latin-1")),
-        "raw_path": raw_path,
-        "query_string": request.query,
-        "root_path": root_path,
-        "headers": request.headers,
-        "client": cycle.client,
-        "server": cycle.server,
-        "subprotocols": list(session.subprotocols),
-        "state": dict(state) if state is not None else {},
-        "extensions": {"websocket.http.response": {}},
-    }
-    exchange = ASGIWebSocket(app, scope, session)
-    _spawn(exchange.run(), cycle.loop)
-    return session
-
-
-class ASGIWebSocket:
-    """`receive` and `send` of one ASGI `websocket` scope."""
-
-    def __init__(self, app: ASGIApp, scope: Scope, session: WebSocketSession) -> None:
-        self.app = app
-        self.scope = scope
-        self.session = session
-        self._connect_sent = False
-        self._response_status: int | None = None
-        self._response_done = False
-
-    async def run(self) -> None:
-        session = self.session
-        try:
-            await self.app(self.scope, self.receive, self.send)
-        except Exception as exc:
-            if isinstance(exc, WebSocketClosedError) or (
-                isinstance(exc, OSError) and not session.connected
-            ):
-                logger.debug("WebSocket client gone: %r", exc)
-            else:
-                logger.exception("exception in ASGI app for WebSocket %s", self.scope["path"])
-            self._failed()
-            return
-        if session.state is State.CONNECTING:
-            if session.connected:
-                logger.error(
-                    "ASGI app returned without accepting or closing the WebSocket %s",
-                    self.scope["path"],
-                )
-            self._failed()
-        elif session.state is State.OPEN:
-            session.close(1000)
-        elif self._response_status is not None and not self._response_done:
-            logger.error("ASGI app returned before its denial response was complete")
-            session.cycle.abort()
-
-    def _failed(self) -> None:
-        session = self.session
-        if session.state is State.CONNECTING:
-            if session.connected:
-                session.reject(
-                    500,
-                    [(b"content-type", b"text/plain; charset=utf-8")],
-                    b"Internal Server Error",
-                )
-            else:
-                session.state = State.REJECTED
-        elif session.state is State.OPEN:
-            session.close(1011, "internal error")
-        elif self._response_status is not None and not self._response_done:
-            session.cycle.abort()
-
-    async def receive(self) -> Message:
-        if not self._connect_sent:
-            self._connect_sent = True
-            return {"type": "websocket.connect"}
-        item = await self.session.receive()
-        if isinstance(item, Closed):
-            return {"type": "websocket.disconnect", "code": item.code, "reason": item.reason}
-        if isinstance(item, str):
-            return {"type": "websocket.receive", "text": item}
-        return {"type": "websocket.receive", "bytes": item}
-
-    async def send(self, message: Message) -> None:
-        session = self.session
-        kind = message["type"]
-        if kind == "websocket.send":
-            text = message.get("text")
-            data = message.get("bytes")
-            payload: str | bytes
-            if text is not None and data is None:
-                payload = str(text)
-            elif data is not None and text is None:
-                payload = bytes(data)
-            else:
-                raise RuntimeError("'websocket.send' needs exactly one of 'bytes' and 'text'")
-            if session.state is not State.OPEN or not session.connected:
-                raise WebSocketClosedError("the WebSocket is closed")
-            await session.send(payload)
-        elif kind == "websocket.accept":
-            if session.state is State.REJECTED or not session.connected:
-                raise WebSocketClosedError("the WebSocket handshake was refused or abandoned")
-            if session.state is not State.CONNECTING:
-                raise RuntimeError(f"'websocket.accept' in state {session.state.name}")
-            headers = checked_headers(message.get("headers") or ())
-            session.accept(message.get("subprotocol"), headers)
-        elif kind == "websocket.close":
-            if session.state is State.REJECTED and self._response_status is not None:
-                raise RuntimeError("'websocket.close' after 'websocket.http.response.start'")
-            code = message.get("code")
-            session.close(1000 if code is None else int(code), message.get("reason") or "")
-        elif kind == "websocket.http.response.start":
-            if session.state is not State.CONNECTING:
-                raise RuntimeError(f"'websocket.http.response.start' in state {session.state.name}")
-            if not session.connected:
-                raise WebSocketClosedError("the client disconnected")
-            self._response_status = int(message["status"])
-            headers = checked_headers(message.get("headers") or ())
-            session.start_response(self._response_status, headers)
-        elif kind == "websocket.http.response.body":
-            if self._response_status is None or self._response_done:
-                raise RuntimeError("'websocket.http.response.body' outside a denial response")
-            if not session.connected:
-                raise WebSocketClosedError("the client disconnected")
-            body = bytes(message.get("body", b""))
-            if body:
-                session.write_response(body)
-            if message.get("more_body", False):
-                await session.drain_response()
-            else:
-                self._response_done = True
-                session.end_response()
-        else:
-            raise RuntimeError(f"unexpected ASGI message type {kind!r} in a websocket scope")
-
-
-# -- squall's own API ------------------------------------------------------------------
-
-
-class WebSocketHandler(RequestHandler):
-    """A WebSocket endpoint in an `Application`, in the manner of tornado's.
-
-    Route it like any handler; override `open`, `on_message` and `on_close`
-    (plain or `async def`; an async `open` or `on_message` is awaited before
-    the next message is delivered). `check_origin` and `select_subprotocol`
-    decide the handshake; `prepare` runs before it and may answer in HTTP.
-    A request to the route that is no WebSocket handshake gets 400.
-    """
-
-    close_code: int | None = None
-    close_reason: str | None = None
-    _session: WebSocketSession | None = None
-
-    def get(self, *args: Any, **kwargs: Any) -> None:
-        """Reached only by a request that is no WebSocket handshake."""
-        self.set_status(400)
-        self.finish('Can "Upgrade" only to "WebSocket".')
-
-    # -- hooks -----------------------------------------------------------------------
-
-    def check_origin(self, origin: str) -> bool:
-        """Whether a browser page from `origin` may connect; by default, same host only."""
-        netloc = urlparse(origin).netloc.lower()
-        host = (self.request.headers.get("Host") or "").lower()
-        return netloc == host
-
-    def select_subprotocol(self, subprotocols: list[str]) -> str | None:
-        """Pick one of the client's subprotocols, or None for none."""
-        return None
-
-    def open(self, *args: Any, **kwargs: Any) -> Awaitable[None] | None:
-        """The connection is open; the route's groups are the arguments."""
-        return None
-
-    def on_message(self, message: str | bytes) -> Awaitable[None] | None:
-        raise NotImplementedError
-
-    def on_close(self) -> None:
-        """The connection is closed (`close_code`, `close_reason` say how)."""
-
-    # -- actions ---------------------------------------------------------------------
-
-    @property
-    def selected_subprotocol(self) -> str | None:
-        return self._session.subprotocol if self._session is not None else None
-
-    def write_message(
-        self, message: str | bytes | dict[str, Any], binary: bool = False
-    ) -> Awaitable[None]:
-        """Send a message (a dict as JSON); await the result to wait for a slow client."""
-        session = self._session
-        if session is None or session.state is not State.OPEN or not session.connected:
-            raise WebSocketClosedError("the WebSocket is closed")
-        if isinstance(message, dict):
-            message = json.dumps(message)
-        if binary and isinstance(message, str):
-            message = message.encode("utf-8")
-        elif not binary and not isinstance(message, str):
-            message = bytes(message)
-        session.send_nowait(message)
-        return session.writable()
-
-    def ping(self, data: bytes = b"") -> None:
-        if self._session is None:
-            raise WebSocketClosedError("the WebSocket is not open")
-        self._session.ping(data)
-
-    def close(self, code: int = 1000, reason: str = "") -> None:
-        """Start the closing handshake (or, before it is open, refuse with 403)."""
-        if self._session is not None:
-            self._session.close(code, reason)
-
-    # -- execution ---------------------------------------------------------------------
-
-    @classmethod
-    def take_over(
-        cls, application: Application, cycle: RequestCycle, trailing: bytes, found: Found
-    ) -> WebSocketSession | None:
-        """A WebSocket handshake routed here takes the connection (`Application.upgrade`).
-
-        Any other Upgrade (no valid handshake) returns None and is answered in
-        HTTP: `get` says 400. Options come from the application's
-        `websocket_options` setting, else the defaults.
-        """
-        request = cycle.request
-        if request is None or not is_websocket_request(request):
-            return None
-        options = application.settings.get("websocket_options") or DEFAULT_OPTIONS
-        session = start_session(cycle, trailing, options)
-        if session is None or session.state is not State.CONNECTING:
-            return session  # None: HTTP answers; else refused in HTTP already
-        _route_class, route_kwargs, args, path_kwargs = found
-        try:
-            handler = cls(application, HTTPServerRequest(cycle), **route_kwargs)
-        except Exception:
-            logger.exception("could not create %s for %r", cls.__name__, request)
-            session.reject(500)
-            return session
-        handler._bind(cycle, args, path_kwargs)
-        handler._session = session
-        _spawn(handler._serve_websocket(session, handler.path_args, path_kwargs), cycle.loop)
-        return session
-
-    async def _serve_websocket(
-        self, session: WebSocketSession, args: list[str], kwargs: dict[str, str]
-    ) -> None:
-        try:
-            prepared = self.prepare()
-            if prepared is not None and inspect.isawaitable(prepared):
-                await prepared
-            if self.is_finished() or session.state is not State.CONNECTING:
-                session.state = State.REJECTED
-                return  # prepare answered in HTTP, or the client left
-            origin = self.request.headers.get("Origin")
-            if origin is not None and not self.check_origin(origin):
-                logger.info("refused a cross-origin WebSocket from %s", origin)
-                session.state = State.REJECTED
-                self.set_status(403)
-                self.finish("Cross origin websockets not allowed")
-                return
-            subprotocol = self.select_subprotocol(list(session.subprotocols))
-            if not session.connected:
-                return
-            session.accept(subprotocol)
-        except Exception as exc:
-            if session.state is State.CONNECTING and session.connected:
-                session.state = State.REJECTED  # the HTTP error page answers now
-                self._handle_exception(exc)
-            return
-        try:
-            opened = self.open(*args, **kwargs)
-            if opened is not None and inspect.isawaitable(opened):
-                await opened
-            while True:
-                item = await session.receive()
-                if isinstance(item, Closed):
-                    break
-                result = self.on_message(item)
-                if result is not None and inspect.isawaitable(result):
-                    await result
-        except WebSocketClosedError:
-            pass  # the handler wrote to a connection that had ended
-        except Exception:
-            logger.exception("uncaught exception in %s", self._summary())
-            session.close(1011, "internal error")
-        await session.wait_closed()
-        self.close_code = session.close_code
-        self.close_reason = session.close_reason
-        try:
-            self.on_close()
-        except Exception:
-            logger.exception("uncaught exception in on_close of %s", self._summary())
