@@ -11,14 +11,15 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # squall is not installed in bench/.venv, where the peers serve this
     from squall.asgi import Receive, Scope, Send
+    from squall.asgi_types import HTTPResponseBodyEvent, HTTPResponseStartEvent
 
 BODY = b"Hello, world"
-START = {
+START: HTTPResponseStartEvent = {
     "type": "http.response.start",
     "status": 200,
     "headers": [(b"content-type", b"text/plain"), (b"content-length", b"12")],
 }
-BODY_MESSAGE = {"type": "http.response.body", "body": BODY}
+BODY_MESSAGE: HTTPResponseBodyEvent = {"type": "http.response.body", "body": BODY}
 
 
 async def app(scope: Scope, receive: Receive, send: Send) -> None:
