@@ -96,7 +96,16 @@ def server_state(app: Any) -> ServerState:
         module = importlib.import_module("squall.http.state")
     except ModuleNotFoundError:
         module = importlib.import_module("squall.http.protocol")
-    state: ServerState = module.ServerState(app, DEFAULT_LIMITS, keepalive_timeout=5.0)
+    from squall.config import Config
+
+    config = Config()  # the command line's timeouts: each request pays for its deadlines
+    state: ServerState = module.ServerState(
+        app,
+        DEFAULT_LIMITS,
+        keepalive_timeout=config.keepalive_timeout,
+        header_timeout=config.header_timeout,
+        body_timeout=config.body_timeout,
+    )
     return state
 
 

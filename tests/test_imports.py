@@ -74,6 +74,36 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str]:
     return []
 
 
+def design_table() -> list[tuple[str, set[str]]]:
+    """DESIGN.md's module table: each module, bottom up, with the imports it lists."""
+    text = (ROOT / "DESIGN.md").read_text()
+    table = text[text.index("| module | job | imports of squall's |") :].split("\n\n", 1)[0]
+    rows = []
+    for line in table.splitlines()[2:]:
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        listed = {each.strip() for each in cells[-1].split(",")} - {"—", ""}
+        rows.append((cells[0].strip("`"), listed))
+    return rows
+
+
+def short(name: str) -> str:
+    return name.removeprefix("squall.")
+
+
+def test_design_lists_every_module_with_its_imports_bottom_up() -> None:
+    """DESIGN.md stays true: every module, the imports it has, and none from below it."""
+    rows = design_table()
+    assert sorted(name for name, _ in rows) == sorted(short(name) for name in MODULES)
+    above: set[str] = set()
+    for name, listed in rows:
+        actual = {short(each) for each in GRAPH["squall" if name == "squall" else f"squall.{name}"]}
+        assert actual == listed, (
+            f"{name}: imports {sorted(actual)}, DESIGN.md lists {sorted(listed)}"
+        )
+        assert actual <= above, f"{name} imports from below it: {sorted(actual - above)}"
+        above.add(name)
+
+
 def test_no_import_circle() -> None:
     cycle = find_cycle(GRAPH)
     assert not cycle, " -> ".join(cycle)

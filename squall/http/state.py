@@ -68,8 +68,8 @@ class ServerState:
         keepalive_timeout: float,
         request_quota: int = 0,
         on_quota: Callable[[], object] | None = None,
-        header_timeout: float = 10.0,
-        body_timeout: float = 30.0,
+        header_timeout: float = 0.0,
+        body_timeout: float = 0.0,
         access_log: Callable[[RequestCycle], object] | None = None,
         forwarded: Callable[[RequestCycle], object] | None = None,
         metrics: Metrics | None = None,
@@ -83,6 +83,7 @@ class ServerState:
         self.upgrade: Upgrader | None = getattr(app, "upgrade", None)
         self.limits = limits
         self.keepalive_timeout = keepalive_timeout
+        # Each setting's default is the command line's (squall.config.Config); 0 here is "off".
         self.header_timeout = header_timeout  # a head begun must be complete within this
         self.body_timeout = body_timeout  # the longest silence while a body is read
         self.access_log = access_log  # called once per finished request
