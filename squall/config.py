@@ -16,6 +16,11 @@ from squall.appload import INTERFACES
 from squall.errors import UsageError
 from squall.http.core import DEFAULT_LIMITS, Limits
 from squall.logs import FORMATS as LOG_FORMATS
+from squall.websocket.session import WebSocketOptions
+from squall.wsgi import DEFAULT_THREADS
+
+#: The WebSocket settings' defaults are the session's own.
+DEFAULT_WEBSOCKET = WebSocketOptions()
 
 ENV_PREFIX = "SQUALL_"
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
@@ -110,7 +115,7 @@ class Config:
     no_steering: bool = False
     preload: bool = False
     reload: bool = False
-    threads: int = 10
+    threads: int = DEFAULT_THREADS
     header_timeout: float = 10.0
     body_timeout: float = 30.0
     body_min_rate: int = 500
@@ -125,9 +130,9 @@ class Config:
     limit_request_body: int = DEFAULT_LIMITS.max_body_bytes
     certfile: str | None = None
     keyfile: str | None = None
-    ws_max_size: int = 16 * 1024 * 1024
-    ws_ping_interval: float = 20.0
-    ws_ping_timeout: float = 20.0
+    ws_max_size: int = DEFAULT_WEBSOCKET.max_size
+    ws_ping_interval: float = DEFAULT_WEBSOCKET.ping_interval
+    ws_ping_timeout: float = DEFAULT_WEBSOCKET.ping_timeout
     metrics: str | None = None
     control: str | None = None
     config: str | None = None
