@@ -218,13 +218,7 @@ def run(config: Config) -> NoReturn:
     process.check_fork_safety()  # an app imported here (--preload) may have started threads
     supervisor = Supervisor(
         workers,
-        max_restarts=config.max_restarts,
-        restart_window=config.restart_window,
-        graceful_timeout=config.graceful_timeout,
-        timeout=config.timeout,
-        boot_timeout=config.boot_timeout,
-        on_exhausted=config.on_exhausted,
-        reload_batch=config.reload_batch,
+        config.supervisor_settings(),
         listeners=listeners,
         hooks=Hooks(**{hook: getattr(config, hook) for hook in HOOKS}),
         on_log_reopen=reopen_log_file,

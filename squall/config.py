@@ -16,9 +16,11 @@ from squall.appload import INTERFACES
 from squall.errors import UsageError
 from squall.http.core import DEFAULT_LIMITS, Limits
 from squall.logs import FORMATS as LOG_FORMATS
+from squall.supervisor import SupervisorSettings
 from squall.websocket.session import WebSocketOptions
 from squall.wsgi import DEFAULT_THREADS
 
+SUPERVISOR_DEFAULTS = SupervisorSettings()
 #: The WebSocket settings' defaults are the session's own.
 DEFAULT_WEBSOCKET = WebSocketOptions()
 
@@ -87,10 +89,10 @@ class Config:
     app: str = ""
     bind: list[str] = field(default_factory=list)
     workers: int = 1
-    max_restarts: int = 100
-    restart_window: float = 0.0
+    max_restarts: int = SUPERVISOR_DEFAULTS.max_restarts
+    restart_window: float = SUPERVISOR_DEFAULTS.restart_window
     interface: str = "auto"
-    graceful_timeout: float = 30.0
+    graceful_timeout: float = SUPERVISOR_DEFAULTS.graceful_timeout
     keepalive_timeout: float = 5.0
     backlog: int | None = None
     root_path: str = ""
@@ -99,8 +101,8 @@ class Config:
     log_format: str = "text"
     user: str | None = None
     group: str | None = None
-    timeout: float = 30.0
-    boot_timeout: float = 60.0
+    timeout: float = SUPERVISOR_DEFAULTS.timeout
+    boot_timeout: float = SUPERVISOR_DEFAULTS.boot_timeout
     max_requests: int = 0
     max_requests_jitter: int = 0
     max_worker_memory: int = 0
@@ -108,8 +110,8 @@ class Config:
     max_connections: int = 0
     metrics_allowed_hosts: str = ""
     request_timeout: float = 0.0
-    on_exhausted: str = "exit"
-    reload_batch: int = 1
+    on_exhausted: str = SUPERVISOR_DEFAULTS.on_exhausted
+    reload_batch: int = SUPERVISOR_DEFAULTS.reload_batch
     reuse_port: bool = False
     shared_socket: bool = False
     no_steering: bool = False
@@ -147,6 +149,12 @@ class Config:
 
     DEFAULT_BIND = "127.0.0.1:8000"
     bind_given: bool = field(default=False, init=False, repr=False)
+
+    def supervisor_settings(self) -> SupervisorSettings:
+        """The supervisor's part of the settings."""
+        return SupervisorSettings(
+            **{each.name: getattr(self, each.name) for each in fields(SupervisorSettings)}
+        )
 
     def limits(self) -> Limits:
         """The request limits (`--limit-request-*`), as the HTTP core takes them."""

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from squall.cpus import cpu_count
 from squall.logs import ensure_logging
 from squall.process import check_fork_safety
-from squall.supervisor import Supervisor
+from squall.supervisor import SEED_SETTINGS, Supervisor
 
 
 def fork_processes(num_processes: int | None, max_restarts: int | None = None) -> int:
@@ -20,7 +22,8 @@ def fork_processes(num_processes: int | None, max_restarts: int | None = None) -
     ensure_logging()
     if num_processes is None or num_processes <= 0:
         num_processes = cpu_count()
-    supervisor = Supervisor(
-        num_processes, max_restarts=100 if max_restarts is None else max_restarts
-    )
+    settings = SEED_SETTINGS
+    if max_restarts is not None:
+        settings = replace(settings, max_restarts=max_restarts)
+    supervisor = Supervisor(num_processes, settings)
     return supervisor.run()

@@ -269,18 +269,33 @@ class _BecameWorker(BaseException):
         self.task_id = task_id
 
 
+@dataclass(frozen=True)
+class SupervisorSettings:
+    """How the supervisor restarts, waits and stops: the command line's defaults.
+
+    `squall.config.Config` takes its defaults from here.
+    """
+
+    max_restarts: int = 100  # within restart_window; the seed's 100
+    restart_window: float = 0.0  # seconds; 0: the whole lifetime
+    graceful_timeout: float = 30.0
+    timeout: float = 30.0  # the watchdog; 0: off
+    boot_timeout: float = 60.0  # 0: off
+    on_exhausted: str = "exit"  # or "degrade"
+    reload_batch: int = 1
+
+
+#: The seed's `fork_processes`: no watchdog and no boot deadline, since its
+#: workers may run a loop of their own that sends no heartbeat.
+SEED_SETTINGS = SupervisorSettings(timeout=0.0, boot_timeout=0.0)
+
+
 class Supervisor:
     def __init__(
         self,
         num_workers: int,
+        settings: SupervisorSettings = SEED_SETTINGS,
         *,
-        max_restarts: int = 100,
-        restart_window: float = 0.0,
-        graceful_timeout: float = 30.0,
-        timeout: float = 0.0,
-        boot_timeout: float = 0.0,
-        on_exhausted: str = "exit",
-        reload_batch: int = 1,
         listeners: Listeners | None = None,
         hooks: Hooks | None = None,
         on_log_reopen: Callable[[], object] | None = None,
@@ -288,13 +303,13 @@ class Supervisor:
         report_ready_fd: int = -1,
     ) -> None:
         self.num_workers = num_workers
-        self.budget = RestartBudget(max_restarts, restart_window)
+        self.budget = RestartBudget(settings.max_restarts, settings.restart_window)
         self.backoff = Backoff()
-        self.graceful_timeout = graceful_timeout
-        self.timeout = timeout
-        self.boot_timeout = boot_timeout
-        self.on_exhausted = on_exhausted
-        self.reload_batch = max(1, reload_batch)
+        self.graceful_timeout = settings.graceful_timeout
+        self.timeout = settings.timeout
+        self.boot_timeout = settings.boot_timeout
+        self.on_exhausted = settings.on_exhausted
+        self.reload_batch = max(1, settings.reload_batch)
         self.listeners = listeners
         self.hooks = hooks or Hooks()
         self.on_log_reopen = on_log_reopen
