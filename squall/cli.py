@@ -116,7 +116,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args[:1] == ["ctl"]:
         from squall.ctl import ctl_main
 
-        sys.exit(ctl_main(args[1:]))
+        try:
+            code = ctl_main(args[1:])
+            sys.stdout.flush()
+        except BrokenPipeError:
+            # The reader left (`squall ctl status | head`): no traceback, and
+            # none again when Python flushes stdout at exit.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            code = 1
+        sys.exit(code)
     try:
         config = parse_config(argv)
         run(config)

@@ -290,6 +290,29 @@ def test_an_idle_client_does_not_block_the_others(services: Services, tmp_path: 
         assert time.monotonic() - started < 5
 
 
+def test_a_reader_that_leaves_early_gets_no_traceback(services: Services, tmp_path: Path) -> None:
+    """`squall ctl status | head -1`: the pipe closes before the table is written."""
+    control = tmp_path / "control.sock"
+    start(services, control)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "squall", "ctl", "--socket", str(control), "status"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # before the client has even connected
+    try:
+        stderr = proc.stderr.read().decode()
+        proc.wait(timeout=30)
+    finally:
+        proc.stderr.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
+
+
 def test_usage_errors_exit_2() -> None:
     env = {k: v for k, v in os.environ.items() if k != "SQUALL_CONTROL"}
     result = ctl(None, "status", env=env)
