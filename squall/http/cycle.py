@@ -247,9 +247,7 @@ class RequestCycle:
         reason: str | bytes | None = None,
     ) -> None:
         """Send a whole response in one write and end the cycle."""
-        request = self.request
-        if self.response_started or request is None:
-            raise RuntimeError("response already started")
+        request = self._unanswered()
         protocol = self._protocol
         conn = protocol.conn
         try:
@@ -266,6 +264,13 @@ class RequestCycle:
             protocol.write_now(data)
         self._finish()
 
+    def _unanswered(self) -> Request:
+        """The request, which no response has begun to answer yet."""
+        request = self.request
+        if self.response_started or request is None:
+            raise RuntimeError("response already started")
+        return request
+
     def start(
         self,
         status: int,
@@ -273,9 +278,7 @@ class RequestCycle:
         reason: str | bytes | None = None,
     ) -> None:
         """Send the response head; the body follows with `write` and `end`."""
-        request = self.request
-        if self.response_started or request is None:
-            raise RuntimeError("response already started")
+        request = self._unanswered()
         protocol = self._protocol
         try:
             data = protocol.conn.start_response(request, status, headers, reason)
