@@ -678,6 +678,7 @@ class Result:
     cpu_us: float  # server CPU time per request, microseconds
     worker_pss_mib: float
     busiest_share: float  # the busiest worker's share of the workers' CPU time, percent
+    steal_pct: float = float("nan")  # the host's CPU steal over the run, percent of all CPU time
 
     @property
     def errors(self) -> int:
@@ -760,13 +761,34 @@ def wrk(
     return out.decode(errors="replace")
 
 
+#: A run with more steal than this is flagged: the host took CPU time from the box.
+STEAL_FLAG_PCT = 3.0
+
+
+def host_cpu_ticks() -> tuple[int, int]:
+    """(steal, all) CPU ticks of the whole machine so far, from /proc/stat."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return 0, 0
+    ticks = [int(each) for each in fields[:8]]  # guest time is counted in user already
+    return (ticks[7] if len(ticks) > 7 else 0), sum(ticks)
+
+
+def steal_share(before: tuple[int, int], after: tuple[int, int]) -> float:
+    elapsed = after[1] - before[1]
+    return 100 * (after[0] - before[0]) / elapsed if elapsed > 0 else float("nan")
+
+
 def measure(server: Server, mode: str, args: argparse.Namespace, workdir: Path) -> Result:
     headers = MODES[mode][1]
     pace_ms = args.pace_ms if mode == "paced" else None
     with serving(server, workdir) as (running, port, _answer):
         wrk(port, WARMUP_SECONDS, args, headers, pace_ms)
         before = {pid: (s, cpu_ticks(pid)) for pid, s in running.record().items()}
+        host_before = host_cpu_ticks()
         text = wrk(port, args.duration, args, headers, pace_ms)
+        steal = steal_share(host_before, host_cpu_ticks())
         after = running.record()
         used: dict[int, int] = {}
         for pid, started in after.items():
@@ -798,6 +820,7 @@ def measure(server: Server, mode: str, args: argparse.Namespace, workdir: Path) 
         busiest_share=(
             100 * max(worker_ticks) / sum(worker_ticks) if sum(worker_ticks) else float("nan")
         ),
+        steal_pct=steal,
     )
 
 
@@ -813,14 +836,14 @@ def mode_table(mode: str, servers: list[Server], runs: dict[str, list[Result | N
     base = statistics.median(r.rps for r in ok[BASELINE]) if ok.get(BASELINE) else float("nan")
     lines = [
         "| server | req/s | vs uvicorn | p50 (ms) | p99 (ms) | CPU µs/req | worker PSS (MiB) "
-        "| errors | req/s spread |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| errors | req/s spread | host steal |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for server in servers:
         got = ok[server.name]
         failed = len(runs[server.name]) - len(got)
         if not got:
-            lines.append(f"| {server.name} | failed | | | | | | | |")
+            lines.append(f"| {server.name} | failed | | | | | | | | |")
             continue
 
         def med(key: str, got: list[Result] = got) -> float:
@@ -834,9 +857,16 @@ def mode_table(mode: str, servers: list[Server], runs: dict[str, list[Result | N
         lines.append(
             f"| {server.name} | {fmt(rps)} | {fmt(rps / base, 2)} | {fmt(med('p50_ms'), 2)} "
             f"| {fmt(med('p99_ms'), 2)} | {fmt(med('cpu_us'), 1)} | {fmt(med('worker_pss_mib'), 1)} "
-            f"| {error_cell} | {fmt(spread, 0)}% |"
+            f"| {error_cell} | {fmt(spread, 0)}% | {steal_cell(got)} |"
         )
     return "\n".join(lines)
+
+
+def steal_cell(results: list[Result]) -> str:
+    """The most steal in any of the runs, flagged past STEAL_FLAG_PCT."""
+    worst = max((r.steal_pct for r in results if r.steal_pct == r.steal_pct), default=float("nan"))
+    flag = " ⚠" if worst > STEAL_FLAG_PCT else ""
+    return f"{fmt(worst, 1)}%{flag}"
 
 
 def rounds_table(servers: list[Server], runs: dict[str, list[Result | None]], rounds: int) -> str:
@@ -846,7 +876,10 @@ def rounds_table(servers: list[Server], runs: dict[str, list[Result | None]], ro
     ]
     for server in servers:
         cells = [
-            f"{fmt(r.rps)} ({fmt(r.cpu_us, 1)} µs, {fmt(r.busiest_share)}%)" if r else "failed"
+            f"{fmt(r.rps)} ({fmt(r.cpu_us, 1)} µs, {fmt(r.busiest_share)}%, "
+            f"steal {fmt(r.steal_pct, 1)}%)"
+            if r
+            else "failed"
             for r in runs[server.name]
         ]
         lines.append(f"| {server.name} | " + " | ".join(cells) + " |")
