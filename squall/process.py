@@ -99,15 +99,6 @@ def orphaned() -> bool:
     return _parent_pid is not None and os.getppid() != _parent_pid
 
 
-def resident_memory() -> int:
-    """This process's resident set size in bytes (0 where it cannot be read)."""
-    try:
-        with open("/proc/self/statm", "rb") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
 class WorkerMessage(str, enum.Enum):
     """What a worker tells its supervisor, one line each: the kind, then any detail."""
 

@@ -13,7 +13,7 @@ import logging
 import signal
 import sys
 
-from squall import process
+from squall import process, procfs
 from squall.asgi import LifespanFailed
 from squall.errors import SquallError
 from squall.logs import enable_stack_dumps, reopen_log_file
@@ -118,7 +118,7 @@ class Worker:
         while True:
             process.notify(WorkerMessage.HEARTBEAT)
             if self.memory_limit and not asked:
-                resident = process.resident_memory()
+                resident = (procfs.memory() or (0, 0))[1]
                 if resident > self.memory_limit:
                     process.notify(
                         WorkerMessage.RETIRE, f"memory {resident}"

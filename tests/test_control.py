@@ -294,22 +294,24 @@ def test_a_reader_that_leaves_early_gets_no_traceback(services: Services, tmp_pa
     """`squall ctl status | head -1`: the pipe closes before the table is written."""
     control = tmp_path / "control.sock"
     start(services, control)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "squall", "ctl", "--socket", str(control), "status"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    assert proc.stdout is not None and proc.stderr is not None
-    proc.stdout.close()  # before the client has even connected
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the client has even connected
     try:
-        stderr = proc.stderr.read().decode()
-        proc.wait(timeout=30)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "squall", "ctl", "--socket", str(control), "status"],
+            cwd=ROOT,
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+        )
     finally:
-        proc.stderr.close()
+        os.close(write_end)
+    try:
+        _, err = proc.communicate(timeout=30)
+    finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    stderr = err.decode()
     assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
 
 

@@ -217,16 +217,21 @@ def test_request_timeout_answers_504_and_cancels_the_task(
     assert len(service.workers()) == 1 and "is ready" in service.output()
 
 
+def answered_504_at_one_second(service: Service, port: int, path: str, then: str) -> None:
+    """Under --request-timeout 1: a 504 within 2.5 s, and the log says what became of it."""
+    started = time.monotonic()
+    answer = httpx.get(f"http://127.0.0.1:{port}{path}", timeout=10)
+    assert answer.status_code == 504 and time.monotonic() - started < 2.5
+    assert (
+        f"GET {path} still running after 1 s (--request-timeout): answered 504; {then}"
+        in service.output()
+    )
+
+
 def test_request_timeout_for_a_wsgi_thread(services: Services, tmp_path: Path) -> None:
     service, port = start_app(services, tmp_path, "wsgi", "--request-timeout", "1")
     (worker,) = service.workers()
-    started = time.monotonic()
-    answer = httpx.get(f"http://127.0.0.1:{port}/sleep", timeout=10)
-    assert answer.status_code == 504 and time.monotonic() - started < 2.5
-    assert (
-        "GET /sleep still running after 1 s (--request-timeout): answered 504; a WSGI thread runs on"
-        in service.output()
-    )
+    answered_504_at_one_second(service, port, "/sleep", "a WSGI thread runs on")
     time.sleep(2.5)  # the thread finishes; what it returns goes nowhere
     assert httpx.get(f"http://127.0.0.1:{port}/", timeout=5).text == "done"
     assert service.workers() == [worker]
@@ -394,11 +399,5 @@ def test_slow_wsgi_uploads_hold_no_thread(services: Services, tmp_path: Path) ->
 
 def test_request_timeout_for_a_native_async_handler(services: Services, tmp_path: Path) -> None:
     service, port = start(services, tmp_path, "--request-timeout", "1")
-    started = time.monotonic()
-    answer = httpx.get(f"http://127.0.0.1:{port}/slow?s=5", timeout=10)
-    assert answer.status_code == 504 and time.monotonic() - started < 2.5
-    assert (
-        "GET /slow?s=5 still running after 1 s (--request-timeout): answered 504; its task is cancelled"
-        in service.output()
-    )
+    answered_504_at_one_second(service, port, "/slow?s=5", "its task is cancelled")
     assert httpx.get(f"http://127.0.0.1:{port}/", timeout=5).text == "1"  # the worker lives on
