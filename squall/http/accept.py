@@ -197,9 +197,9 @@ class Acceptor:
             # The request is usually here already. Read now, the protocol
             # parses it as soon as it is made, one pass of the loop earlier
             # than the transport's first read would.
-            conn.setblocking(False)
             try:
-                early = conn.recv(EARLY_READ)
+                # MSG_DONTWAIT: the socket is made non-blocking by the transport.
+                early = conn.recv(EARLY_READ, socket.MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):
                 pass
             except OSError:  # reset before it was served
