@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+import squall.compiled  # noqa: F401  first: with SQUALL_PURE_PYTHON=1, the imports below load .py files
 from squall import process
 from squall.cpus import cpu_count
 from squall.fork import fork_processes

@@ -14,6 +14,8 @@ import asyncio
 import logging
 from typing import Any, Literal, TypedDict
 
+from mypy_extensions import mypyc_attr
+
 from squall.asgi_scope import connection_scope
 from squall.asgi_types import (
     ASGI_VERSION,
@@ -54,6 +56,7 @@ __all__ = [
 logger = logging.getLogger("squall.asgi")
 
 
+@mypyc_attr(native_class=False)
 class ClientDisconnected(OSError):
     """`send` was called after the client closed the connection (ASGI HTTP spec 2.4)."""
 

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from squall import __version__, handover, process
+from squall import __version__, compiled, handover, process
 from squall.appload import import_app
 from squall.config import (
     HOOKS,
@@ -93,8 +93,18 @@ def build_parser() -> argparse.ArgumentParser:
             help=setting.described,
             default=None,
         )
-    parser.add_argument("--version", action="version", version=f"squall {__version__}")
+    parser.add_argument(
+        "--version", action=_PrintVersion, nargs=0, help="print the version and build"
+    )
     return parser
+
+
+class _PrintVersion(argparse.Action):
+    """`squall --version`: the version and whether the request path runs compiled."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> NoReturn:
+        print(f"squall {__version__} ({compiled.build()})")
+        parser.exit()
 
 
 def parse_config(argv: Sequence[str] | None = None) -> Config:
@@ -212,8 +222,9 @@ def run(config: Config) -> NoReturn:
         become(identity, listeners.held(), files)
     app = preload_app(config.app) if config.preload else None
     logger.info(
-        "squall %s serving %s on %s with %d worker(s)%s (supervisor pid %d)",
+        "squall %s (%s) serving %s on %s with %d worker(s)%s (supervisor pid %d)",
         __version__,
+        compiled.build(),
         config.app,
         ", ".join(describe_socket(s) for s in listeners.describe()),
         workers,

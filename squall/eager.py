@@ -45,7 +45,7 @@ def start_task(
     resumed = _resume(step)
     resumed.send(None)  # parked: a cancellation before the task's first step reaches it
     context = contextvars.copy_context()
-    task = loop.create_task(resumed, name=name, context=context)  # type: ignore[call-arg]
+    task = loop.create_task(resumed, name=name, context=context)  # type: ignore[call-arg, unused-ignore]  # 3.10 has no context=
     _enter_task(loop, task)
     try:
         step.yielded = context.run(coro.send, None)

@@ -36,6 +36,8 @@ from functools import cached_property
 from typing import Any, ClassVar, TypeVar
 from urllib.parse import parse_qs, unquote, urljoin
 
+from mypy_extensions import mypyc_attr
+
 from squall.http.core import ResponseError
 from squall.http.cycle import RequestCycle, Upgraded, body_fits_buffer
 from squall.http.status import reason_phrase
@@ -50,6 +52,7 @@ _METHOD_ATTRS = {
 _running: set[asyncio.Future[Any]] = set()
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class HTTPError(Exception):
     """Raise in a handler to answer with `status_code`; `log_message` goes to the log only."""
 
@@ -59,6 +62,7 @@ class HTTPError(Exception):
         self.log_message = log_message % args if log_message and args else log_message
 
 
+@mypyc_attr(native_class=False)
 class StreamClosedError(OSError):
     """`await self.flush()` after the client has gone: stop producing the response."""
 
@@ -188,6 +192,7 @@ class HTTPServerRequest:
         return f"HTTPServerRequest({self.method} {self.uri})"
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class RequestHandler:
     """Subclass and define `get`, `post`, ... (plain or `async def`)."""
 
@@ -624,6 +629,7 @@ Route = tuple[Any, ...]
 Found = tuple[type[RequestHandler], dict[str, Any], list[str], dict[str, str]]
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Application:
     """Routes requests to handlers: `Application([(r"/", MainHandler), ...])`.
 

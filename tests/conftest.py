@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from squall import compiled
 from tests.service import Services
 
 
@@ -16,3 +17,15 @@ def services(tmp_path: Path) -> Iterator[Services]:
         yield started
     finally:
         started.stop_all()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Refuse to test compiled modules older than their source: they would run the old code."""
+    if compiled.pure_python_asked():
+        return
+    if stale := compiled.stale():
+        pytest.exit(
+            f"{', '.join(stale)} changed after they were compiled: run "
+            "`python3 -m pip install -e .` again, or test the source with SQUALL_PURE_PYTHON=1",
+            returncode=4,
+        )

@@ -287,16 +287,11 @@ class FakeCycle:
 
 
 def test_nothing_is_formatted_when_info_is_disabled(caplog: pytest.LogCaptureFixture) -> None:
-    class Exploding(Request):
-        @property
-        def target(self) -> bytes:
+    class Exploding:  # a request whose every field fails when read
+        def __getattr__(self, name: str) -> object:
             raise AssertionError("formatted although disabled")
 
-        @target.setter
-        def target(self, value: bytes) -> None:
-            pass
-
-    request = Exploding("GET", b"/", "1.1", [], True)
+    request = cast(Request, Exploding())
     callback = make_access_log("common")
     assert callback is not None
     with caplog.at_level(logging.WARNING, logger="squall.access"):

@@ -20,16 +20,22 @@ Rules kept here (RFC 9112):
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import httptools
+from mypy_extensions import mypyc_attr
 
 from squall.http.date import date_and_server_header
 from squall.http.status import FINAL_LINES as _FINAL_LINES
 from squall.http.status import LINES as _STATUS_LINES
 from squall.http.status import status_line
+
+#: What an app hands over (a status, headers, a body): typed loosely on purpose.
+#: This module checks such values itself and refuses a bad one with a
+#: ResponseError; a narrower annotation would have the compiled build
+#: (squall.compiled) raise a TypeError at the call instead.
+AppValue = Any
 
 
 @dataclass(frozen=True)
@@ -88,7 +94,7 @@ class Request:
         elif target[:1] == b"/" and target.find(b"#") < 0:  # origin-form, the usual case
             self.path, _, self.query = target.partition(b"?")
         elif target[:1] == b"/":  # with a fragment
-            url = httptools.parse_url(target)
+            url: Any = httptools.parse_url(target)  # Any: an absent part is None
             self.path = url.path or b"/"
             self.query = url.query or b""
         else:  # authority-form (CONNECT) or asterisk-form (OPTIONS *)
@@ -156,6 +162,7 @@ class RequestError(Exception):
 Event = Request | Data | EndOfMessage | RequestError
 
 
+@mypyc_attr(native_class=False)
 class ResponseError(RuntimeError):
     """The app asked for a response that would break HTTP/1.1 framing or
     inject bytes: refused before anything of it reached the wire."""
@@ -215,7 +222,7 @@ _CHECKED_NAMES: dict[bytes, bytes] = {}
 _MAX_CHECKED_NAMES = 4096
 
 
-def _field_name(name: Any) -> bytes:
+def _field_name(name: AppValue) -> bytes:
     """`name` lower-cased, if it is a token (else ResponseError)."""
     try:
         lower = _CHECKED_NAMES.get(name)
@@ -235,7 +242,7 @@ def _field_name(name: Any) -> bytes:
     return lowered
 
 
-def _check_value(name: bytes, value: Any) -> None:
+def _check_value(name: AppValue, value: AppValue) -> None:
     try:
         unsafe = _UNSAFE_VALUE.search(value)
     except TypeError:
@@ -244,13 +251,13 @@ def _check_value(name: bytes, value: Any) -> None:
         raise ResponseError(f"invalid response header {name!r}: {value!r}")
 
 
-def checked_headers(headers: Any) -> list[tuple[bytes, bytes]]:
+def checked_headers(headers: AppValue) -> list[tuple[AppValue, AppValue]]:
     """An app's response headers as a list of pairs, refused (ResponseError) if
     any could split or corrupt the response. The one check every interface uses:
     the core applies it to every response head, and the WebSocket handshake to
     the headers it hands to wsproto."""
     try:
-        checked: list[tuple[bytes, bytes]] = [(name, value) for name, value in headers]
+        checked: list[tuple[AppValue, AppValue]] = [(name, value) for name, value in headers]
     except (TypeError, ValueError):
         raise ResponseError(f"response headers must be (name, value) pairs: {headers!r}") from None
     for name, value in checked:
@@ -259,7 +266,7 @@ def checked_headers(headers: Any) -> list[tuple[bytes, bytes]]:
     return checked
 
 
-def _reason_bytes(reason: str | bytes) -> bytes:
+def _reason_bytes(reason: AppValue) -> bytes:
     try:
         raw = reason.encode("latin-1") if isinstance(reason, str) else bytes(reason)
     except (UnicodeError, TypeError):
@@ -270,10 +277,10 @@ def _reason_bytes(reason: str | bytes) -> bytes:
 
 
 #: Status lines with an app's own reason phrase ("200 OK" from every WSGI app).
-_REASON_LINES: dict[tuple[int, str | bytes], bytes] = {}
+_REASON_LINES: dict[tuple[AppValue, AppValue], bytes] = {}
 
 
-def _status_line_with(status: int, reason: str | bytes) -> bytes:
+def _status_line_with(status: AppValue, reason: AppValue) -> bytes:
     try:
         line = _REASON_LINES.get((status, reason))
     except TypeError:  # unhashable (a bytearray): looked up as bytes
@@ -585,16 +592,18 @@ class ServerConnection:
         if target[0] != 47 and target.find(b"://", 0, 12) >= 0:  # not "/": origin-form
             # Absolute form: its authority wins over Host (RFC 9112 section 3.2.2).
             try:
-                url = httptools.parse_url(target)
+                # Any: httptools' stub says every part is there, but an absent one is None
+                # (and the compiled build checks what it is told).
+                url: Any = httptools.parse_url(target)
             except httptools.HttpParserInvalidURLError:
                 raise RequestError(400, "invalid request target") from None
             if not url.host:
                 raise RequestError(400, "invalid request target")
-            authority = url.host if url.port is None else b"%b:%d" % (url.host, url.port)
-            if url.host.find(b":") >= 0:  # an IPv6 literal, which parse_url unbrackets
-                authority = b"[%b]" % url.host
-                if url.port is not None:
-                    authority += b":%d" % url.port
+            named: bytes = url.host
+            port = url.port
+            if named.find(b":") >= 0:  # an IPv6 literal, which parse_url unbrackets
+                named = b"[%b]" % named
+            authority = named if port is None else b"%b:%d" % (named, port)
             if _HOST.fullmatch(authority) is None:
                 raise RequestError(400, "invalid request target")
             headers[:] = [(n, v) for n, v in headers if n != b"host"]
@@ -650,9 +659,7 @@ class ServerConnection:
         self.our_state = IDLE
         self.keep_alive = not self._close_asked
 
-    def encode_informational(
-        self, status: int, headers: Iterable[tuple[bytes, bytes]] = ()
-    ) -> bytes:
+    def encode_informational(self, status: AppValue, headers: AppValue = ()) -> bytes:
         """An interim response (100 Continue, 103 Early Hints) before the final one.
 
         101 is not one of them: switching protocols is the upgrade path's.
@@ -676,14 +683,14 @@ class ServerConnection:
     def start_response(
         self,
         request: Request,
-        status: int,
-        headers: Iterable[tuple[bytes, bytes]],
-        reason: str | bytes | None = None,
+        status: AppValue,
+        headers: AppValue,
+        reason: AppValue = None,
     ) -> bytes:
         """The head of a response whose body follows (`encode_body`, `end_response`)."""
         return self.encode_response(request, status, headers, None, reason)
 
-    def encode_body(self, data: bytes) -> bytes:
+    def encode_body(self, data: AppValue) -> bytes:
         """A piece of the body; past a declared Content-Length, refused."""
         if self.our_state is not SEND_BODY:
             if self.our_state is CLOSED:
@@ -701,7 +708,7 @@ class ServerConnection:
                     f"response body longer than its Content-Length ({len(data) - left} bytes over)"
                 )
             self._left = left - len(data)
-        return data
+        return cast(bytes, data)
 
     def end_response(self) -> bytes:
         """The end of the body. One shorter than declared ends the connection."""
@@ -733,10 +740,10 @@ class ServerConnection:
     def encode_response(
         self,
         request: Request,
-        status: int,
-        headers: Iterable[tuple[bytes, bytes]],
-        body: bytes | None,
-        reason: str | bytes | None = None,
+        status: AppValue,
+        headers: AppValue,
+        body: AppValue,
+        reason: AppValue = None,
     ) -> bytes:
         """A whole response in one piece, its length known.
 

@@ -17,10 +17,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any, Protocol
 
-from squall.http.core import IDLE, Request, RequestError, ResponseError, ServerConnection
+from squall.http.core import (
+    IDLE,
+    AppValue,
+    Request,
+    RequestError,
+    ResponseError,
+    ServerConnection,
+)
 
 logger = logging.getLogger("squall.http")
 
@@ -241,10 +248,10 @@ class RequestCycle:
 
     def respond(
         self,
-        status: int,
-        headers: Iterable[tuple[bytes, bytes]],
-        body: bytes,
-        reason: str | bytes | None = None,
+        status: AppValue,
+        headers: AppValue,
+        body: AppValue,
+        reason: AppValue = None,
     ) -> None:
         """Send a whole response in one write and end the cycle."""
         request = self._unanswered()
@@ -273,9 +280,9 @@ class RequestCycle:
 
     def start(
         self,
-        status: int,
-        headers: Iterable[tuple[bytes, bytes]],
-        reason: str | bytes | None = None,
+        status: AppValue,
+        headers: AppValue,
+        reason: AppValue = None,
     ) -> None:
         """Send the response head; the body follows with `write` and `end`."""
         request = self._unanswered()
@@ -289,7 +296,7 @@ class RequestCycle:
         self.status = status
         protocol.write(data)
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: AppValue) -> None:
         if not self.response_started or self.complete or self.request is None:
             raise RuntimeError("write() outside a started response")
         if data:
