@@ -1,15 +1,18 @@
-"""Side by side: squall against tornado, uvicorn, gunicorn, granian and nginx, under wrk.
+"""Side by side under wrk: squall against tornado, uvicorn, gunicorn, granian, socketify, nginx.
 
     python bench/compare.py [--duration 5] [--rounds 3] [--servers NAME,...]
                             [--modes keepalive,close,paced] [--connections 64]
-                            [--pace-ms 6]
-                            [--squall-variants shared-socket,no-steering] [--smoke]
+                            [--threads 2] [--workers 2] [--pace-ms 6]
+                            [--squall-variants shared-socket,no-steering,pure] [--smoke]
+    python bench/compare.py --cpu-table [--duration 5] [--rounds 3]
 
-Every server runs 2 workers and answers GET / with the 12-byte body "Hello,
-world" (the apps are in bench/peers/). The peers run from their own venv,
-bench/.venv, made and filled from bench/requirements-peers.txt on first use;
-squall runs from this repository with the interpreter running this script.
-wrk and nginx come from Debian (`apt-get install -y wrk nginx` when missing).
+Every server runs --workers workers (2 by default) and answers GET / with
+the 12-byte body "Hello, world" (the apps are in bench/peers/). The peers
+run from their own venv, bench/.venv, made and filled from
+bench/requirements-peers.txt on first use; squall runs from this repository
+with the interpreter running this script. wrk and nginx come from Debian
+(`apt-get install -y wrk nginx` when missing), and so does libuv1, which
+socketify's native library needs.
 
 Three modes: keep-alive (`wrk -t2 -c64 -dDs --latency`), a new connection
 per request (the same with `-H "Connection: close"`), and new connections
@@ -32,6 +35,16 @@ table per mode gives the medians over rounds, with the ratio of req/s to
 uvicorn serving the raw ASGI app; it is printed and written to
 bench/results/compare-YYYY-MM-DD-HHMM.md with the versions of everything.
 
+--cpu-table runs the set of the issue "Speed: the least CPU per request":
+uvicorn (raw ASGI, the baseline), granian RSGI and ASGI, socketify.py's
+native API, squall native and raw ASGI, Starlette on uvicorn, granian and
+squall, and each squall server again with SQUALL_PURE_PYTHON=1 (+pure),
+with 1 worker each, wrk -t1 -c16, modes keepalive and close. Before the
+usual tables, its report has one table of server CPU µs per request in
+both modes, each with its ratio to uvicorn: uvicorn's µs / the server's
+(for a Starlette row, Starlette-on-uvicorn's µs / the server's). --servers,
+--workers, --threads, --connections and --modes still override the set.
+
 --smoke starts each selected server, asks it once with http.client, stops it
 and prints its pids, then "left: none" when no process it started is alive
 (no wrk; tests/test_bench_smoke.py runs it).
@@ -48,6 +61,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import ctypes.util
 import datetime
 import fcntl
 import hashlib
@@ -77,7 +91,7 @@ REQUIREMENTS = BENCH / "requirements-peers.txt"
 RESULTS = BENCH / "results"
 NGINX_TEMPLATE = PEERS / "nginx.conf.template"
 
-WORKERS = 2
+WORKERS = 2  # the default of --workers
 BODY = b"Hello, world"
 WARMUP_SECONDS = 1
 START_TIMEOUT = 30.0
@@ -99,17 +113,30 @@ APT_LOCK_WAIT = "DPkg::Lock::Timeout=300"  # wait for another apt-get rather tha
 
 # -- the servers -------------------------------------------------------------------------------
 
+#: (port, temporary directory, workers) -> argv
+Command = Callable[[int, Path, int], list[str]]
+#: squall's switch to its pure-Python modules (instead of its compiled build), read at start-up.
+PURE_ENV = "SQUALL_PURE_PYTHON"
+
 
 @dataclass(frozen=True)
 class Server:
     name: str
     what: str
-    command: Callable[[int, Path], list[str]]  # (port, temporary directory) -> argv
+    command: Command
     runtime: str  # "peers" (bench/.venv), "squall" (this interpreter) or "nginx"
+    #: Set in the server's environment (on top of this script's, less PURE_ENV).
+    env: tuple[tuple[str, str], ...] = ()
+    #: With 1 worker it serves from its one process, without a supervisor (uvicorn, tornado).
+    lone_at_one: bool = False
+
+    def processes(self, workers: int) -> int:
+        """How many processes it runs once up: its workers and, mostly, a supervisor."""
+        return 1 if workers == 1 and self.lone_at_one else workers + 1
 
 
-def uvicorn(app: str) -> Callable[[int, Path], list[str]]:
-    return lambda port, _dir: [
+def uvicorn(app: str) -> Command:
+    return lambda port, _dir, workers: [
         str(VENV_PYTHON),
         "-m",
         "uvicorn",
@@ -119,7 +146,7 @@ def uvicorn(app: str) -> Callable[[int, Path], list[str]]:
         "--port",
         str(port),
         "--workers",
-        str(WORKERS),
+        str(workers),
         "--http",
         "httptools",
         "--loop",
@@ -130,15 +157,15 @@ def uvicorn(app: str) -> Callable[[int, Path], list[str]]:
     ]
 
 
-def granian(interface: str, app: str) -> Callable[[int, Path], list[str]]:
-    return lambda port, _dir: [
+def granian(interface: str, app: str) -> Command:
+    return lambda port, _dir, workers: [
         str(VENV_PYTHON),
         "-m",
         "granian",
         "--interface",
         interface,
         "--workers",
-        str(WORKERS),
+        str(workers),
         "--loop",
         "uvloop",
         "--host",
@@ -152,8 +179,8 @@ def granian(interface: str, app: str) -> Callable[[int, Path], list[str]]:
     ]
 
 
-def squall(app: str, interface: str, *flags: str) -> Callable[[int, Path], list[str]]:
-    return lambda port, _dir: [
+def squall(app: str, interface: str, *flags: str) -> Command:
+    return lambda port, _dir, workers: [
         sys.executable,
         "-m",
         "squall",
@@ -161,7 +188,7 @@ def squall(app: str, interface: str, *flags: str) -> Callable[[int, Path], list[
         "--bind",
         f"127.0.0.1:{port}",
         "--workers",
-        str(WORKERS),
+        str(workers),
         "--interface",
         interface,
         "--log-level",
@@ -170,8 +197,13 @@ def squall(app: str, interface: str, *flags: str) -> Callable[[int, Path], list[
     ]
 
 
-def nginx_command(port: int, directory: Path) -> list[str]:
-    conf = NGINX_TEMPLATE.read_text().replace("@PORT@", str(port)).replace("@DIR@", str(directory))
+def nginx_command(port: int, directory: Path, workers: int) -> list[str]:
+    conf = (
+        NGINX_TEMPLATE.read_text()
+        .replace("@PORT@", str(port))
+        .replace("@DIR@", str(directory))
+        .replace("@WORKERS@", str(workers))
+    )
     (directory / "nginx.conf").write_text(conf)
     return [nginx_binary() or "nginx", "-p", str(directory), "-c", str(directory / "nginx.conf")]
 
@@ -179,36 +211,39 @@ def nginx_command(port: int, directory: Path) -> list[str]:
 SERVERS = [
     Server(
         "tornado",
-        "tornado, HTTPServer.bind + start(2) (bench/peers/tornado_app.py)",
-        lambda port, _dir: [
+        "tornado, HTTPServer.bind + start(N) (bench/peers/tornado_app.py)",
+        lambda port, _dir, workers: [
             str(VENV_PYTHON),
             str(PEERS / "tornado_app.py"),
             str(port),
-            str(WORKERS),
+            str(workers),
         ],
         "peers",
+        lone_at_one=True,  # start(1) does not fork
     ),
     Server(
         "uvicorn",
-        "uvicorn --workers 2 --http httptools --loop uvloop, raw ASGI",
+        "uvicorn --workers N --http httptools --loop uvloop, raw ASGI",
         uvicorn("bench.peers.asgi_raw:app"),
         "peers",
+        lone_at_one=True,
     ),
     Server(
         "uvicorn-starlette",
-        "uvicorn --workers 2 --http httptools --loop uvloop, Starlette",
+        "uvicorn --workers N --http httptools --loop uvloop, Starlette",
         uvicorn("bench.peers.starlette_app:app"),
         "peers",
+        lone_at_one=True,
     ),
     Server(
         "gunicorn-uvicorn",
-        "gunicorn -w 2 -k uvicorn_worker.UvicornWorker, raw ASGI",
-        lambda port, _dir: [
+        "gunicorn -w N -k uvicorn_worker.UvicornWorker, raw ASGI",
+        lambda port, _dir, workers: [
             str(VENV_PYTHON),
             "-m",
             "gunicorn",
             "-w",
-            str(WORKERS),
+            str(workers),
             "-k",
             "uvicorn_worker.UvicornWorker",
             "-b",
@@ -221,19 +256,37 @@ SERVERS = [
     ),
     Server(
         "granian-asgi",
-        "granian --interface asgi --workers 2 --loop uvloop, raw ASGI",
+        "granian --interface asgi --workers N --loop uvloop, raw ASGI",
         granian("asgi", "bench.peers.asgi_raw:app"),
         "peers",
     ),
     Server(
         "granian-rsgi",
-        "granian --interface rsgi --workers 2 --loop uvloop, RSGI",
+        "granian --interface rsgi --workers N --loop uvloop, RSGI",
         granian("rsgi", "bench.peers.rsgi_app:app"),
         "peers",
     ),
     Server(
+        "granian-starlette",
+        "granian --interface asgi --workers N --loop uvloop, Starlette",
+        granian("asgi", "bench.peers.starlette_app:app"),
+        "peers",
+    ),
+    Server(
+        "socketify",
+        "socketify.py's native App (uWebSockets, C++), N forked workers on SO_REUSEPORT "
+        "(bench/peers/socketify_app.py)",
+        lambda port, _dir, workers: [
+            str(VENV_PYTHON),
+            str(PEERS / "socketify_app.py"),
+            str(port),
+            str(workers),
+        ],
+        "peers",
+    ),
+    Server(
         "nginx",
-        'nginx, worker_processes 2, return 200 "Hello, world" (bench/peers/nginx.conf.template)',
+        'nginx, worker_processes N, return 200 "Hello, world" (bench/peers/nginx.conf.template)',
         nginx_command,
         "nginx",
     ),
@@ -256,20 +309,63 @@ SERVERS = [
         "squall",
     ),
 ]
-#: The same squall servers run another way: name suffix -> extra flag.
-SQUALL_VARIANTS = {"shared-socket": "--shared-socket", "no-steering": "--no-steering"}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """The same squall server run another way: more flags, more environment."""
+
+    what: str
+    flags: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+
+    def of(self, server: Server, suffix: str) -> Server:
+        base = server.command
+        return Server(
+            f"{server.name}+{suffix}",
+            f"{server.what}, {self.what}",
+            lambda port, d, workers: [*base(port, d, workers), *self.flags],
+            server.runtime,
+            env=server.env + self.env,
+            lone_at_one=server.lone_at_one,
+        )
+
+
+#: name suffix -> variant
+SQUALL_VARIANTS = {
+    "shared-socket": Variant("--shared-socket", flags=("--shared-socket",)),
+    "no-steering": Variant("--no-steering", flags=("--no-steering",)),
+    "pure": Variant(
+        f"{PURE_ENV}=1 (its pure-Python modules, not its compiled build)", env=((PURE_ENV, "1"),)
+    ),
+}
 VARIANT_SERVERS = [
-    Server(
-        f"{server.name}+{variant}",
-        f"{server.what}, {flag}",
-        (lambda base, extra: lambda port, d: [*base(port, d), extra])(server.command, flag),
-        "squall",
-    )
-    for variant, flag in SQUALL_VARIANTS.items()
+    variant.of(server, suffix)
+    for suffix, variant in SQUALL_VARIANTS.items()
     for server in SERVERS
     if server.runtime == "squall"
 ]
 ALL_SERVERS = {server.name: server for server in SERVERS + VARIANT_SERVERS}
+
+#: --cpu-table: (server, the row's label, the server whose µs its ratio divides), in order.
+CPU_TABLE = [
+    ("uvicorn", "uvicorn raw ASGI (httptools, uvloop)", "uvicorn"),
+    ("granian-rsgi", "granian RSGI", "uvicorn"),
+    ("granian-asgi", "granian ASGI", "uvicorn"),
+    ("socketify", "socketify.py native (uWebSockets, C++)", "uvicorn"),
+    ("squall-native", "squall native", "uvicorn"),
+    ("squall-native+pure", f"squall native, {PURE_ENV}=1", "uvicorn"),
+    ("squall-asgi", "squall raw ASGI", "uvicorn"),
+    ("squall-asgi+pure", f"squall raw ASGI, {PURE_ENV}=1", "uvicorn"),
+    ("uvicorn-starlette", "Starlette on uvicorn", "uvicorn-starlette"),
+    ("granian-starlette", "Starlette on granian (ASGI)", "uvicorn-starlette"),
+    ("squall-starlette", "Starlette on squall", "uvicorn-starlette"),
+    ("squall-starlette+pure", f"Starlette on squall, {PURE_ENV}=1", "uvicorn-starlette"),
+]
+CPU_TABLE_WORKERS = 1
+CPU_TABLE_THREADS = 1
+CPU_TABLE_CONNECTIONS = 16
+CPU_TABLE_MODES = ["keepalive", "close"]
 
 
 # -- processes ---------------------------------------------------------------------------------
@@ -480,13 +576,19 @@ def log_tail(path: Path, lines: int = 20) -> str:
 
 
 @contextlib.contextmanager
-def serving(server: Server, workdir: Path) -> Iterator[tuple[Running, int, tuple[int, bytes]]]:
-    """Start `server` on a free port, wait until it answers GET / and its workers are up."""
+def serving(
+    server: Server, workdir: Path, workers: int = WORKERS
+) -> Iterator[tuple[Running, int, tuple[int, bytes]]]:
+    """Start `server` with `workers` workers on a free port; wait until it answers GET / and
+    its workers are up."""
     port = free_port()
     rundir = Path(tempfile.mkdtemp(prefix=f"{server.name}-", dir=workdir))
     log = rundir / "server.log"
-    command = server.command(port, rundir)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = server.command(port, rundir, workers)
+    # A PURE_ENV set where this script runs would turn every squall server pure: only the
+    # +pure variants set it.
+    env = {k: v for k, v in os.environ.items() if k != PURE_ENV}
+    env |= {"PYTHONPATH": str(ROOT), **dict(server.env)}
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             command,
@@ -511,7 +613,7 @@ def serving(server: Server, workdir: Path) -> Iterator[tuple[Running, int, tuple
             except (OSError, http.client.HTTPException):
                 time.sleep(0.05)
         # The first answer can come before every worker is up (uvicorn and granian spawn them).
-        while len(running.record()) < WORKERS + 1 and time.monotonic() < deadline:
+        while len(running.record()) < server.processes(workers) and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(0.2)
         running.record()
@@ -565,9 +667,19 @@ def nginx_binary() -> str | None:
     return find_tool("nginx")
 
 
+#: Debian packages that are libraries, not tools on PATH: package -> name for find_library.
+LIBRARIES = {"libuv1": "uv"}
+
+
+def present(package: str) -> bool:
+    if package in LIBRARIES:
+        return ctypes.util.find_library(LIBRARIES[package]) is not None
+    return find_tool(package) is not None
+
+
 def ensure_debian(packages: list[str]) -> None:
-    """apt-get install the tools (wrk, nginx) that are not on PATH."""
-    missing = [name for name in packages if find_tool(name) is None]
+    """apt-get install the tools (wrk, nginx) not on PATH and the libraries (libuv1) not found."""
+    missing = [name for name in packages if not present(name)]
     if not missing:
         return
     if shutil.which("apt-get") is None:
@@ -588,7 +700,7 @@ def ensure_debian(packages: list[str]) -> None:
             timeout=900,
             stdout=subprocess.DEVNULL,
         )
-    still = [name for name in missing if find_tool(name) is None]
+    still = [name for name in missing if not present(name)]
     if still:
         raise SystemExit(f"compare.py: {' '.join(still)} still not found after apt-get install")
 
@@ -627,6 +739,7 @@ def versions(selected: list[Server], tools: bool) -> list[tuple[str, str]]:
             "gunicorn",
             "uvicorn-worker",
             "granian",
+            "socketify",
             "starlette",
             "uvloop",
             "httptools",
@@ -783,7 +896,7 @@ def steal_share(before: tuple[int, int], after: tuple[int, int]) -> float:
 def measure(server: Server, mode: str, args: argparse.Namespace, workdir: Path) -> Result:
     headers = MODES[mode][1]
     pace_ms = args.pace_ms if mode == "paced" else None
-    with serving(server, workdir) as (running, port, _answer):
+    with serving(server, workdir, args.workers) as (running, port, _answer):
         wrk(port, WARMUP_SECONDS, args, headers, pace_ms)
         before = {pid: (s, cpu_ticks(pid)) for pid, s in running.record().items()}
         host_before = host_cpu_ticks()
@@ -800,7 +913,7 @@ def measure(server: Server, mode: str, args: argparse.Namespace, workdir: Path) 
         # The workers are the processes that did the work (the supervisor idles).
         root = running.proc.pid
         workers = sorted((p for p in used if p != root), key=lambda p: used[p], reverse=True)
-        workers = workers[:WORKERS] or [root]
+        workers = workers[: args.workers] or [root]
         pss = [kib for kib in (pss_kib(p) for p in workers) if kib is not None]
         worker_ticks = [used[p] for p in workers]
         if running.proc.poll() is not None:
@@ -869,6 +982,38 @@ def steal_cell(results: list[Result]) -> str:
     return f"{fmt(worst, 1)}%{flag}"
 
 
+def cpu_table(
+    servers: list[Server], modes: list[str], runs: dict[str, dict[str, list[Result | None]]]
+) -> str:
+    """--cpu-table's table: server CPU µs per request in keep-alive and new-connection mode,
+    each with its ratio to its baseline's (uvicorn's, or Starlette-on-uvicorn's), medians."""
+    labels = {name: (label, base) for name, label, base in CPU_TABLE}
+    rows = [(s.name, *labels.get(s.name, (s.name, BASELINE))) for s in servers]
+    order = {name: i for i, (name, _label, _base) in enumerate(CPU_TABLE)}
+    rows.sort(key=lambda row: order.get(row[0], len(order)))  # the issue's order, others after
+
+    def cpu_us(mode: str, name: str) -> float:
+        got = [r.cpu_us for r in runs.get(mode, {}).get(name, []) if r is not None]
+        return statistics.median(got) if got else float("nan")
+
+    times = "\N{MULTIPLICATION SIGN} uvicorn"
+    lines = [
+        f"| server | keep-alive µs | {times} | new connection µs | {times} | host steal |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, label, base in rows:
+        cells = []
+        for mode in CPU_TABLE_MODES:
+            mine = cpu_us(mode, name)
+            ratio = cpu_us(mode, base) / mine if mine > 0 else float("nan")
+            cells += [fmt(mine, 1), fmt(ratio, 2)]
+        results = [r for mode in modes for r in runs[mode].get(name, []) if r is not None]
+        failed = sum(r is None for mode in modes for r in runs[mode].get(name, []))
+        note = f" ({failed} runs failed)" if failed else ""
+        lines.append(f"| {label}{note} | {' | '.join(cells)} | {steal_cell(results)} |")
+    return "\n".join(lines)
+
+
 def rounds_table(servers: list[Server], runs: dict[str, list[Result | None]], rounds: int) -> str:
     lines = [
         "| server | " + " | ".join(f"round {i + 1}" for i in range(rounds)) + " |",
@@ -897,7 +1042,8 @@ def report(
     parts = [
         f"# squall side by side, {when:%Y-%m-%d %H:%M %Z}",
         "",
-        f"`{' '.join(['python', 'bench/compare.py', *sys.argv[1:]])}`: {WORKERS} workers each, "
+        f"`{' '.join(['python', 'bench/compare.py', *sys.argv[1:]])}`: {args.workers} "
+        f"worker{'s' if args.workers > 1 else ''} each, "
         f"GET / answered with the 12-byte body {BODY.decode()!r}; wrk -t{args.threads} "
         f"-c{args.connections} -d{args.duration:g}s --latency after a {WARMUP_SECONDS} s "
         f"warm-up; {args.rounds} rounds, interleaved (each round runs every mode, each mode "
@@ -905,10 +1051,25 @@ def report(
         f"over the rounds; errors are summed over them; vs uvicorn = req/s / uvicorn's "
         f"(raw ASGI) req/s in the same mode. CPU µs/req: user + system CPU time of the "
         f"supervisor and every worker during the measured window, per request answered. "
-        f"Worker PSS: median over the {WORKERS} busiest processes, at the end of the window. "
+        f"Worker PSS: median over the {args.workers} busiest process"
+        f"{'es' if args.workers > 1 else ''}, at the end of the window. "
         f"req/s spread: (max - min) / median over the rounds.",
         "",
     ]
+    if args.cpu_table:
+        parts += [
+            "## Server CPU time per request",
+            "",
+            "µs = user + system CPU time of every process of the server (supervisor and "
+            "workers, from /proc/PID/stat) over the measured window / the requests answered, "
+            "median over the rounds. \N{MULTIPLICATION SIGN} uvicorn = uvicorn's µs (raw ASGI, "
+            "httptools + uvloop) / the server's, in the same mode; for Starlette, Starlette-on-uvicorn's µs / the "
+            "server's: above 1 is less CPU per request. Host steal: the most of any of the "
+            f"server's runs, ⚠ past {STEAL_FLAG_PCT:g}%.",
+            "",
+            cpu_table(servers, modes, runs),
+            "",
+        ]
     for mode in modes:
         label, headers = MODES[mode]
         flag = f" {' '.join(repr(h) if ' ' in h else h for h in headers)}" if headers else ""
@@ -934,7 +1095,7 @@ def report(
         parts += [f"{MODES[mode][0]}:", "", rounds_table(servers, runs[mode], args.rounds), ""]
     parts += ["## Versions", ""]
     parts += [f"- {name}: {value}" for name, value in about]
-    parts += ["", "## Servers", ""]
+    parts += ["", "## Servers", "", f"N = {args.workers}.", ""]
     parts += [f"- `{s.name}`: {s.what}" for s in servers]
     return "\n".join(parts) + "\n"
 
@@ -952,6 +1113,8 @@ def select(args: argparse.Namespace) -> list[Server]:
                 f"known: {', '.join(ALL_SERVERS)}"
             )
         chosen = [ALL_SERVERS[n] for n in names]
+    elif args.cpu_table:
+        chosen = [ALL_SERVERS[name] for name, _label, _base in CPU_TABLE]
     else:
         chosen = list(SERVERS)
     for variant in args.squall_variants.split(",") if args.squall_variants else []:
@@ -967,15 +1130,18 @@ def select(args: argparse.Namespace) -> list[Server]:
     return chosen
 
 
-def smoke(servers: list[Server], workdir: Path) -> int:
+def smoke(servers: list[Server], workdir: Path, workers: int = WORKERS) -> int:
     failed = []
     for server in servers:
         try:
-            with serving(server, workdir) as (running, _port, (status, body)):
-                pass
+            with serving(server, workdir, workers) as (running, _port, (status, body)):
+                up = len(running.record())
             pids = dict(running.known)  # every pid seen, up to and during the stop
             good = status == 200 and body == BODY
             print(f"{server.name}: {'ok' if good else 'WRONG'} {status} {body!r}", flush=True)
+            if up < server.processes(workers):  # (more is fine: a helper process)
+                print(f"{server.name}: {up} processes, not {server.processes(workers)}", flush=True)
+                failed.append(server.name)
         except StartError as exc:
             failed.append(server.name)
             print(f"{server.name}: FAILED to start: {exc}", flush=True)
@@ -1048,8 +1214,8 @@ def main() -> int:
     )
     parser.add_argument(
         "--modes",
-        default=",".join(MODES),
-        help=f"comma list of {', '.join(MODES)} (default all)",
+        help=f"comma list of {', '.join(MODES)} (default all; "
+        f"{','.join(CPU_TABLE_MODES)} with --cpu-table)",
     )
     parser.add_argument(
         "--pace-ms",
@@ -1058,24 +1224,54 @@ def main() -> int:
         help="paced mode: each connection waits this many ms before each request "
         "(default 6; wrk takes whole milliseconds)",
     )
-    parser.add_argument("--connections", type=int, default=64, help="wrk -c (default 64)")
-    parser.add_argument("--threads", type=int, default=2, help="wrk -t (default 2)")
+    parser.add_argument(
+        "--connections",
+        type=int,
+        help=f"wrk -c (default 64; {CPU_TABLE_CONNECTIONS} with --cpu-table)",
+    )
+    parser.add_argument(
+        "--threads", type=int, help=f"wrk -t (default 2; {CPU_TABLE_THREADS} with --cpu-table)"
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help=f"workers of every server (default {WORKERS}; {CPU_TABLE_WORKERS} with --cpu-table)",
+    )
     parser.add_argument(
         "--squall-variants",
         default="",
         help="comma list: also run each selected squall server with --shared-socket "
-        "(shared-socket) or --no-steering (no-steering)",
+        f"(shared-socket), --no-steering (no-steering) or {PURE_ENV}=1 (pure)",
+    )
+    parser.add_argument(
+        "--cpu-table",
+        action="store_true",
+        help="the issue's CPU-per-request table: uvicorn, granian, socketify, squall (and "
+        "+pure), Starlette on uvicorn, granian and squall; 1 worker, wrk -t1 -c16, "
+        "keepalive and close",
     )
     parser.add_argument(
         "--smoke", action="store_true", help="start, ask once, stop each server; no wrk"
     )
     parser.add_argument("--no-save", action="store_true", help="do not write bench/results/")
     args = parser.parse_args()
+    # The defaults, or --cpu-table's: what is given on the command line wins.
+    preset = args.cpu_table
+    if args.modes is None:
+        args.modes = ",".join(CPU_TABLE_MODES if preset else MODES)
+    if args.connections is None:
+        args.connections = CPU_TABLE_CONNECTIONS if preset else 64
+    if args.threads is None:
+        args.threads = CPU_TABLE_THREADS if preset else 2
+    if args.workers is None:
+        args.workers = CPU_TABLE_WORKERS if preset else WORKERS
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not modes or any(m not in MODES for m in modes):
         parser.error(f"--modes: a comma list of {', '.join(MODES)}")
-    if args.rounds < 1 or args.duration <= 0 or args.connections < 1 or args.threads < 1:
-        parser.error("--rounds, --duration, --connections and --threads must be positive")
+    if min(args.rounds, args.connections, args.threads, args.workers) < 1 or args.duration <= 0:
+        parser.error(
+            "--rounds, --duration, --connections, --threads and --workers must be positive"
+        )
     if args.pace_ms <= 0:
         parser.error("--pace-ms must be positive")
     servers = select(args)
@@ -1088,10 +1284,12 @@ def main() -> int:
         tools = ([] if args.smoke else ["wrk"]) + (
             ["nginx"] if any(s.runtime == "nginx" for s in servers) else []
         )
+        if any(s.name == "socketify" for s in servers):
+            tools.append("libuv1")  # socketify's native library links libuv.so.1
         ensure_debian(tools)
         with tempfile.TemporaryDirectory(prefix="squall-compare-") as tmp:
             if args.smoke:
-                owner.status = smoke(servers, Path(tmp))
+                owner.status = smoke(servers, Path(tmp), args.workers)
             else:
                 owner.status = benchmark(args, servers, modes, Path(tmp))
     return owner.status
@@ -1148,7 +1346,7 @@ def benchmark(args: argparse.Namespace, servers: list[Server], modes: list[str],
     text = report(args, servers, modes, runs, when, about)
     print(text, flush=True)
     if not args.no_save:
-        save_result("compare", when, text)
+        save_result("compare-cpu" if args.cpu_table else "compare", when, text)
     return 1 if failures else 0
 
 

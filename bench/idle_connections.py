@@ -74,8 +74,12 @@ def squall_server(name: str, app: str, interface: str, what: str, *flags: str) -
     )
 
 
-def uvicorn_command(port: int, directory: Path) -> list[str]:
-    return [*compare.uvicorn(APP_RAW)(port, directory), "--timeout-keep-alive", str(KEEPALIVE)]
+def uvicorn_command(port: int, directory: Path, workers: int) -> list[str]:
+    return [
+        *compare.uvicorn(APP_RAW)(port, directory, workers),
+        "--timeout-keep-alive",
+        str(KEEPALIVE),
+    ]
 
 
 SERVERS = [
@@ -448,7 +452,7 @@ def limit_notes(outcomes: list[Outcome], connections: int) -> list[str]:
 
 def shown(server: Server) -> str:
     """The server's command line, with PORT for the port."""
-    argv = server.command(0, Path(tempfile.gettempdir()))
+    argv = server.command(0, Path(tempfile.gettempdir()), WORKERS)
     words = [
         "PORT"
         if word == "0" and prev == "--port"

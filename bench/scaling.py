@@ -46,9 +46,7 @@ SERVER_NAMES = ["squall-native", "squall-asgi", "uvicorn"]
 
 def with_workers(server: Server, workers: int, port: int, directory: Path) -> list[str]:
     """compare.py's command line for `server`, with `--workers` set to `workers`."""
-    argv = server.command(port, directory)
-    index = argv.index("--workers")
-    return [*argv[: index + 1], str(workers), *argv[index + 2 :]]
+    return server.command(port, directory, workers)
 
 
 def shown(server: Server, workers: int) -> str:
