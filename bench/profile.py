@@ -100,9 +100,16 @@ PERF_USUAL = re.compile(r"\[ perf record: (Woken up|Captured and wrote) ")
 # -- the servers -------------------------------------------------------------------------------
 
 
-def pure(command: Callable[[int, Path], list[str]]) -> Callable[[int, Path], list[str]]:
+Command = Callable[[int, Path, int], list[str]]  # (port, directory, workers) -> argv
+
+
+def pure(command: Command) -> Command:
     """`command` with SQUALL_PURE_PYTHON=1 in its environment (env execs: the pid stays)."""
-    return lambda port, directory: ["env", f"{PURE_ENV}=1", *command(port, directory)]
+    return lambda port, directory, workers: [
+        "env",
+        f"{PURE_ENV}=1",
+        *command(port, directory, workers),
+    ]
 
 
 def servers(peers_python: str) -> dict[str, tuple[str, Server]]:
@@ -118,7 +125,10 @@ def servers(peers_python: str) -> dict[str, tuple[str, Server]]:
             Server(
                 "uvicorn",
                 f"uvicorn --http httptools --loop uvloop, raw ASGI ({peers_python})",
-                lambda port, directory: [peers_python, *uvicorn(port, directory)[1:]],
+                lambda port, directory, workers: [
+                    peers_python,
+                    *uvicorn(port, directory, workers)[1:],
+                ],
                 "peers",
             ),
         ),
