@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Literal, TypedDict
+from typing import Any, Final, Literal, TypedDict
 
 from mypy_extensions import mypyc_attr
 
@@ -53,7 +53,7 @@ __all__ = [
     "Send",
 ]
 
-logger = logging.getLogger("squall.asgi")
+logger: Final = logging.getLogger("squall.asgi")
 
 
 @mypyc_attr(native_class=False)

@@ -1,9 +1,9 @@
 """Which of squall's modules are compiled with mypyc, and the switch back to pure Python.
 
-The request path (the HTTP/1.1 core, the connection, the cycle, the native
-handlers and the ASGI adapter) is compiled to C when squall is installed
-where a C compiler exists; every other module, and every module where none
-does, runs as Python. Both builds come from the same source and pass the
+The request path (accepting, the HTTP/1.1 core, the connection, the
+cycle, the native handlers and the ASGI and WSGI adapters) is compiled to C
+when squall is installed where a C compiler exists; every other module,
+and every module where none does, runs as Python. Both builds come from the same source and pass the
 same tests. `setup.py` reads `COMPILED` from this file without importing
 squall, so it imports nothing of squall's and nothing outside the standard
 library.
@@ -32,9 +32,12 @@ COMPILED = (
     "squall/http/state.py",
     "squall/http/cycle.py",
     "squall/http/protocol.py",
+    "squall/http/accept.py",
+    "squall/http/proxy_accept.py",
     "squall/asgi_scope.py",
     "squall/asgi.py",
     "squall/web.py",
+    "squall/wsgi.py",
 )
 #: Set to 1: install without compiling, or run the `.py` files of an installed compiled build.
 PURE_PYTHON_ENV = "SQUALL_PURE_PYTHON"

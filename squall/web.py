@@ -33,7 +33,7 @@ import logging
 import re
 from collections.abc import Awaitable, Generator, Iterator, Sequence
 from functools import cached_property
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Final, TypeVar
 from urllib.parse import parse_qs, unquote, urljoin
 
 from mypy_extensions import mypyc_attr
@@ -42,14 +42,14 @@ from squall.http.core import ResponseError
 from squall.http.cycle import RequestCycle, Upgraded, body_fits_buffer
 from squall.http.status import reason_phrase
 
-logger = logging.getLogger("squall.web")
+logger: Final = logging.getLogger("squall.web")
 
 _NO_DEFAULT: Any = object()
-_DEFAULT_HEADERS = [(b"Content-Type", b"text/html; charset=UTF-8")]
-_METHOD_ATTRS = {
+_DEFAULT_HEADERS: Final = [(b"Content-Type", b"text/html; charset=UTF-8")]
+_METHOD_ATTRS: Final = {
     name: name.lower() for name in ("GET", "HEAD", "POST", "DELETE", "PATCH", "PUT", "OPTIONS")
 }
-_running: set[asyncio.Future[Any]] = set()
+_running: Final[set[asyncio.Future[Any]]] = set()
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)

@@ -44,8 +44,10 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import unquote
+
+from mypy_extensions import mypyc_attr
 
 from squall.http.core import ResponseError
 from squall.http.cycle import body_fits_buffer
@@ -53,32 +55,34 @@ from squall.http.cycle import body_fits_buffer
 if TYPE_CHECKING:
     from squall.http.cycle import RequestCycle
 
-logger = logging.getLogger("squall.wsgi")
+logger: Final = logging.getLogger("squall.wsgi")
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
-DEFAULT_THREADS = 10
+DEFAULT_THREADS: Final = 10
 #: The loop stops reading the request body while wsgi.input holds this much unread.
-INPUT_BUFFER = 256 * 1024
+INPUT_BUFFER: Final = 256 * 1024
 #: The app's thread may run this far ahead of what the transport has taken.
-OUTPUT_WINDOW = 256 * 1024
+OUTPUT_WINDOW: Final = 256 * 1024
 #: Above this much in the transport's buffer, a piece is acknowledged only after a drain.
-_TRANSPORT_BUSY = 64 * 1024
+_TRANSPORT_BUSY: Final = 64 * 1024
 #: How often a blocked app thread checks that its event loop still runs.
-_POLL = 1.0
+_POLL: Final = 1.0
 
-_tasks: set[asyncio.Future[Any]] = set()  # the loop keeps only weak references to tasks
+_tasks: Final[set[asyncio.Future[Any]]] = set()  # the loop keeps only weak references to tasks
 
 
 #: PEP 3333's status: a three-digit code, one space, a reason phrase (maybe empty) of
 #: latin-1 text without control characters other than HTAB.
-_STATUS = re.compile(r"([1-9][0-9][0-9]) ([\t\x20-\x7e\x80-\xff]*)")
+_STATUS: Final = re.compile(r"([1-9][0-9][0-9]) ([\t\x20-\x7e\x80-\xff]*)")
 
 
+@mypyc_attr(native_class=False)
 class ClientDisconnected(OSError):
     """The write() callable was used after the client had gone."""
 
 
+@mypyc_attr(native_class=False)
 class RequestBodyError(OSError):
     """`wsgi.input`: the request body ended without being complete.
 
@@ -509,12 +513,13 @@ class InputStream:
                         self._queue.append(data)
                         self._queued += len(data)
                         self._arrived.notify()
-                    if not more or self._queued < self._limit:
-                        continue
-                    # Wait until the app has taken what is queued: meanwhile the
-                    # connection buffers a little, then stops reading the socket.
-                    space = self._space = self._loop.create_future()
-                await space
+                    space = None
+                    if more and self._queued >= self._limit:
+                        # Wait until the app has taken what is queued: meanwhile the
+                        # connection buffers a little, then stops reading the socket.
+                        space = self._space = self._loop.create_future()
+                if space is not None:
+                    await space
         finally:
             # Ended without its proper end: a disconnect, a body error, a timeout,
             # or this task cancelled (the worker stops).

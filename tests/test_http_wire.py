@@ -10,11 +10,13 @@ over goes unseen. Every socket has a timeout, so every wait is bounded.
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -860,6 +862,39 @@ def test_a_close_with_unread_bytes_sends_no_reset(
     assert end == "eof", (end, received[:200])
     status = received.split(b"\r\n", 1)[0]
     assert status in (b"HTTP/1.1 200 OK", b"HTTP/1.1 400 Bad Request"), received[:200]
+    assert server.pid() == worker_pid
+
+
+def _sockets_of(pid: int) -> int:
+    fds = Path(f"/proc/{pid}/fd")
+    return sum(os.readlink(fds / fd).startswith("socket:") for fd in os.listdir(fds))
+
+
+def test_a_client_that_said_close_is_not_lingered_on(server: Server, worker_pid: int) -> None:
+    # A client whose request said `Connection: close`, and that sent nothing
+    # after it, will send nothing more: the worker closes at once instead of
+    # holding the socket until the client's FIN (or LINGER). A malformed
+    # request, which the client may still be sending, is lingered on.
+    def hold(request: bytes, status: bytes) -> list[socket.socket]:
+        held = []
+        for _ in range(20):
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+            held.append(sock)
+            sock.sendall(request)
+            received, end = _read_all(sock)  # the server's FIN; this side stays open
+            assert end == "eof" and received.startswith(status), received[:200]
+        return held
+
+    before = _sockets_of(worker_pid)
+    clients = hold(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", b"HTTP/1.1 200")
+    clients += hold(b"GET / HTTP/1.0\r\n\r\n", b"HTTP/1.1 200")
+    try:
+        assert _sockets_of(worker_pid) - before < 5
+        clients += hold(b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: no\r\n\r\n", b"HTTP/1.1 400")
+        assert _sockets_of(worker_pid) - before >= 15  # lingering, until LINGER or the FIN
+    finally:
+        for sock in clients:
+            sock.close()
     assert server.pid() == worker_pid
 
 

@@ -28,9 +28,9 @@ import resource
 import socket
 import ssl
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Final
 
-logger = logging.getLogger("squall.http")
+logger: Final = logging.getLogger("squall.http")
 
 Address = tuple[str, int]
 #: Makes the connection's protocol from its (client, server), each None when not known.
@@ -38,15 +38,15 @@ Address = tuple[str, int]
 ProtocolFactory = Callable[[Address | None, Address | None, bytes], asyncio.Protocol]
 
 #: Connections accepted per wake-up of the listening socket, at most.
-ACCEPT_BATCH = 64
+ACCEPT_BATCH: Final = 64
 #: At most this much is read at accept, before the connection is handed over.
-EARLY_READ = 65536
+EARLY_READ: Final = 65536
 #: After accept failed otherwise (EMFILE, ENFILE, ENOBUFS...), wait this long to try again.
-ACCEPT_RETRY_DELAY = 0.5
+ACCEPT_RETRY_DELAY: Final = 0.5
 #: ... and say so at most this often (descriptors freed and taken again make episodes short).
-STARVED_LOG_INTERVAL = 60.0
+STARVED_LOG_INTERVAL: Final = 60.0
 #: accept() failed for that one connection only, which is gone already.
-_CONNECTION_GONE = frozenset(
+_CONNECTION_GONE: Final = frozenset(
     {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.ECONNRESET, errno.ENETDOWN}
 )
 
@@ -205,7 +205,9 @@ class Acceptor:
             except OSError:  # reset before it was served
                 conn.close()
                 return
-        self._hand_over(conn, peer, None, None, early)
+        # The client's address, as accept() gave it: the transport would ask the socket again.
+        client = (peer[0], peer[1]) if isinstance(peer, tuple) else None
+        self._hand_over(conn, peer, client, None, early)
 
     # -- handing the connection to the loop ---------------------------------------
 

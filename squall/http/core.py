@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import httptools
 from mypy_extensions import mypyc_attr
@@ -51,7 +51,7 @@ class Limits:
     max_body_bytes: int = 100 * 1024 * 1024  # 413 Content Too Large (--limit-request-body)
 
 
-DEFAULT_LIMITS = Limits()
+DEFAULT_LIMITS: Final = Limits()
 
 
 class Request:
@@ -144,7 +144,7 @@ class EndOfMessage:
         return "END_OF_MESSAGE"
 
 
-END_OF_MESSAGE = EndOfMessage()
+END_OF_MESSAGE: Final = EndOfMessage()
 
 
 class RequestError(Exception):
@@ -170,56 +170,56 @@ class ResponseError(RuntimeError):
 
 # States of each side of the conversation (h11's names). The client side is the
 # parser's progress; the server side is the response being framed.
-IDLE = "IDLE"  # client: between messages or in a head; server: no response begun
-SEND_BODY = "SEND_BODY"  # a head is out, its body follows
-DONE = "DONE"  # the message is complete, and the connection may go on
-MUST_CLOSE = "MUST_CLOSE"  # the message is complete, and the connection ends after it
-ERROR = "ERROR"  # a rule was broken; nothing more is read or written
-CLOSED = "CLOSED"  # the connection is gone: what is still framed goes nowhere
+IDLE: Final = "IDLE"  # client: between messages or in a head; server: no response begun
+SEND_BODY: Final = "SEND_BODY"  # a head is out, its body follows
+DONE: Final = "DONE"  # the message is complete, and the connection may go on
+MUST_CLOSE: Final = "MUST_CLOSE"  # the message is complete, and the connection ends after it
+ERROR: Final = "ERROR"  # a rule was broken; nothing more is read or written
+CLOSED: Final = "CLOSED"  # the connection is gone: what is still framed goes nowhere
 
-_READS_NO_MORE = frozenset({MUST_CLOSE, ERROR, CLOSED})
-_NO_BODY_STATUSES = frozenset({204, 304})
-_METHODS = {
+_READS_NO_MORE: Final = frozenset({MUST_CLOSE, ERROR, CLOSED})
+_NO_BODY_STATUSES: Final = frozenset({204, 304})
+_METHODS: Final = {
     name.encode("ascii"): name
     for name in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE")
 }
-_FRAMING = b"content-length"
-_OWN_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"connection"})
-_CHUNKED_END = b"0\r\n\r\n"
-_END_OF_HEAD = b"\r\n\r\n"
+_FRAMING: Final = b"content-length"
+_OWN_HEADERS: Final = frozenset({b"content-length", b"transfer-encoding", b"connection"})
+_CHUNKED_END: Final = b"0\r\n\r\n"
+_END_OF_HEAD: Final = b"\r\n\r\n"
 #: The end of a head, or what the parser will refuse at once (a bare CR or LF
 #: ending it, a control byte: a TLS handshake on a plain port, binary junk),
 #: so that nothing malformed is held waiting for a CRLF CRLF that never comes.
-_ODD_HEAD_END = re.compile(rb"\n\r?\n|\r(?!\n)|[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_ODD_HEAD_END: Final = re.compile(rb"\n\r?\n|\r(?!\n)|[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 #: Body-less bytes in a chunked message (trailers, chunk-size lines) past which
 #: the connection holds what comes until the next blank line and feeds it in one
 #: piece: httptools joins a field's pieces one read at a time, a cost that grows
 #: with the square of the number of reads.
-_TRAILER_HOLD = 1024
+_TRAILER_HOLD: Final = 1024
 #: What a closed connection holds instead of its parser: one without callbacks.
-_NO_PARSER = httptools.HttpRequestParser(object())
+_NO_PARSER: Final = httptools.HttpRequestParser(object())
 
 # RFC 9110 5.1 and 5.5: a field name is a token; a value holds no CR, LF, NUL or
 # other control character but HTAB. Compiled patterns: no per-byte Python.
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_UNSAFE_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_UNSAFE_VALUE: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 # RFC 9110 7.2 / RFC 3986 3.2.2: host [ ":" port ], no userinfo.
-_HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?")
+_HOST: Final = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?")
 #: How much of a connection's first head is looked at to tell an unknown method
 #: (501) from junk (400): a longer request line gets 400.
-_OPENING = 1024
-_REQUEST_LINE = re.compile(
+_OPENING: Final = 1024
+_REQUEST_LINE: Final = re.compile(
     rb"(?:\r?\n)*[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,32} [^ \x00-\x20\x7f]+ HTTP/1\.[01](?:\r|\n|$)"
 )
 #: Host values already found valid: most requests repeat one of a few.
-_VALID_HOSTS: set[bytes] = set()
+_VALID_HOSTS: Final[set[bytes]] = set()
 #: Short header values already found safe (type and content), most of them
 #: the same few again and again.
-_SAFE_VALUES: set[bytes] = set()
-_MAX_SAFE_VALUE = 128
+_SAFE_VALUES: Final[set[bytes]] = set()
+_MAX_SAFE_VALUE: Final = 128
 #: Header names already checked, mapped to their lower-case form.
-_CHECKED_NAMES: dict[bytes, bytes] = {}
-_MAX_CHECKED_NAMES = 4096
+_CHECKED_NAMES: Final[dict[bytes, bytes]] = {}
+_MAX_CHECKED_NAMES: Final = 4096
 
 
 def _field_name(name: AppValue) -> bytes:
@@ -277,7 +277,7 @@ def _reason_bytes(reason: AppValue) -> bytes:
 
 
 #: Status lines with an app's own reason phrase ("200 OK" from every WSGI app).
-_REASON_LINES: dict[tuple[AppValue, AppValue], bytes] = {}
+_REASON_LINES: Final[dict[tuple[AppValue, AppValue], bytes]] = {}
 
 
 def _status_line_with(status: AppValue, reason: AppValue) -> bytes:
@@ -331,6 +331,7 @@ class ServerConnection:
         "_target",
         "_their_keep_alive",
         "_unframed",
+        "client_finished",
         "head_in_progress",
         "in_head",
         "keep_alive",
@@ -365,6 +366,9 @@ class ServerConnection:
         self._responses_done = 0
         #: After an Upgrade request: the bytes that followed its head (the new protocol's).
         self.trailing_data = b""
+        #: The client's last message is whole, it said it sends no more (`Connection:
+        #: close`, HTTP/1.0) and nothing followed it: closing needs no lingering.
+        self.client_finished = False
         # The response being framed.
         #: Whether the connection may go on after the response being framed.
         self.keep_alive = True
@@ -388,6 +392,8 @@ class ServerConnection:
     def receive_data(self, data: bytes) -> list[Event]:
         """Feed bytes from the client; return the events they complete."""
         if not data or self.their_state in _READS_NO_MORE:
+            if data:
+                self.client_finished = False  # it sends on after all
             return []
         events = self._events = []
         held = self._held
@@ -455,8 +461,9 @@ class ServerConnection:
                 self._fail(RequestError(400, "malformed request: invalid method"))
             return events
         except httptools.HttpParserError as exc:
-            if self.their_state is not MUST_CLOSE:  # else: data after the last message
+            if self.their_state is not MUST_CLOSE:
                 self._fail(exc)
+            self.client_finished = False  # else: data after the last message
             return events
         except RequestError as exc:
             self._fail(exc)
@@ -644,6 +651,7 @@ class ServerConnection:
         # After a message that closes the connection, llhttp refuses to parse
         # on (`receive_data` reads nothing more).
         self.their_state = DONE if self._their_keep_alive else MUST_CLOSE
+        self.client_finished = not self._their_keep_alive and not self._parser.should_upgrade()
 
     # -- responses ---------------------------------------------------------
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from squall.http.core import (
     IDLE,
@@ -29,12 +29,12 @@ from squall.http.core import (
     ServerConnection,
 )
 
-logger = logging.getLogger("squall.http")
+logger: Final = logging.getLogger("squall.http")
 
-_ERROR_HEADERS = [(b"content-type", b"text/plain; charset=utf-8")]
+_ERROR_HEADERS: Final = [(b"content-type", b"text/plain; charset=utf-8")]
 # A cycle buffers at most this much unread request body before the connection
 # stops reading from the socket (and resumes once the app has read it).
-BODY_BUFFER_HIGH = 256 * 1024
+BODY_BUFFER_HIGH: Final = 256 * 1024
 
 
 class App(Protocol):

@@ -4,19 +4,29 @@ from __future__ import annotations
 
 import time
 from email.utils import formatdate
+from typing import Final
 
-SERVER_NAME = b"squall"
+SERVER_NAME: Final = b"squall"
+_now: Final = time.time
 
-_cached_second = -1
-_cached_header = b""
+
+class _Cached:
+    """The header lines of the current second (an object: compiled, its fields are C slots)."""
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.header = b""
+
+
+_cached: Final = _Cached()
 
 
 def date_and_server_header() -> bytes:
     """`date: ...\\r\\nserver: squall\\r\\n`, rebuilt only when the second changes."""
-    global _cached_second, _cached_header
-    now = int(time.time())
-    if now != _cached_second:
+    cached = _cached
+    now = int(_now())
+    if now != cached.second:
         date = formatdate(now, usegmt=True).encode("ascii")
-        _cached_header = b"date: " + date + b"\r\nserver: " + SERVER_NAME + b"\r\n"
-        _cached_second = now
-    return _cached_header
+        cached.header = b"date: " + date + b"\r\nserver: " + SERVER_NAME + b"\r\n"
+        cached.second = now
+    return cached.header

@@ -15,7 +15,7 @@ import asyncio
 import logging
 from collections import deque
 from time import perf_counter
-from typing import Any
+from typing import Any, Final
 
 from squall.http.core import (
     DONE,
@@ -29,26 +29,26 @@ from squall.http.core import (
 from squall.http.cycle import RequestCycle, Upgraded
 from squall.http.state import ServerState
 
-logger = logging.getLogger("squall.http")
+logger: Final = logging.getLogger("squall.http")
 
 # At most this many pipelined requests wait behind the current one.
-MAX_PIPELINED = 32
+MAX_PIPELINED: Final = 32
 # Held output goes out at once past this size, so that flow control
 # (`pause_writing`) sees a large response as it is written.
-HELD_OUTPUT_LIMIT = 64 * 1024
+HELD_OUTPUT_LIMIT: Final = 64 * 1024
 # A draining server closes an idle keep-alive connection only after it has
 # stayed idle this long since the drain began: a client that is still using it
 # sends its next request within that time, and gets it answered (with
 # `Connection: close`) instead of a closed connection.
-DRAIN_IDLE = 1.0
+DRAIN_IDLE: Final = 1.0
 # A closing connection first shuts its write side, then reads and discards
 # what the client still sends until its FIN or for this long: closing a
 # socket with unread bytes in it sends a reset, which can destroy the
 # response the client has not read yet (nginx's lingering close).
-LINGER = 2.0
+LINGER: Final = 2.0
 # The answer to a request past --limit-concurrency: try again in a second.
-SHED_HEADERS = ((b"content-type", b"text/plain; charset=utf-8"), (b"retry-after", b"1"))
-TIMEOUT_HEADERS = ((b"content-type", b"text/plain; charset=utf-8"),)
+SHED_HEADERS: Final = ((b"content-type", b"text/plain; charset=utf-8"), (b"retry-after", b"1"))
+TIMEOUT_HEADERS: Final = ((b"content-type", b"text/plain; charset=utf-8"),)
 
 
 class HTTPProtocol(asyncio.Protocol):
@@ -63,7 +63,7 @@ class HTTPProtocol(asyncio.Protocol):
         early: bytes = b"",
     ) -> None:
         self.state = state
-        # Given when a PROXY protocol header said who the client really is.
+        # Given by the acceptor: the address accept() returned, or a PROXY header's client.
         self._claimed_client = client
         self.app = state.app
         self.scheme = scheme
@@ -491,7 +491,13 @@ class HTTPProtocol(asyncio.Protocol):
 
     def close(self) -> None:
         """Close, lingering: shut the write side once the output is out, then
-        discard what the client sends until its FIN or `LINGER` seconds."""
+        discard what the client sends until its FIN or `LINGER` seconds.
+
+        Lingering keeps bytes the client sends after the close from turning it
+        into a reset, which would destroy the response in the client's buffer.
+        A client whose last request said it sends nothing more, and did not,
+        needs none (nginx's `lingering_close on` tells them apart the same way).
+        """
         if not self.closing:
             self.closing = True
             self._cancel_idle_timer()
@@ -501,8 +507,15 @@ class HTTPProtocol(asyncio.Protocol):
             transport = self.transport
             if transport is None:
                 return
-            if self.eof or self.upgraded is not None or not transport.can_write_eof():
-                transport.close()  # nothing more will come, or no half-close (TLS)
+            if (
+                self.eof
+                or self.conn.client_finished
+                or self.upgraded is not None
+                or not transport.can_write_eof()
+            ):
+                # Nothing more will come (the client's FIN, or its last request
+                # said so and had nothing after it), or no half-close (TLS).
+                transport.close()
                 return
             transport.write_eof()
             self._lingering = True

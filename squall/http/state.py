@@ -10,16 +10,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Protocol
+from typing import Final, Protocol
 
 from squall.http.core import Limits
 from squall.http.cycle import App, RequestCycle, Upgrader
 
-logger = logging.getLogger("squall.http")
+logger: Final = logging.getLogger("squall.http")
 
 # How often connection deadlines (keep-alive, header, body timeouts) are checked:
 # a timeout fires between its value and its value plus TICK.
-TICK = 0.5
+TICK: Final = 0.5
 
 
 class Metrics(Protocol):

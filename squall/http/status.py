@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from http import HTTPStatus
+from typing import Final
 
-LINES: dict[int, bytes] = {
+LINES: Final[dict[int, bytes]] = {
     status.value: b"HTTP/1.1 %d %b\r\n" % (status.value, status.phrase.encode("ascii"))
     for status in HTTPStatus
 }
@@ -12,7 +13,7 @@ LINES: dict[int, bytes] = {
 
 #: Every final status (200-599), with its phrase or an empty one: a status
 #: found here needs no other check.
-FINAL_LINES: dict[int, bytes] = {
+FINAL_LINES: Final[dict[int, bytes]] = {
     status: LINES.get(status) or b"HTTP/1.1 %d \r\n" % status for status in range(200, 600)
 }
 
