@@ -222,7 +222,8 @@ class RequestHandler:
         self._chunks: list[bytes] = []
         self._finished = False
         self._headers_written = False  # flush() has sent the head
-        if kwargs or type(self).initialize is not RequestHandler.initialize:
+        self._traits = _traits_of(type(self))
+        if kwargs or self._traits.initializes:
             self.initialize(**kwargs)
 
     def initialize(self, **kwargs: Any) -> None:
@@ -407,7 +408,7 @@ class RequestHandler:
             cycle.respond(self._status, headers, body, self._reason)
         except ResponseError:
             return  # the cycle has logged it and answered with a 500
-        if type(self).on_finish is not RequestHandler.on_finish:
+        if self._traits.finishes:
             self.on_finish()
 
     def _encoded_headers(self) -> list[tuple[bytes, bytes]]:
@@ -463,18 +464,19 @@ class RequestHandler:
             self.path_kwargs = kwargs
         try:
             method_name = self.request.method
-            if method_name not in self.SUPPORTED_METHODS:
+            traits = self._traits
+            if method_name not in traits.methods:
                 raise HTTPError(405)
             method = getattr(self, _METHOD_ATTRS.get(method_name) or method_name.lower(), None)
             if method is None and method_name == "HEAD":
                 method = getattr(self, "get", None)  # GET's response, the body left out
             if method is None:
                 raise HTTPError(405)
-            if self._stream_request_body:
+            if traits.streams:
                 self.request.body = b""  # the body comes through data_received
                 self._continue_async(self._run_streaming(method, args, kwargs))
                 return
-            if type(self).prepare is not RequestHandler.prepare:
+            if traits.prepares:
                 prepared = self.prepare()
                 if prepared is not None and inspect.isawaitable(prepared):
                     self._continue_async(self._run_async(prepared, method, args, kwargs))
@@ -614,6 +616,7 @@ def stream_request_body(cls: _Handler) -> _Handler:
     if not (isinstance(cls, type) and issubclass(cls, RequestHandler)):
         raise TypeError("@stream_request_body decorates a RequestHandler subclass")
     cls._stream_request_body = True
+    _TRAITS.pop(cls, None)
     return cls
 
 
@@ -629,6 +632,29 @@ Route = tuple[Any, ...]
 Found = tuple[type[RequestHandler], dict[str, Any], list[str], dict[str, str]]
 
 
+class _Traits:
+    """What a handler class overrides or declares, looked up once per class, not per request."""
+
+    def __init__(self, cls: type[RequestHandler]) -> None:
+        self.initializes = cls.initialize is not RequestHandler.initialize
+        self.prepares = cls.prepare is not RequestHandler.prepare
+        self.finishes = cls.on_finish is not RequestHandler.on_finish
+        self.methods = cls.SUPPORTED_METHODS
+        self.streams = cls._stream_request_body
+
+
+_TRAITS: Final[dict[type[RequestHandler], _Traits]] = {}
+
+
+def _traits_of(cls: type[RequestHandler]) -> _Traits:
+    traits = _TRAITS.get(cls)
+    if traits is None:
+        traits = _Traits(cls)
+        if len(_TRAITS) < 4096:  # handler classes made on the fly are not all kept
+            _TRAITS[cls] = traits
+    return traits
+
+
 @mypyc_attr(allow_interpreted_subclasses=True)
 class Application:
     """Routes requests to handlers: `Application([(r"/", MainHandler), ...])`.
@@ -639,7 +665,10 @@ class Application:
 
     def __init__(self, handlers: Sequence[Route] | None = None, **settings: Any) -> None:
         self.settings = settings
-        self._routes: list[tuple[re.Pattern[str], type[RequestHandler], dict[str, Any]]] = []
+        #: (pattern, handler, kwargs, named groups?, any groups?), the last two known in advance.
+        self._routes: list[
+            tuple[re.Pattern[str], type[RequestHandler], dict[str, Any], bool, bool]
+        ] = []
         self._streaming_routes = False  # some handler is @stream_request_body
         for route in handlers or []:
             self.add_route(*route)
@@ -653,15 +682,20 @@ class Application:
     ) -> None:
         if not pattern.endswith("$"):
             pattern += "$"
-        self._routes.append((re.compile(pattern), handler, kwargs or {}))
+        regex = re.compile(pattern)
+        self._routes.append(
+            (regex, handler, kwargs or {}, bool(regex.groupindex), regex.groups > 0)
+        )
         if handler._stream_request_body:
             self._streaming_routes = True
 
     def find_handler(self, path: str) -> Found | None:
-        for regex, handler, kwargs in self._routes:
+        for regex, handler, kwargs, named, grouped in self._routes:
             match = regex.match(path)
             if match is not None:
-                if regex.groupindex:
+                if not grouped:
+                    return handler, kwargs, [], {}
+                if named:
                     # Named groups become keywords; one that did not take part in
                     # the match is left out, so the method's default applies.
                     groups = {k: v for k, v in match.groupdict().items() if v is not None}
@@ -740,7 +774,9 @@ class Application:
             return
         handler_class, kwargs, args, path_kwargs = found
         try:
-            handler = handler_class(self, request, **kwargs)
+            handler = (
+                handler_class(self, request, **kwargs) if kwargs else handler_class(self, request)
+            )
         except Exception:
             logger.exception("could not create %s for %r", handler_class.__name__, request)
             cycle.respond(500, [], b"")

@@ -200,42 +200,11 @@ class WSGIAdapter:
         self, environ: dict[str, Any], cycle: RequestCycle, loop: asyncio.AbstractEventLoop
     ) -> None:
         """Runs in a pool thread."""
-        head: list[Any] = []
         output = _Output(cycle, loop)
-
-        def start_response(
-            status: str, headers: list[tuple[str, str]], exc_info: Any = None
-        ) -> Callable[[bytes], None]:
-            if exc_info is not None and output.head_sent:
-                raise exc_info[1].with_traceback(exc_info[2])
-            if head and exc_info is None:
-                raise RuntimeError("start_response() called twice without exc_info")
-            match = _STATUS.fullmatch(status) if isinstance(status, str) else None
-            if match is None:
-                raise ValueError(
-                    "start_response(): status must be 'NNN reason' (a str: a three-digit "
-                    f"code, one space, a reason phrase), not {status!r}"
-                )
-            try:
-                encoded = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
-            except (AttributeError, TypeError, ValueError) as exc:
-                raise _header_error(headers) from exc
-            head[:] = [int(match[1]), encoded, match[2]]
-            return write
-
-        def send(data: bytes) -> bool:
-            """One piece of the body; False once the client has gone."""
-            if not head:
-                raise RuntimeError("write() before start_response()")
-            if not output.head_sent:
-                output.start(head[0], head[1], head[2])
-            return output.write(bytes(data)) if data else not output.gone
-
-        def write(data: bytes) -> None:
-            if not send(data):
-                raise ClientDisconnected("the client has disconnected")
-
-        result = self.app(environ, start_response)
+        responder = _Responder(output)
+        head = responder.head
+        send = responder.send
+        result = self.app(environ, responder.start_response)
         try:
             chunks = result if isinstance(result, list) else None
             if chunks is not None and not output.head_sent and head:
@@ -257,6 +226,56 @@ class WSGIAdapter:
             close = getattr(result, "close", None)
             if close is not None:
                 close()
+
+
+class _Responder:
+    """`start_response` and the `write` it returns, for one request (PEP 3333).
+
+    A class, not closures in `_call`: compiled, closures that call each other
+    would share one environment object with a reference to each, a cycle left
+    for the garbage collector by every request.
+    """
+
+    __slots__ = ("head", "output")
+
+    def __init__(self, output: _Output) -> None:
+        self.output = output
+        #: [status, encoded headers, reason] once start_response() was called.
+        self.head: list[Any] = []
+
+    def start_response(
+        self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
+    ) -> Callable[[bytes], None]:
+        if exc_info is not None and self.output.head_sent:
+            raise exc_info[1].with_traceback(exc_info[2])
+        if self.head and exc_info is None:
+            raise RuntimeError("start_response() called twice without exc_info")
+        match = _STATUS.fullmatch(status) if isinstance(status, str) else None
+        if match is None:
+            raise ValueError(
+                "start_response(): status must be 'NNN reason' (a str: a three-digit "
+                f"code, one space, a reason phrase), not {status!r}"
+            )
+        try:
+            encoded = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise _header_error(headers) from exc
+        self.head[:] = [int(match[1]), encoded, match[2]]
+        return self.write
+
+    def send(self, data: bytes) -> bool:
+        """One piece of the body; False once the client has gone."""
+        head = self.head
+        if not head:
+            raise RuntimeError("write() before start_response()")
+        output = self.output
+        if not output.head_sent:
+            output.start(head[0], head[1], head[2])
+        return output.write(bytes(data)) if data else not output.gone
+
+    def write(self, data: bytes) -> None:
+        if not self.send(data):
+            raise ClientDisconnected("the client has disconnected")
 
 
 def _header_error(headers: Any) -> Exception:
