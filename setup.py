@@ -24,18 +24,17 @@ COMPILED: tuple[str, ...] = runpy.run_path(str(HERE / "squall" / "compiled.py"))
 
 def warn(message: str) -> None:
     print(f"squall setup: {message}; installing the pure-Python modules", file=sys.stderr)
-    remove_built()
 
 
 def remove_built() -> None:
     """Remove compiled modules an earlier build left in the tree (an editable install's).
 
-    They would still be imported, running the code they were built from.
+    They would still be imported, running the code they were built from; one
+    of a module no longer compiled would stand in front of its source.
     """
-    suffixes = importlib.machinery.EXTENSION_SUFFIXES
-    for path in (*COMPILED, "squall__mypyc.py"):
-        for suffix in suffixes:
-            (HERE / path).with_suffix(suffix).unlink(missing_ok=True)
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        for built in [*(HERE / "squall").rglob(f"*{suffix}"), HERE / f"squall__mypyc{suffix}"]:
+            built.unlink(missing_ok=True)
 
 
 class OptionalBuildExt(build_ext):
@@ -52,8 +51,8 @@ class OptionalBuildExt(build_ext):
 
 
 def extensions() -> list[Any]:
+    remove_built()  # whatever is compiled now is built afresh
     if os.environ.get("SQUALL_PURE_PYTHON", "") not in ("", "0"):
-        remove_built()
         return []
     if sys.implementation.name != "cpython":
         return []

@@ -80,13 +80,16 @@ def stale() -> list[str]:
     They would run the old code: rebuild (`pip install -e .`) or set SQUALL_PURE_PYTHON=1.
     """
     root = Path(__file__).resolve().parent.parent
+    suffixes = sorted(importlib.machinery.EXTENSION_SUFFIXES, key=len, reverse=True)
     found = []
-    for path in COMPILED:
+    for built in sorted((root / "squall").rglob("*")):
+        suffix = next((s for s in suffixes if built.name.endswith(s)), None)
+        if suffix is None:
+            continue
+        path = str(built.relative_to(root))[: -len(suffix)] + ".py"
         source = root / path
-        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-            built = source.with_suffix(suffix)
-            if built.exists() and built.stat().st_mtime < source.stat().st_mtime:
-                found.append(path)
+        if path not in COMPILED or built.stat().st_mtime < source.stat().st_mtime:
+            found.append(path)  # left from a build that compiled it, or older than it
     return found
 
 

@@ -7,7 +7,7 @@ first wait at once, as the current task (anyio and sniffio look for one),
 and are scheduled only if it waits. On 3.11 `start_task` does the same
 with a real task made first: the coroutine's first step runs while that
 task is the current one, in the task's own context, and the task's
-coroutine (`_resume`) goes on from wherever that step stopped.
+coroutine (`_Carrier`) goes on from wherever that step stopped.
 """
 
 from __future__ import annotations
@@ -15,16 +15,15 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import sys
-import types
-from collections.abc import Coroutine, Generator
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, Final
 
-EAGER_TASKS = sys.version_info >= (3, 12)
+EAGER_TASKS: Final = sys.version_info >= (3, 12)
 #: A task can be given the context its first step ran in (3.10's cannot: ordinary tasks there).
-CONTEXT_TASKS = sys.version_info >= (3, 11)
+CONTEXT_TASKS: Final = sys.version_info >= (3, 11)
 
-_enter_task = asyncio.tasks._enter_task
-_leave_task = asyncio.tasks._leave_task
+_enter_task: Final = asyncio.tasks._enter_task
+_leave_task: Final = asyncio.tasks._leave_task
 
 
 def start_task(
@@ -41,71 +40,64 @@ def start_task(
         return None if task.done() else task
     if not CONTEXT_TASKS or asyncio.current_task(loop) is not None:
         return asyncio.Task(coro, loop=loop, name=name)
-    step = _FirstStep(coro)
-    resumed = _resume(step)
-    resumed.send(None)  # parked: a cancellation before the task's first step reaches it
+    carrier = _Carrier(coro)
     context = contextvars.copy_context()
-    task = loop.create_task(resumed, name=name, context=context)  # type: ignore[call-arg, unused-ignore]  # 3.10 has no context=
+    task = loop.create_task(carrier, name=name, context=context)  # type: ignore[arg-type, call-arg, unused-ignore]  # a Coroutine by registration; 3.10 has no context=
     _enter_task(loop, task)
     try:
-        step.yielded = context.run(coro.send, None)
+        carrier.waiting_on = context.run(coro.send, None)
     except StopIteration:
-        step.finished = True
+        carrier.finished = True
     except BaseException as exc:  # the task's first step raises it again
-        step.finished = True
-        step.error = exc
+        carrier.finished = True
+        carrier.error = exc
     finally:
         _leave_task(loop, task)
-    return None if step.finished else task
+    return None if carrier.finished else task
 
 
-class _FirstStep:
-    """How the eager first step ended."""
+class _Carrier:
+    """The task's coroutine: it ends as the eager first step did, or goes on from it.
 
-    __slots__ = ("coro", "error", "finished", "yielded")
+    A coroutine by the protocol asyncio's tasks use (`send`, `throw`, `close`),
+    not a generator: no frame of its own in front of the app's coroutine, and
+    compiled, a C object. A cancellation before the task's first step reaches
+    the app's coroutine where that step stopped.
+    """
+
+    __slots__ = ("coro", "error", "finished", "started", "waiting_on")
 
     def __init__(self, coro: Coroutine[Any, Any, None]) -> None:
         self.coro = coro
-        self.finished = False
+        self.finished = False  # in the eager first step
+        self.started = False  # the task has taken its first step
         self.error: BaseException | None = None
-        self.yielded: Any = None  # what the coroutine waits on
+        self.waiting_on: Any = None  # what the coroutine waits on after its first step
+
+    def send(self, value: Any) -> Any:
+        if self.started:
+            return self.coro.send(value)
+        self.started = True
+        if self.finished:
+            error, self.error = self.error, None
+            if error is not None:
+                raise error
+            raise StopIteration
+        waiting_on, self.waiting_on = self.waiting_on, None
+        return waiting_on
+
+    def throw(self, exc: BaseException, *_: object) -> Any:
+        self.started = True
+        if self.finished:
+            raise exc
+        return self.coro.throw(exc)
+
+    def close(self) -> None:
+        if not self.finished:
+            self.coro.close()
+
+    def __await__(self) -> Any:
+        return self
 
 
-async def _resume(step: _FirstStep) -> None:
-    """The task's coroutine: it ends as the first step did, or goes on from it."""
-    try:
-        await _park()
-    except BaseException as exc:  # cancelled before the task's first step
-        if step.finished:
-            raise
-        await _forward(step.coro, None, exc)
-        return
-    if step.finished:
-        if step.error is not None:
-            raise step.error
-        return
-    await _forward(step.coro, step.yielded, None)
-
-
-@types.coroutine
-def _park() -> Generator[None, None, None]:
-    yield
-
-
-@types.coroutine
-def _forward(
-    coro: Coroutine[Any, Any, None], waiting_on: Any, thrown: BaseException | None
-) -> Generator[Any, Any, None]:
-    """`yield from` a coroutine that has already run: it waits on `waiting_on`."""
-    try:
-        if thrown is not None:
-            waiting_on = coro.throw(thrown)
-        while True:
-            try:
-                sent = yield waiting_on
-            except BaseException as exc:
-                waiting_on = coro.throw(exc)
-            else:
-                waiting_on = coro.send(sent)
-    except StopIteration:
-        return
+Coroutine.register(_Carrier)
