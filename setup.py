@@ -24,17 +24,25 @@ COMPILED: tuple[str, ...] = runpy.run_path(str(HERE / "squall" / "compiled.py"))
 
 def warn(message: str) -> None:
     print(f"squall setup: {message}; installing the pure-Python modules", file=sys.stderr)
+    remove_built()
 
 
-def remove_built() -> None:
+def remove_built(keep: tuple[str, ...] = ()) -> None:
     """Remove compiled modules an earlier build left in the tree (an editable install's).
 
-    They would still be imported, running the code they were built from; one
-    of a module no longer compiled would stand in front of its source.
+    They would still be imported, running the code they were built from: one
+    of a module no longer compiled would stand in front of its source, and all
+    of them in front of a pure-Python build. Those in `keep` are built again.
     """
-    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        for built in [*(HERE / "squall").rglob(f"*{suffix}"), HERE / f"squall__mypyc{suffix}"]:
-            built.unlink(missing_ok=True)
+    kept = {path.removesuffix(".py") for path in keep}
+    suffixes = sorted(importlib.machinery.EXTENSION_SUFFIXES, key=len, reverse=True)
+    for built in [*(HERE / "squall").rglob("*"), *HERE.glob("squall__mypyc.*")]:
+        suffix = next((s for s in suffixes if built.name.endswith(s)), None)
+        if suffix is None:
+            continue
+        module = str(built.relative_to(HERE))[: -len(suffix)]
+        if module not in kept and not (keep and module == "squall__mypyc"):
+            built.unlink()
 
 
 class OptionalBuildExt(build_ext):
@@ -51,9 +59,10 @@ class OptionalBuildExt(build_ext):
 
 
 def extensions() -> list[Any]:
-    remove_built()  # whatever is compiled now is built afresh
     if os.environ.get("SQUALL_PURE_PYTHON", "") not in ("", "0"):
+        remove_built()
         return []
+    remove_built(keep=COMPILED)
     if sys.implementation.name != "cpython":
         return []
     try:
