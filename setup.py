@@ -72,7 +72,7 @@ def extensions() -> list[Any]:
         return []
     os.chdir(HERE)  # mypyc takes paths relative to the project and writes build/ there
     try:
-        return list(mypycify(list(COMPILED), opt_level="3", group_name="squall"))
+        return list(mypycify(list(COMPILED), opt_level="3", debug_level="0", group_name="squall"))
     except BaseException as exc:  # mypyc reports a type error by SystemExit
         warn(f"mypyc failed ({exc!r})")
         return []
