@@ -765,6 +765,12 @@ VERSIONS_SCRIPT = (
 )
 
 
+def announce(plan: str, runs: int, duration: float, overhead: float) -> None:
+    """The plan of a run and about how long it takes, on stderr (each run: warm-up, load, overhead)."""
+    minutes = runs * (duration + WARMUP_SECONDS + overhead) / 60
+    print(f"{plan}, {duration:g} s each (about {minutes:.0f} min)", file=sys.stderr, flush=True)
+
+
 def load_average() -> float:
     return os.getloadavg()[0]
 
@@ -1305,11 +1311,11 @@ def benchmark(args: argparse.Namespace, servers: list[Server], modes: list[str],
     done = 0
     failures = 0
     loads: list[float] = []
-    print(
-        f"compare.py: {len(servers)} servers x {len(modes)} modes x {args.rounds} rounds, "
-        f"{args.duration:g} s each (about {total * (args.duration + WARMUP_SECONDS + 2) / 60:.0f} min)",
-        file=sys.stderr,
-        flush=True,
+    announce(
+        f"compare.py: {len(servers)} servers x {len(modes)} modes x {args.rounds} rounds",
+        total,
+        args.duration,
+        overhead=2,
     )
     for round_no in range(1, args.rounds + 1):
         for mode in modes:

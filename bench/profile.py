@@ -679,12 +679,11 @@ def benchmark(
     }
     total = args.rounds * len(modes) * len(chosen)
     done = failures = 0
-    print(
-        f"profile.py: {len(chosen)} servers x {len(modes)} modes x {args.rounds} rounds, "
-        f"{args.duration:g} s each (about "
-        f"{total * (args.duration + compare.WARMUP_SECONDS + 4) / 60:.0f} min)",
-        file=sys.stderr,
-        flush=True,
+    compare.announce(
+        f"profile.py: {len(chosen)} servers x {len(modes)} modes x {args.rounds} rounds",
+        total,
+        args.duration,
+        overhead=4,
     )
     for round_no in range(1, args.rounds + 1):
         for mode in modes:

@@ -278,12 +278,11 @@ def benchmark(args: argparse.Namespace, servers: list[Server], counts: list[int]
     total = args.rounds * len(servers) * len(counts)
     done = failures = 0
     loads: list[float] = []
-    print(
-        f"scaling.py: {len(servers)} servers x workers {counts} x {args.rounds} rounds, "
-        f"{args.duration:g} s each (about "
-        f"{total * (args.duration + compare.WARMUP_SECONDS + 2) / 60:.0f} min)",
-        file=sys.stderr,
-        flush=True,
+    compare.announce(
+        f"scaling.py: {len(servers)} servers x workers {counts} x {args.rounds} rounds",
+        total,
+        args.duration,
+        overhead=2,
     )
     for round_no in range(1, args.rounds + 1):
         for server in servers:
