@@ -3,10 +3,10 @@
 The request path (accepting, the HTTP/1.1 core, the connection, the
 cycle, the native handlers and the ASGI and WSGI adapters) is compiled to C
 when squall is installed where a C compiler exists; every other module,
-and every module where none does, runs as Python. Both builds come from the same source and pass the
-same tests. `setup.py` reads `COMPILED` from this file without importing
-squall, so it imports nothing of squall's and nothing outside the standard
-library.
+and every module where none does, runs as Python. Both builds come from
+the same source and pass the same tests. `setup.py` reads `COMPILED` from
+this file without importing squall, so it imports nothing of squall's and
+nothing outside the standard library.
 
 `SQUALL_PURE_PYTHON=1` in the environment runs the `.py` files even where
 the compiled modules are installed beside them (to compare the two, or to
