@@ -8,7 +8,6 @@ for that build outright.
 
 from __future__ import annotations
 
-import importlib.machinery
 import os
 import runpy
 import sys
@@ -19,7 +18,11 @@ from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
 HERE = Path(__file__).resolve().parent
-COMPILED: tuple[str, ...] = runpy.run_path(str(HERE / "squall" / "compiled.py"))["COMPILED"]
+# squall/compiled.py imports nothing of squall's: read here without importing squall.
+_compiled = runpy.run_path(str(HERE / "squall" / "compiled.py"))
+COMPILED: tuple[str, ...] = _compiled["COMPILED"]
+built_in_tree = _compiled["built_in_tree"]
+GROUP_LIBRARY: str = _compiled["GROUP_LIBRARY"]
 
 
 def warn(message: str) -> None:
@@ -34,14 +37,8 @@ def remove_built(keep: tuple[str, ...] = ()) -> None:
     of a module no longer compiled would stand in front of its source, and all
     of them in front of a pure-Python build. Those in `keep` are built again.
     """
-    kept = {path.removesuffix(".py") for path in keep}
-    suffixes = sorted(importlib.machinery.EXTENSION_SUFFIXES, key=len, reverse=True)
-    for built in [*(HERE / "squall").rglob("*"), *HERE.glob("squall__mypyc.*")]:
-        suffix = next((s for s in suffixes if built.name.endswith(s)), None)
-        if suffix is None:
-            continue
-        module = str(built.relative_to(HERE))[: -len(suffix)]
-        if module not in kept and not (keep and module == "squall__mypyc"):
+    for built, path in built_in_tree(HERE):
+        if path not in keep and not (keep and path == GROUP_LIBRARY):
             built.unlink()
 
 

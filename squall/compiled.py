@@ -74,23 +74,37 @@ def prefer_source() -> None:
         sys.meta_path.insert(0, _SourceFinder())
 
 
+#: The group's shared library, beside the package, as its "source" path in `built_in_tree`.
+GROUP_LIBRARY = "squall__mypyc.py"
+
+
+def built_in_tree(root: Path) -> list[tuple[Path, str]]:
+    """The extension modules a build left under `root` (an editable install's), each with
+    the source path it stands for ("squall/http/core.py", or GROUP_LIBRARY).
+
+    setup.py removes those it will not build again; `stale` names those out of date.
+    """
+    suffixes = sorted(importlib.machinery.EXTENSION_SUFFIXES, key=len, reverse=True)
+    found = []
+    for built in sorted([*(root / "squall").rglob("*"), *root.glob("squall__mypyc.*")]):
+        suffix = next((s for s in suffixes if built.name.endswith(s)), None)
+        if suffix is not None:
+            found.append((built, str(built.relative_to(root))[: -len(suffix)] + ".py"))
+    return found
+
+
 def stale() -> list[str]:
     """The compiled modules whose source changed after they were built (an editable install).
 
     They would run the old code: rebuild (`pip install -e .`) or set SQUALL_PURE_PYTHON=1.
     """
     root = Path(__file__).resolve().parent.parent
-    suffixes = sorted(importlib.machinery.EXTENSION_SUFFIXES, key=len, reverse=True)
-    found = []
-    for built in sorted((root / "squall").rglob("*")):
-        suffix = next((s for s in suffixes if built.name.endswith(s)), None)
-        if suffix is None:
-            continue
-        path = str(built.relative_to(root))[: -len(suffix)] + ".py"
-        source = root / path
-        if path not in COMPILED or built.stat().st_mtime < source.stat().st_mtime:
-            found.append(path)  # left from a build that compiled it, or older than it
-    return found
+    return [
+        path  # left from a build that compiled it, or older than its source
+        for built, path in built_in_tree(root)
+        if path != GROUP_LIBRARY
+        and (path not in COMPILED or built.stat().st_mtime < (root / path).stat().st_mtime)
+    ]
 
 
 def loaded_compiled() -> list[str]:

@@ -96,8 +96,5 @@ class _Carrier:
         if not self.finished:
             self.coro.close()
 
-    def __await__(self) -> Any:
-        return self
-
 
 Coroutine.register(_Carrier)
