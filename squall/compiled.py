@@ -32,6 +32,7 @@ COMPILED = (
     "squall/http/state.py",
     "squall/http/cycle.py",
     "squall/http/protocol.py",
+    "squall/http/direct.py",
     "squall/http/accept.py",
     "squall/http/proxy_accept.py",
     "squall/asgi_scope.py",

@@ -251,12 +251,8 @@ class HTTPServer:
         assert state is not None
         listener = _specific_address(sock)
 
-        def make_protocol(
-            client: Address | None, server: Address | None, early: bytes = b""
-        ) -> HTTPProtocol:
-            return HTTPProtocol(
-                state, scheme, server=server or listener, client=client, early=early
-            )
+        def make_protocol(client: Address | None, server: Address | None) -> HTTPProtocol:
+            return HTTPProtocol(state, scheme, server=server or listener, client=client)
 
         if self.proxy_allow is None:
             acceptor = Acceptor(

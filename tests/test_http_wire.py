@@ -922,3 +922,68 @@ def test_a_lingering_close_ends_though_the_client_never_stops_sending(
     assert closed_after is not None, "the connection was never closed"
     assert closed_after < 2.0 + 2.0, closed_after  # LINGER, and the ticker's half-second
     assert server.pid() == worker_pid
+
+
+# -- a new connection's first request, answered on the accepted socket ---------------
+#
+# The acceptor reads what a new connection brought and the protocol answers
+# it on the socket itself (squall.http.direct); the loop's transport takes
+# over only a connection that stays open, or an answer the socket did not
+# take whole. These feed the first request in the connection's first packet.
+
+
+def test_a_big_answer_to_a_first_request_that_closes_reaches_a_slow_reader(
+    server: Server, worker_pid: int
+) -> None:
+    # The socket takes part of the 1 MiB at once; the loop's transport sends
+    # the rest and then closes, as the request asked.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    with sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+        sock.settimeout(5)
+        sock.connect(("127.0.0.1", server.port))
+        sock.sendall(build("GET", "/big", Connection="close"))
+        time.sleep(0.5)  # the server is left holding what the socket did not take
+        received, end = _read_all(sock)
+    assert end == "eof", end
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and b"connection: close" in head.lower()
+    assert body == BIG_BODY
+    assert server.pid() == worker_pid
+
+
+def test_a_first_request_that_keeps_the_connection_is_followed_by_more(server: Server) -> None:
+    # The first request and half of the second come in the first packet; the
+    # second's rest comes after the loop's transport has taken over.
+    second = build("POST", "/echo", b"x" * 3000)
+    with server.client() as client:
+        client.send(build("GET", "/") + second[:40])
+        assert client.read_response().status == 200
+        time.sleep(0.2)
+        client.send(second[40:])
+        echoed = client.read_response()
+        assert echoed.status == 200 and echoed.body == b"x" * 3000
+        client.send(build("GET", "/", Connection="close"))
+        assert client.read_response().closes
+
+
+def test_short_connections_leave_no_descriptor_behind(server: Server, worker_pid: int) -> None:
+    # Each is answered and closed on the accepted socket, or by the loop's
+    # transport; either way the worker ends up holding what it held before.
+    time.sleep(3)  # what earlier tests left lingering is closed by now
+    before = _sockets_of(worker_pid)
+    requests = [
+        build("GET", "/", Connection="close"),
+        b"GET / HTTP/1.0\r\n\r\n",
+        build("GET", "/"),  # keep-alive: the loop's transport, closed by this client
+        build("GET", "/big", Connection="close"),
+        b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n",
+    ]
+    for _ in range(40):
+        for request in requests:
+            with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+                sock.sendall(request)
+                received = sock.recv(65536)
+                assert received.startswith(b"HTTP/1.1 "), received[:100]
+    wait_until(lambda: _sockets_of(worker_pid) <= before, timeout=10)
+    assert server.pid() == worker_pid

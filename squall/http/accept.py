@@ -20,27 +20,33 @@ socket itself and hands each connection to the loop
 
 from __future__ import annotations
 
+import _socket
 import asyncio
 import errno
 import functools
 import logging
+import os
 import resource
 import socket
 import ssl
+from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any, Final
+
+from squall.http.direct import DirectTransport, HandedSocket
 
 logger: Final = logging.getLogger("squall.http")
 
 Address = tuple[str, int]
 #: Makes the connection's protocol from its (client, server), each None when not known.
-#: The third argument is what the client had sent by the time it was accepted.
-ProtocolFactory = Callable[[Address | None, Address | None, bytes], asyncio.Protocol]
+ProtocolFactory = Callable[[Address | None, Address | None], asyncio.Protocol]
 
 #: Connections accepted per wake-up of the listening socket, at most.
 ACCEPT_BATCH: Final = 64
 #: At most this much is read at accept, before the connection is handed over.
 EARLY_READ: Final = 65536
+_DONTWAIT: Final = int(socket.MSG_DONTWAIT)
+_STREAM: Final = int(socket.SOCK_STREAM)
 #: After accept failed otherwise (EMFILE, ENFILE, ENOBUFS...), wait this long to try again.
 ACCEPT_RETRY_DELAY: Final = 0.5
 #: ... and say so at most this often (descriptors freed and taken again make episodes short).
@@ -91,17 +97,21 @@ class Acceptor:
         self.limit = limit  # that limit, for the log
         self.limit_given = limit_given  # False: derived from the descriptor limit
         self._tcp = sock.family in (socket.AF_INET, socket.AF_INET6)
+        self._family = int(sock.family)
+        # accept() without the socket object it makes (typeshed does not list `_accept`).
+        self._accept_fd: Callable[[], tuple[int, Any]] = getattr(sock, "_accept")  # noqa: B009
         self._fd = sock.fileno()
         self._reading = False
         self._closed = False
         self._full = False  # paused at --max-connections
         self._retry: asyncio.TimerHandle | None = None
         self._handing: set[Coroutine[Any, Any, Any]] = set()  # connections being handed over
+        self._batch: deque[tuple[int, Any]] = deque()  # accepted in this pass, not yet served
 
     @property
     def in_hand(self) -> int:
-        """Connections accepted here and not yet served (being handed over)."""
-        return len(self._handing)
+        """Connections accepted here and not yet served (in this pass's batch, or being handed over)."""
+        return len(self._batch) + len(self._handing)
 
     def start(self) -> None:
         self.sock.setblocking(False)
@@ -144,21 +154,33 @@ class Acceptor:
             self.loop.remove_reader(self._fd)
 
     def _accept(self) -> None:
+        # Accept the whole batch first, then serve it: a request served here
+        # may hold the loop (an app that never awaits), and what arrives
+        # meanwhile is then read in a pass of its own, where the limits of
+        # a pass (--limit-concurrency) apply to it.
         has_room = self.has_room
+        batch = self._batch
         for _ in range(ACCEPT_BATCH):
             if has_room is not None and not has_room():
                 self._at_limit()
-                return
+                break
             try:
-                conn, peer = self.sock.accept()
+                # The descriptor alone: a socket object is made only where one is needed.
+                fd, peer = self._accept_fd()
             except (BlockingIOError, InterruptedError):
-                return
+                break
             except OSError as exc:
                 if exc.errno in _CONNECTION_GONE:
                     continue
                 self._cannot_accept(exc)  # EMFILE and the like: the socket stays readable
-                return
-            self._accepted(conn, peer)
+                break
+            batch.append((fd, peer))
+        while batch:
+            fd, peer = batch.popleft()
+            try:
+                self._accepted(fd, peer)
+            except Exception:
+                logger.exception("error accepting a connection from %s", describe_peer(peer))
 
     def _at_limit(self) -> None:
         """What waits stays in the kernel's queue (or goes to the other workers)."""
@@ -190,47 +212,65 @@ class Acceptor:
         self._pause()
         self._retry = self.loop.call_later(ACCEPT_RETRY_DELAY, self._resume)
 
-    def _accepted(self, conn: socket.socket, peer: Any) -> None:
-        # TCP_NODELAY: the loop's transport sets it.
-        early = b""
-        if self.ssl_context is None:
-            # The request is usually here already. Read now, the protocol
-            # parses it as soon as it is made, one pass of the loop earlier
-            # than the transport's first read would.
-            try:
-                # MSG_DONTWAIT: the socket is made non-blocking by the transport.
-                early = conn.recv(EARLY_READ, socket.MSG_DONTWAIT)
-            except (BlockingIOError, InterruptedError):
-                pass
-            except OSError:  # reset before it was served
-                conn.close()
-                return
+    def _accepted(self, fd: int, peer: Any) -> None:
         # The client's address, as accept() gave it: the transport would ask the socket again.
         client = (peer[0], peer[1]) if isinstance(peer, tuple) else None
-        self._hand_over(conn, peer, client, None, early)
+        if self.ssl_context is not None:
+            self._hand_over(HandedSocket(fd, self._family), peer, self._new_protocol(fd, client))
+            return
+        # The request is usually here already: read it now, and answer it on
+        # the socket itself (squall.http.direct).
+        conn = _socket.socket(self._family, _STREAM, 0, fd)
+        try:
+            early: bytes = conn.recv(EARLY_READ, _DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            early = b""
+        except OSError:  # reset before it was served
+            conn.close()
+            return
+        if not early:
+            fd = conn.detach()
+            self._hand_over(HandedSocket(fd, self._family), peer, self._new_protocol(fd, client))
+            return
+        protocol = self.make_protocol(client, None)
+        direct = DirectTransport(conn, client, protocol)
+        try:
+            protocol.connection_made(direct)  # type: ignore[arg-type]
+            protocol.data_received(early)
+        except Exception as exc:  # a bug: as the loop's transport would, end the connection
+            logger.exception("error serving a new connection from %s", describe_peer(peer))
+            direct.abort()
+            protocol.connection_lost(exc)
+            return
+        if direct.closed:  # answered, and ended: the loop never knew of it
+            protocol.connection_lost(direct.error)
+            return
+        self._hand_over(HandedSocket(direct.detach(), self._family), peer, protocol)
+
+    def _new_protocol(self, fd: int, client: Address | None) -> asyncio.Protocol:
+        try:
+            return self.make_protocol(client, None)
+        except BaseException:
+            os.close(fd)  # not the transport's yet
+            raise
 
     # -- handing the connection to the loop ---------------------------------------
 
-    def _hand_over(
-        self,
-        conn: socket.socket,
-        peer: Any,
-        client: Address | None,
-        server: Address | None,
-        early: bytes = b"",
-    ) -> None:
+    def _hand_over(self, conn: Any, peer: Any, protocol: asyncio.Protocol) -> None:
         """`connect_accepted_socket`, stepped by hand rather than as a task.
 
         The coroutine makes the transport at once and then waits on one
         future (two with TLS); a task per connection cost about 10 µs of a
-        new connection's 65 (bench/results/accept-*.md).
+        new connection's 65 (bench/results/accept-*.md). `conn` is a socket,
+        or a `HandedSocket` that the transport's close leaves alone. The
+        protocol is made beforehand: past it, the coroutine cannot fail
+        before its transport owns the descriptor.
         """
-        make_protocol = self.make_protocol
         coro = self.loop.connect_accepted_socket(
-            lambda: make_protocol(client, server, early), conn, ssl=self.ssl_context
+            functools.partial(_same, protocol), conn, ssl=self.ssl_context
         )
         self._handing.add(coro)
-        self._step(coro, client or peer)
+        self._step(coro, peer)
 
     def _step(self, coro: Coroutine[Any, Any, Any], peer: Any, _: object = None) -> None:
         try:
@@ -246,6 +286,10 @@ class Acceptor:
             self._handing.discard(coro)
             raise
         waiting.add_done_callback(functools.partial(self._step, coro, peer))
+
+
+def _same(protocol: asyncio.Protocol) -> asyncio.Protocol:
+    return protocol
 
 
 def describe_peer(peer: Any) -> str:

@@ -60,7 +60,6 @@ class HTTPProtocol(asyncio.Protocol):
         scheme: str = "http",
         server: tuple[str, int] | None = None,
         client: tuple[str, int] | None = None,
-        early: bytes = b"",
     ) -> None:
         self.state = state
         # Given by the acceptor: the address accept() returned, or a PROXY header's client.
@@ -98,11 +97,20 @@ class HTTPProtocol(asyncio.Protocol):
         # per pass. A response that ends the connection goes out at once.
         self._held: list[bytes] = []
         self._held_size = 0
-        self._early = early  # read at accept: parsed once the transport is here
 
     # -- transport events ---------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.transport is not None:
+            # The acceptor served the first bytes on the socket itself
+            # (squall.http.direct); the loop's transport takes over from it.
+            direct: Any = self.transport
+            self.transport = transport  # type: ignore[assignment]
+            direct.hand_over(transport)
+            if self._reading_paused and not self.closing:
+                # uvloop starts reading after connection_made returns, paused or not.
+                self.loop.call_soon(self._pause_again)
+            return
         self.transport = transport  # type: ignore[assignment]  # uvloop's are not subclasses
         self.client = self._claimed_client or _address(transport.get_extra_info("peername"))
         state = self.state
@@ -112,12 +120,6 @@ class HTTPProtocol(asyncio.Protocol):
         if state.metrics is not None:
             state.metrics.connection_opened()
         self._start_idle_timer()
-        if self._early:
-            early, self._early = self._early, b""
-            self.data_received(early)
-            if self._reading_paused:
-                # uvloop starts reading after connection_made returns, paused or not.
-                self.loop.call_soon(self._pause_again)
 
     def _pause_again(self) -> None:
         if self._reading_paused and self.transport is not None and not self.closing:

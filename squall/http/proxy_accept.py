@@ -126,20 +126,22 @@ class ProxyAcceptor(Acceptor):
     @property
     def in_hand(self) -> int:
         """Connections accepted here and not yet served: header awaited, or being handed over."""
-        return len(self.pending) + len(self._handing)
+        return len(self.pending) + len(self._batch) + len(self._handing)
 
     def abort(self) -> None:
         """Close the connections whose header has not come yet."""
         for pending in list(self.pending.values()):
             self._drop(pending)
 
-    def _accepted(self, conn: socket.socket, peer: Any) -> None:
+    def _accepted(self, fd: int, peer: Any) -> None:
+        conn = socket.socket(self._family, socket.SOCK_STREAM, 0, fd)
         conn.setblocking(False)
         if self._tcp:
             with contextlib.suppress(OSError):
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if not self.allow.allows(peer):
-            self._hand_over(conn, peer, None, None)  # an ordinary client: a PROXY line is no header
+            # An ordinary client: a PROXY line is no header.
+            self._hand_over(conn, peer, self.make_protocol(None, None))
             return
         pending = _Pending(conn, peer)
         fd = conn.fileno()
@@ -184,7 +186,8 @@ class ProxyAcceptor(Acceptor):
         if header is not None and len(pending.buffer) == header.consumed and self._forget(pending):
             if self.on_close is not None:
                 self.on_close(True)
-            self._hand_over(sock, pending.peer, header.client, header.server)
+            protocol = self.make_protocol(header.client, header.server)
+            self._hand_over(sock, pending.peer, protocol)
 
     def _expire(self, pending: _Pending) -> None:
         pending.timer = None
