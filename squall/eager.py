@@ -24,6 +24,8 @@ CONTEXT_TASKS: Final = sys.version_info >= (3, 11)
 
 _enter_task: Final = asyncio.tasks._enter_task
 _leave_task: Final = asyncio.tasks._leave_task
+#: Each loop's current task, before 3.12 (`asyncio.current_task` is a Python function around it).
+_current_tasks: Final[dict[Any, Any]] = getattr(asyncio.tasks, "_current_tasks", {})
 
 
 def start_task(
@@ -38,7 +40,7 @@ def start_task(
     if EAGER_TASKS:
         task = asyncio.Task(coro, loop=loop, name=name, eager_start=True)  # type: ignore[call-arg]
         return None if task.done() else task
-    if not CONTEXT_TASKS or asyncio.current_task(loop) is not None:
+    if not CONTEXT_TASKS or _current_tasks.get(loop) is not None:
         return asyncio.Task(coro, loop=loop, name=name)
     carrier = _Carrier(coro)
     context = contextvars.copy_context()

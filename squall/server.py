@@ -16,10 +16,10 @@ from squall.accesslog import make_access_log
 from squall.appload import detect_interface
 from squall.config import Config
 from squall.errors import UsageError
-from squall.http.accept import Acceptor, Address, automatic_limit
+from squall.http.accept import Acceptor, Acceptors, automatic_limit
 from squall.http.core import Limits
 from squall.http.cycle import App
-from squall.http.protocol import HTTPProtocol
+from squall.http.protocol import ProtocolMaker
 from squall.http.proxy_accept import AllowList, ProxyAcceptor
 from squall.http.proxy_headers import make_forwarded
 from squall.http.state import Metrics, ServerState
@@ -110,8 +110,8 @@ class HTTPServer:
         self._adapter: App | None = None
         self._bound: list[socket.socket] = []
         self._sockets: list[socket.socket] = []
-        self._limit = 0  # --max-connections as it applies (set when serving starts)
-        self._acceptors: list[Acceptor] = []  # one per listening socket
+        # One per listening socket, made when serving starts.
+        self._acceptors = Acceptors(connections=(), limit=0)
         self._backlog: int | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -206,17 +206,14 @@ class HTTPServer:
             request_timeout=self.request_timeout,
             body_min_rate=self.body_min_rate,
         )
+        self._acceptors = Acceptors(self.state.connections, limit=0)
         if self.on_closed is not None:
-            self.state.on_closed = self._report_load
-
-    def _report_load(self, open_connections: int) -> None:
-        """Steering's count: connections served plus those accepted and not served yet."""
-        if self.on_closed is not None:
-            self.on_closed(open_connections + self.pending_connections())
+            self._acceptors.on_closed = self.on_closed
+            self.state.on_closed = self._acceptors.report_load
 
     def pending_connections(self) -> int:
         """Accepted connections not served yet: their PROXY header (or TLS handshake) is awaited."""
-        return sum(acceptor.in_hand for acceptor in self._acceptors)
+        return self._acceptors.pending()
 
     async def start_serving(self, sockets: list[socket.socket] | None = None) -> None:
         state = self.state
@@ -226,8 +223,8 @@ class HTTPServer:
         tls = self.ssl_context
         scheme = "https" if tls is not None else "http"
         serving: dict[str, None] = {}  # in order, once each (a slot's socket and the overflow)
-        self._limit = self.max_connections or automatic_limit()
-        state.room_freed = self._room_freed
+        self._acceptors.limit = self.max_connections or automatic_limit()
+        state.room_freed = self._acceptors.room_freed
         for sock in self._sockets if sockets is None else sockets:
             self._accept_on(sock, scheme, backlog)
             serving[describe_socket(sock)] = None
@@ -235,24 +232,12 @@ class HTTPServer:
         if state.on_closed is not None:
             state.on_closed(len(state.connections))  # not what a predecessor left
 
-    def _has_room(self) -> bool:
-        """Fewer connections open (or being handed over) than --max-connections."""
-        state = self.state
-        assert state is not None
-        return not self._limit or len(state.connections) + self.pending_connections() < self._limit
-
-    def _room_freed(self) -> None:
-        for acceptor in self._acceptors:
-            acceptor.room_freed()
-
     def _accept_on(self, sock: socket.socket, scheme: str, backlog: int) -> None:
         """Accept on `sock` here (with the PROXY protocol: allowed peers' headers first)."""
         state = self.state
         assert state is not None
-        listener = _specific_address(sock)
-
-        def make_protocol(client: Address | None, server: Address | None) -> HTTPProtocol:
-            return HTTPProtocol(state, scheme, server=server or listener, client=client)
+        make_protocol = ProtocolMaker(state, scheme, _specific_address(sock))
+        group = self._acceptors
 
         if self.proxy_allow is None:
             acceptor = Acceptor(
@@ -260,12 +245,12 @@ class HTTPServer:
                 make_protocol,
                 ssl_context=self.ssl_context,
                 backlog=backlog,
-                has_room=self._has_room,
-                limit=self._limit,
+                has_room=group.has_room,
+                limit=group.limit,
                 limit_given=bool(self.max_connections),
             )
             acceptor.start()
-            self._acceptors.append(acceptor)
+            group.members.append(acceptor)
             return
 
         metrics = state.metrics
@@ -287,18 +272,18 @@ class HTTPServer:
             ssl_context=self.ssl_context,
             header_timeout=self.header_timeout,
             backlog=backlog,
-            has_room=self._has_room,
-            limit=self._limit,
+            has_room=group.has_room,
+            limit=group.limit,
             limit_given=bool(self.max_connections),
             on_open=opened,
             on_close=closed,
         )
         acceptor.start()
-        self._acceptors.append(acceptor)
+        group.members.append(acceptor)
 
     def stop_accepting(self) -> None:
         """Close this process's listeners; queued connections go to the other workers."""
-        for acceptor in self._acceptors:
+        for acceptor in self._acceptors.members:
             acceptor.close()  # the connections whose header is coming stay, and are served
         if self.state is not None:
             self.state.on_closed = None  # a successor speaks for this worker's sockets
@@ -316,7 +301,7 @@ class HTTPServer:
             await asyncio.sleep(0.02)
         # Upgraded connections are not in state.connections: they close by their own handshake.
         closed = await websocket.wait_all_closed(max(0.0, deadline - loop.time()))
-        for acceptor in self._acceptors:
+        for acceptor in self._acceptors.members:
             acceptor.abort()
         return not state.connections and closed
 

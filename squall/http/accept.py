@@ -30,7 +30,7 @@ import resource
 import socket
 import ssl
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sized
 from typing import Any, Final
 
 from squall.http.direct import DirectTransport, HandedSocket
@@ -214,7 +214,9 @@ class Acceptor:
 
     def _accepted(self, fd: int, peer: Any) -> None:
         # The client's address, as accept() gave it: the transport would ask the socket again.
-        client = (peer[0], peer[1]) if isinstance(peer, tuple) else None
+        client: Address | None = None
+        if isinstance(peer, tuple):
+            client = peer if len(peer) == 2 else (peer[0], peer[1])  # IPv6's has 4
         if self.ssl_context is not None:
             self._hand_over(HandedSocket(fd, self._family), peer, self._new_protocol(fd, client))
             return
@@ -297,3 +299,38 @@ def describe_peer(peer: Any) -> str:
         host = str(peer[0])
         return f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
     return "a unix socket"
+
+
+class Acceptors:
+    """A worker's acceptors, with what they share: the room under --max-connections.
+
+    Asked once per accept and told once per close, so it is compiled with
+    the acceptors rather than written in the server.
+    """
+
+    def __init__(self, connections: Sized, limit: int) -> None:
+        self.connections = connections  # the connections being served (ServerState's)
+        self.limit = limit  # --max-connections as it applies; 0: none
+        self.members: list[Acceptor] = []
+        #: Told the worker's load after each close (steering's report), if set.
+        self.on_closed: Callable[[int], object] | None = None
+
+    def pending(self) -> int:
+        """Accepted connections not served yet: in a batch, being handed over, a PROXY header awaited."""
+        total = 0
+        for acceptor in self.members:
+            total += acceptor.in_hand
+        return total
+
+    def has_room(self) -> bool:
+        limit = self.limit
+        return not limit or len(self.connections) + self.pending() < limit
+
+    def room_freed(self) -> None:
+        for acceptor in self.members:
+            acceptor.room_freed()
+
+    def report_load(self, open_connections: int) -> None:
+        """Steering's count: connections served plus those accepted and not served yet."""
+        if self.on_closed is not None:
+            self.on_closed(open_connections + self.pending())

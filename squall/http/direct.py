@@ -60,7 +60,7 @@ class DirectTransport:
         self._client = client
         self._protocol = protocol
         self._loop_transport: Any = None  # the loop's transport, once it has taken over
-        self._held: list[bytes] = []  # what the socket did not take, in order
+        self._held: list[bytes | memoryview] = []  # what the socket did not take, in order
         self._held_size = 0
         self._closing = False
         self._aborted = False
@@ -87,10 +87,10 @@ class DirectTransport:
         if self._high != HIGH_WATER or self._low != LOW_WATER:
             transport.set_write_buffer_limits(self._high, self._low)
         if self._held:
-            data = b"".join(self._held)
+            for data in self._held:  # the transport keeps what it cannot send, uncopied
+                transport.write(data)
             self._held.clear()
             self._held_size = 0
-            transport.write(data)
         if self._eof_asked and not self._aborted:
             transport.write_eof()
         if self._aborted:
@@ -124,9 +124,14 @@ class DirectTransport:
                 return
             if sent == len(data):
                 return
-            data = data[sent:]
-        self._held.append(bytes(data))
-        self._held_size += len(data)
+        else:
+            sent = 0
+        # Bytes are held as they are (a view past what was sent); anything else may change.
+        held: bytes | memoryview = data if type(data) is bytes else bytes(data)
+        if sent:
+            held = memoryview(held)[sent:]
+        self._held.append(held)
+        self._held_size += len(held)
         if self._held_size > self._high and not self._writing_paused:
             self._writing_paused = True
             self._protocol.pause_writing()

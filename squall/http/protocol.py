@@ -634,6 +634,24 @@ class HTTPProtocol(asyncio.Protocol):
         self.close()
 
 
+class ProtocolMaker:
+    """Makes a listener's connections: `make(client, server)`, each None when not known.
+
+    `listener` is the listening socket's address when it is a specific one,
+    the server address of connections that bring none (a PROXY header does).
+    """
+
+    def __init__(self, state: ServerState, scheme: str, listener: tuple[str, int] | None) -> None:
+        self.state = state
+        self.scheme = scheme
+        self.listener = listener
+
+    def __call__(
+        self, client: tuple[str, int] | None, server: tuple[str, int] | None
+    ) -> HTTPProtocol:
+        return HTTPProtocol(self.state, self.scheme, server or self.listener, client)
+
+
 def _address(info: Any) -> tuple[str, int] | None:
     if isinstance(info, tuple) and len(info) >= 2:
         return (str(info[0]), int(info[1]))
