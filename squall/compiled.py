@@ -35,6 +35,7 @@ COMPILED = (
     "squall/http/direct.py",
     "squall/http/accept.py",
     "squall/http/proxy_accept.py",
+    "squall/eager.py",
     "squall/asgi_scope.py",
     "squall/asgi.py",
     "squall/web.py",
