@@ -95,9 +95,20 @@ async def hand_over(direct: DirectTransport, protocol: Recorder) -> None:
     await loop.connect_accepted_socket(lambda: protocol, HandedSocket(direct.detach(), 2))  # type: ignore[arg-type]
 
 
-def run(coro: Any) -> Any:
+def run(coro: Any, protocol: Recorder) -> Any:
+    """`coro` on uvloop's loop, bounded; the loop's transport is closed however it ends."""
+
+    async def bounded() -> Any:
+        try:
+            return await asyncio.wait_for(coro, 10)
+        finally:
+            transport = protocol.transport
+            if transport is not None and not transport.is_closing():
+                transport.abort()  # a loop does not close while a transport is open
+                await asyncio.sleep(0)
+
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(asyncio.wait_for(coro, 10))
+        return runner.run(bounded())
 
 
 def test_an_answer_the_socket_takes_whole_is_sent_and_closed_there(
@@ -141,7 +152,7 @@ def test_what_the_socket_did_not_take_is_sent_by_the_loops_transport(
         assert await protocol.lost is None
         return received
 
-    assert run(main()) == body + b"tail"
+    assert run(main(), protocol) == body + b"tail"
     assert protocol.events[:3] == ["made", "pause writing", "handed over"]
     assert "resume writing" in protocol.events and protocol.events[-1] == "lost"
 
@@ -169,7 +180,7 @@ def test_a_half_close_asked_before_the_hand_over_is_made_by_the_loops_transport(
         assert protocol.lost is not None
         await protocol.lost
 
-    run(main())
+    run(main(), protocol)
     assert protocol.received == b"more from the client"
     assert protocol.events == ["made", "handed over", "eof", "lost"]
 
@@ -198,7 +209,7 @@ def test_after_the_hand_over_every_call_goes_to_the_loops_transport(
         assert protocol.lost is not None
         await protocol.lost
 
-    run(main())
+    run(main(), protocol)
     assert read_to_end(client) == b"through the old reference"
 
 
@@ -228,3 +239,34 @@ def test_an_abort_drops_what_is_held(pair: tuple[int, socket.socket]) -> None:
     direct.abort()
     assert direct.closed and direct.get_write_buffer_size() == 0
     assert len(read_to_end(client)) < 2 << 20
+
+
+def test_reading_paused_before_the_hand_over_stays_paused(
+    pair: tuple[int, socket.socket],
+) -> None:
+    # uvloop starts reading once connection_made returns, paused or not: a
+    # pause asked through the direct transport (a WebSocket session whose app
+    # lags, opened in the first packet) holds on the loop's transport.
+    fd, client = pair
+    protocol = Recorder()
+    direct = direct_on(fd, protocol)
+    direct.pause_reading()
+
+    async def main() -> None:
+        await hand_over(direct, protocol)
+        try:
+            client.sendall(b"held back")
+            await asyncio.sleep(0.3)
+            assert protocol.received == b"" and not direct.is_reading()
+            direct.resume_reading()
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 5
+            while protocol.received != b"held back" and loop.time() < deadline:
+                await asyncio.sleep(0.01)
+            assert protocol.received == b"held back"
+        finally:
+            direct.close()
+        assert protocol.lost is not None
+        await protocol.lost
+
+    run(main(), protocol)

@@ -20,6 +20,7 @@ this object forwards every call to it, for whoever kept a reference.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from typing import Any, Final
 
@@ -81,8 +82,14 @@ class DirectTransport:
         self._sock = None
         return fd
 
-    def hand_over(self, transport: Any) -> None:
-        """The loop's transport takes over: what the protocol asked for is done on it."""
+    def hand_over(self, transport: Any, protocol_repauses: bool = False) -> None:
+        """The loop's transport takes over: what the protocol asked for is done on it.
+
+        uvloop starts reading once the protocol's `connection_made` returns,
+        paused or not, so a pause asked through this object is asked again a
+        moment later, unless `protocol_repauses`: the protocol that asked it
+        talks to the loop's transport from now on, and asks again itself.
+        """
         self._loop_transport = transport
         if self._high != HIGH_WATER or self._low != LOW_WATER:
             transport.set_write_buffer_limits(self._high, self._low)
@@ -97,8 +104,11 @@ class DirectTransport:
             transport.abort()
         elif self._closing:
             transport.close()
+        elif protocol_repauses:
+            self._reading = True
         elif not self._reading:
             transport.pause_reading()
+            asyncio.get_running_loop().call_soon(self._pause_again)
         if self._writing_paused:
             self._writing_paused = False
             high = transport.get_write_buffer_limits()[1]
@@ -175,16 +185,19 @@ class DirectTransport:
         )
 
     def pause_reading(self) -> None:
+        self._reading = False
         if self._loop_transport is not None:
             self._loop_transport.pause_reading()
-        else:
-            self._reading = False
 
     def resume_reading(self) -> None:
+        self._reading = True
         if self._loop_transport is not None:
             self._loop_transport.resume_reading()
-        else:
-            self._reading = True
+
+    def _pause_again(self) -> None:
+        transport = self._loop_transport
+        if not self._reading and transport is not None and not transport.is_closing():
+            transport.pause_reading()
 
     def is_reading(self) -> bool:
         return (

@@ -106,7 +106,7 @@ class HTTPProtocol(asyncio.Protocol):
             # (squall.http.direct); the loop's transport takes over from it.
             direct: Any = self.transport
             self.transport = transport  # type: ignore[assignment]
-            direct.hand_over(transport)
+            direct.hand_over(transport, self._reading_paused)
             if self._reading_paused and not self.closing:
                 # uvloop starts reading after connection_made returns, paused or not.
                 self.loop.call_soon(self._pause_again)
