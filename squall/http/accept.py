@@ -4,8 +4,9 @@ The event loop's own server accepts whatever the kernel has queued, as fast
 as it can, and cannot be told to hold back. libuv (uvloop) even answers a
 lack of descriptors (EMFILE) by accepting and closing connections to empty
 the queue: those clients get no answer. `Acceptor` accepts on the listening
-socket itself and hands each connection to the loop
-(`connect_accepted_socket`), which lets a worker
+socket itself, answers what a new connection brought on the socket
+(`squall.http.direct`), and hands the connections that stay open to the
+loop (`connect_accepted_socket`), which lets a worker
 
 - stop at `--max-connections`: the kernel's queue, or the other workers,
   hold the rest, and accepting resumes as soon as a connection closes;
@@ -218,7 +219,7 @@ class Acceptor:
         if isinstance(peer, tuple):
             client = peer if len(peer) == 2 else (peer[0], peer[1])  # IPv6's has 4
         if self.ssl_context is not None:
-            self._hand_over(HandedSocket(fd, self._family), peer, self._new_protocol(fd, client))
+            self._hand_over_fd(fd, peer, client)
             return
         # The request is usually here already: read it now, and answer it on
         # the socket itself (squall.http.direct).
@@ -231,8 +232,7 @@ class Acceptor:
             conn.close()
             return
         if not early:
-            fd = conn.detach()
-            self._hand_over(HandedSocket(fd, self._family), peer, self._new_protocol(fd, client))
+            self._hand_over_fd(conn.detach(), peer, client)
             return
         protocol = self.make_protocol(client, None)
         direct = DirectTransport(conn, client, protocol)
@@ -249,12 +249,14 @@ class Acceptor:
             return
         self._hand_over(HandedSocket(direct.detach(), self._family), peer, protocol)
 
-    def _new_protocol(self, fd: int, client: Address | None) -> asyncio.Protocol:
+    def _hand_over_fd(self, fd: int, peer: Any, client: Address | None) -> None:
+        """A connection with nothing read yet (or TLS): the loop's transport serves it all."""
         try:
-            return self.make_protocol(client, None)
+            protocol = self.make_protocol(client, None)
         except BaseException:
             os.close(fd)  # not the transport's yet
             raise
+        self._hand_over(HandedSocket(fd, self._family), peer, protocol)
 
     # -- handing the connection to the loop ---------------------------------------
 
