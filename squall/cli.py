@@ -318,7 +318,11 @@ def serve_worker(
         except SquallError as exc:
             process.notify(process.WorkerMessage.BOOT_ERROR, str(exc))
             sys.exit(BOOT_FAILURE_EXIT)
-    tls = server_context(config.certfile, config.keyfile) if config.certfile else None
+    tls = (
+        server_context(config.certfile, config.keyfile, http2=not config.no_http2)
+        if config.certfile
+        else None
+    )
     quota = 0
     if config.max_requests:
         quota = config.max_requests + random.randint(0, config.max_requests_jitter)

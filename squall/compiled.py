@@ -33,6 +33,7 @@ COMPILED = (
     "squall/http/cycle.py",
     "squall/http/protocol.py",
     "squall/http/direct.py",
+    "squall/http/stream_framing.py",
     "squall/http/accept.py",
     "squall/http/proxy_accept.py",
     "squall/eager.py",

@@ -132,6 +132,11 @@ class Config:
     limit_request_body: int = DEFAULT_LIMITS.max_body_bytes
     certfile: str | None = None
     keyfile: str | None = None
+    no_http2: bool = False
+    h2c: bool = False
+    h2_max_concurrent_streams: int = 100
+    h2_max_resets: int = 200
+    h2_max_control_frames: int = 1000
     ws_max_size: int = DEFAULT_WEBSOCKET.max_size
     ws_ping_interval: float = DEFAULT_WEBSOCKET.ping_interval
     ws_ping_timeout: float = DEFAULT_WEBSOCKET.ping_timeout
@@ -558,6 +563,44 @@ SETTINGS: tuple[Setting, ...] = (
         "PATH",
     ),
     Setting("keyfile", "--keyfile", str, "the TLS private key (if not in --certfile)", "PATH"),
+    Setting(
+        "no_http2",
+        "--no-http2",
+        _switch,
+        "with TLS, offer only http/1.1 by ALPN (by default h2 first)",
+        switch=True,
+    ),
+    Setting(
+        "h2c",
+        "--h2c",
+        _switch,
+        "serve cleartext HTTP/2 too: prior knowledge (the h2c preface) and Upgrade: h2c",
+        switch=True,
+    ),
+    Setting(
+        "h2_max_concurrent_streams",
+        "--h2-max-concurrent-streams",
+        _count,
+        "HTTP/2 streams a connection may have open (counting reset ones whose handler still runs)",
+        "N",
+        minimum=1,
+    ),
+    Setting(
+        "h2_max_resets",
+        "--h2-max-resets",
+        _count,
+        "HTTP/2 stream resets a client may send per 10 s before GOAWAY (rapid reset)",
+        "N",
+        minimum=1,
+    ),
+    Setting(
+        "h2_max_control_frames",
+        "--h2-max-control-frames",
+        _count,
+        "HTTP/2 PING, SETTINGS, PRIORITY and empty DATA frames a client may send per 10 s before GOAWAY",
+        "N",
+        minimum=1,
+    ),
     Setting(
         "metrics",
         "--metrics",

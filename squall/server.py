@@ -22,7 +22,7 @@ from squall.http.cycle import App
 from squall.http.protocol import ProtocolMaker
 from squall.http.proxy_accept import AllowList, ProxyAcceptor
 from squall.http.proxy_headers import make_forwarded
-from squall.http.state import Metrics, ServerState
+from squall.http.state import HTTP2Switch, Metrics, ServerState
 from squall.process import WorkerMessage
 from squall.sockets import bind_sockets, default_backlog, describe_socket
 from squall.websocket import WebSocketOptions
@@ -106,6 +106,14 @@ class HTTPServer:
         self.keepalive_timeout = config.keepalive_timeout
         self.limits = limits or config.limits()
         self.root_path = config.root_path
+        # HTTP/2 where TLS's ALPN may choose it (unless --no-http2), and in cleartext with --h2c.
+        self.http2 = config.h2c or (ssl_context is not None and not config.no_http2)
+        self.h2c = config.h2c
+        self.h2_limits = (
+            config.h2_max_concurrent_streams,
+            config.h2_max_resets,
+            config.h2_max_control_frames,
+        )
         self.state: ServerState | None = None
         self._adapter: App | None = None
         self._bound: list[socket.socket] = []
@@ -205,11 +213,26 @@ class HTTPServer:
             concurrency_limit=self.limit_concurrency,
             request_timeout=self.request_timeout,
             body_min_rate=self.body_min_rate,
+            http2=self._http2_options(),
         )
         self._acceptors = Acceptors(self.state.connections, limit=0)
         if self.on_closed is not None:
             self._acceptors.on_closed = self.on_closed
             self.state.on_closed = self._acceptors.report_load
+
+    def _http2_options(self) -> HTTP2Switch | None:
+        if not self.http2:
+            return None
+        from squall.http.http2 import HTTP2Options
+
+        streams, resets, control = self.h2_limits
+        return HTTP2Options(
+            h2c=self.h2c,
+            max_concurrent_streams=streams,
+            max_resets=resets,
+            max_control_frames=control,
+            send_timeout=self.body_timeout,
+        )
 
     def pending_connections(self) -> int:
         """Accepted connections not served yet: their PROXY header (or TLS handshake) is awaited."""

@@ -1,4 +1,4 @@
-"""TLS on a listener: a server context from a certificate and key, speaking http/1.1."""
+"""TLS on a listener: a server context from a certificate and key, offering h2 and http/1.1."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from squall.errors import UsageError
 
 
 def server_context(
-    certfile: str, keyfile: str | None = None, password: str | None = None
+    certfile: str, keyfile: str | None = None, password: str | None = None, http2: bool = True
 ) -> ssl.SSLContext:
-    """A TLS server context (TLS 1.2 or newer) with ALPN `http/1.1`; clear errors for bad files."""
+    """A TLS server context (TLS 1.2 or newer) with ALPN `h2` (unless `http2` is False)
+    and `http/1.1`; clear errors for bad files."""
     for path in (certfile, keyfile):
         if path is not None and not os.path.isfile(path):
             raise UsageError(f"cannot read TLS file {path!r}: no such file")
@@ -23,5 +24,5 @@ def server_context(
         raise UsageError(f"cannot load TLS certificate {certfile!r}: {exc.reason or exc}") from None
     except OSError as exc:
         raise UsageError(f"cannot read TLS certificate or key: {exc.strerror or exc}") from None
-    context.set_alpn_protocols(["http/1.1"])
+    context.set_alpn_protocols(["h2", "http/1.1"] if http2 else ["http/1.1"])
     return context

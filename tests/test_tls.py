@@ -111,7 +111,7 @@ def test_scope_scheme_is_https(tls_server: TLSServer) -> None:
 
 def test_alpn_negotiates_http11(tls_server: TLSServer) -> None:
     context = tls_server.client_context()
-    context.set_alpn_protocols(["h2", "http/1.1"])
+    context.set_alpn_protocols(["http/1.1"])
     with (
         socket.create_connection(("127.0.0.1", tls_server.port), timeout=TIMEOUT) as raw,
         context.wrap_socket(raw, server_hostname="localhost") as tls,

@@ -75,7 +75,9 @@ Upgrader = Callable[["RequestCycle", bytes], "Upgraded | None"]
 class Connection(Protocol):
     """What a cycle asks of the connection it belongs to (`HTTPProtocol`)."""
 
-    conn: ServerConnection
+    @property
+    def conn(self) -> ServerConnection: ...
+
     loop: asyncio.AbstractEventLoop
     client: tuple[str, int] | None
     scheme: str

@@ -16,6 +16,7 @@ class _Cached:
     def __init__(self) -> None:
         self.second = -1
         self.header = b""
+        self.date = b""
 
 
 _cached: Final = _Cached()
@@ -28,5 +29,12 @@ def date_and_server_header() -> bytes:
     if now != cached.second:
         date = formatdate(now, usegmt=True).encode("ascii")
         cached.header = b"date: " + date + b"\r\nserver: " + SERVER_NAME + b"\r\n"
+        cached.date = date
         cached.second = now
     return cached.header
+
+
+def http_date() -> bytes:
+    """The `Date` header's value alone (HTTP/2 sends fields, not lines)."""
+    date_and_server_header()
+    return _cached.date

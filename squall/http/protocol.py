@@ -49,6 +49,8 @@ LINGER: Final = 2.0
 # The answer to a request past --limit-concurrency: try again in a second.
 SHED_HEADERS: Final = ((b"content-type", b"text/plain; charset=utf-8"), (b"retry-after", b"1"))
 TIMEOUT_HEADERS: Final = ((b"content-type", b"text/plain; charset=utf-8"),)
+#: What a client sends first on a cleartext HTTP/2 connection (RFC 9113 3.4).
+_PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
 class HTTPProtocol(asyncio.Protocol):
@@ -120,6 +122,10 @@ class HTTPProtocol(asyncio.Protocol):
         if state.metrics is not None:
             state.metrics.connection_opened()
         self._start_idle_timer()
+        if self.scheme == "https" and state.http2 is not None:
+            ssl_object = transport.get_extra_info("ssl_object")
+            if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
+                state.http2.take_over(self, b"")
 
     def _pause_again(self) -> None:
         if self._reading_paused and self.transport is not None and not self.closing:
@@ -174,6 +180,8 @@ class HTTPProtocol(asyncio.Protocol):
             return
         if self.closing:
             return  # lingering: read and dropped, so that the close sends no reset
+        if self.fresh and data[:3] == b"PRI" and self._prior_knowledge(data):
+            return
         conn = self.conn
         for event in conn.receive_data(data):
             kind = type(event)
@@ -202,10 +210,24 @@ class HTTPProtocol(asyncio.Protocol):
         if conn.head_in_progress and not self._head_deadline and not self.closing:
             self._start_head_timer()  # a head has begun: its own deadline replaces keep-alive's
 
+    def _prior_knowledge(self, data: bytes) -> bool:
+        """The h2c preface (RFC 9113 3.3): with --h2c, HTTP/2 from the first byte."""
+        http2 = self.state.http2
+        if http2 is None or not http2.h2c or not _PREFACE.startswith(data[: len(_PREFACE)]):
+            return False
+        http2.take_over(self, data)
+        return True
+
     def _try_upgrade(self, cycle: RequestCycle) -> bool:
         """Hand the connection to the app's upgraded protocol, if it takes it."""
+        if self.queue:
+            return False
+        http2 = self.state.http2
+        if http2 is not None and http2.h2c and http2.upgrade(self, cycle):
+            cycle.started = True
+            return True
         upgrade = self.state.upgrade
-        if upgrade is None or self.queue:
+        if upgrade is None:
             return False
         self.flush_output()  # the upgraded protocol writes to the transport itself
         upgraded = upgrade(cycle, self.conn.trailing_data)

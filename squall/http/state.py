@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from squall.http.core import Limits
 from squall.http.cycle import App, RequestCycle, Upgrader
@@ -58,6 +58,20 @@ class Managed(Protocol):
     def close(self) -> None: ...
 
 
+class HTTP2Switch(Protocol):
+    """How a connection begins to speak HTTP/2 (`squall.http.http2.HTTP2Options`)."""
+
+    @property
+    def h2c(self) -> bool:
+        """Cleartext HTTP/2 is on (--h2c)."""
+
+    def take_over(self, protocol: Any, data: bytes) -> None:
+        """From now on `protocol`'s bytes are HTTP/2's, beginning with `data`."""
+
+    def upgrade(self, protocol: Any, cycle: RequestCycle) -> bool:
+        """`Upgrade: h2c`: True once the switch is made (the request is stream 1)."""
+
+
 class ServerState:
     """What all connections of one worker share."""
 
@@ -76,6 +90,7 @@ class ServerState:
         concurrency_limit: int = 0,
         request_timeout: float = 0.0,
         body_min_rate: int = 0,
+        http2: HTTP2Switch | None = None,
     ) -> None:
         self.app = app
         # Asked once: on Python 3.11 every get_running_loop() is a getpid() system call.
@@ -113,6 +128,8 @@ class ServerState:
         self.admitted_this_pass = 0
         self.request_quota = request_quota  # 0: no quota
         self.on_quota = on_quota
+        # None: HTTP/1.1 only (no TLS with ALPN h2, no --h2c).
+        self.http2 = http2
 
     def admit(self) -> bool:
         """Count a request in against --limit-concurrency; False: it is over the limit."""
