@@ -42,6 +42,8 @@ logger = logging.getLogger("squall.access")
 FORMATS = ("off", "common", "combined", "json")
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+#: How a request line names each version: the ASGI "2" is the log's "HTTP/2.0".
+_VERSIONS = {"2": "2.0"}
 _UNSAFE = re.compile(rb'[^\x20-\x7e]|["\\]')
 
 
@@ -159,7 +161,7 @@ def _common(cycle: RequestCycle) -> str:
     size = cycle.bytes_sent
     return (
         f"{client[0] if client else '-'} - - [{_clock.clf()}] "
-        f'"{request.method} {escape(request.target)} HTTP/{request.http_version}" '
+        f'"{request.method} {escape(request.target)} HTTP/{_VERSIONS.get(request.http_version, request.http_version)}" '
         f"{cycle.status} {size if size else '-'}"
     )
 

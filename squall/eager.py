@@ -38,7 +38,7 @@ def start_task(
     ordinary task, started on the next pass.
     """
     if EAGER_TASKS:
-        task = asyncio.Task(coro, loop=loop, name=name, eager_start=True)  # type: ignore[call-arg]
+        task = asyncio.Task(coro, loop=loop, name=name, eager_start=True)  # type: ignore[call-arg, unused-ignore]  # 3.12 knows eager_start
         return None if task.done() else task
     if not CONTEXT_TASKS or _current_tasks.get(loop) is not None:
         return asyncio.Task(coro, loop=loop, name=name)

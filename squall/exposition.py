@@ -19,6 +19,8 @@ from squall.slot_table import (
     CONNECTIONS,
     DURATION_SUM_US,
     FIELDS,
+    HTTP2_CONNECTIONS,
+    HTTP2_STREAMS,
     IN_FLIGHT,
     REQUESTS,
     SHED,
@@ -280,6 +282,18 @@ def _request_families(out: Exposition, snapshot: Snapshot) -> None:
             (name, {"status": "503", "cause": "limit_concurrency"}, totals[SHED]),
             (name, {"status": "504", "cause": "request_timeout"}, totals[TIMED_OUT]),
         ],
+    )
+    out.single(
+        "squall_http2_connections_total",
+        "counter",
+        "Client connections that spoke HTTP/2 (ALPN h2, or h2c with --h2c).",
+        totals[HTTP2_CONNECTIONS],
+    )
+    out.single(
+        "squall_http2_streams_total",
+        "counter",
+        "Requests that came on HTTP/2 streams (also counted in squall_requests_total).",
+        totals[HTTP2_STREAMS],
     )
     for name, index, help_text in (
         (

@@ -71,6 +71,8 @@ from squall.slot_table import (
     CONNECTIONS,
     DEFAULT_SLOTS,
     DURATION_SUM_US,
+    HTTP2_CONNECTIONS,
+    HTTP2_STREAMS,
     IN_FLIGHT,
     REQUESTS,
     SHED,
@@ -144,6 +146,12 @@ class SlotRecorder:
 
     def request_timed_out(self) -> None:
         self._c[TIMED_OUT] += 1
+
+    def http2_connection(self) -> None:
+        self._c[HTTP2_CONNECTIONS] += 1
+
+    def http2_stream(self) -> None:
+        self._c[HTTP2_STREAMS] += 1
 
     def request_finished(self, cycle: RequestCycle) -> None:
         # The protocol reports each request once (`RequestCycle.reported`).

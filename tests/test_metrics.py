@@ -241,6 +241,8 @@ def test_the_exposition_has_every_family_with_its_type(plugin: MetricsPlugin) ->
         "squall_requests_in_flight": "gauge",
         "squall_connections_open": "gauge",
         "squall_overload_responses": "counter",
+        "squall_http2_connections": "counter",
+        "squall_http2_streams": "counter",
         "squall_listen_queue_length": "gauge",
         "squall_listen_queue_limit": "gauge",
         "squall_response_bytes": "counter",

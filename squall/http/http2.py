@@ -46,14 +46,16 @@ from hyperframe.frame import GoAwayFrame
 from squall.http.core import _METHODS, _TOKEN, _UNSAFE_VALUE, DONE, Request, RequestError
 from squall.http.cycle import RequestCycle
 from squall.http.date import SERVER_NAME, http_date
-from squall.http.protocol import SHED_HEADERS, TIMEOUT_HEADERS
+from squall.http.protocol import DRAIN_IDLE, SHED_HEADERS, TIMEOUT_HEADERS
 from squall.http.state import TICK, ServerState
 from squall.http.stream_framing import CONNECTION_SPECIFIC, Fields, StreamFraming
 
 logger: Final = logging.getLogger("squall.http")
 
-#: What a client sends first on a cleartext HTTP/2 connection (RFC 9113 3.4).
-PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+#: The highest stream id: the first GOAWAY of a drain names it, refusing nothing.
+MAX_STREAM_ID: Final = 2**31 - 1
+#: The payload of the PING that tells when the client has seen that GOAWAY.
+_DRAIN_PING: Final = b"squall\x00\x00"
 #: The receive window of the whole connection: every stream's share fits in it.
 CONNECTION_WINDOW: Final = 1 << 20
 #: Above this much framed and unsent, a stream's app waits (`Stream.writable`).
@@ -200,7 +202,8 @@ class HTTP2Connection:
         self.closing = False
         self.write_paused = False
         self.holding = False
-        self.last_stream = -1  # after our GOAWAY: the last stream we answer
+        self.last_stream = -1  # after our last GOAWAY: the last stream we answer
+        self.draining = False  # the first GOAWAY of a drain is out (`shutdown`)
         self.client_done = False  # the client sent GOAWAY or its FIN
 
     # -- the switch -------------------------------------------------------------
@@ -214,7 +217,7 @@ class HTTP2Connection:
         connections.discard(owner)
         connections.add(self)
         metrics = self.state.metrics
-        if metrics is not None and hasattr(metrics, "http2_connection"):
+        if metrics is not None:
             metrics.http2_connection()
 
     def start(self, data: bytes, first: Stream | None = None) -> None:
@@ -257,6 +260,8 @@ class HTTP2Connection:
                 self._reset_by_client(event)
             elif kind is events_.ConnectionTerminated:
                 self._terminated(event)
+            elif kind is events_.PingAckReceived and event.ping_data == _DRAIN_PING:
+                self._final_goaway()
             elif kind in _CONTROL_FRAMES and not self.control.spend(self.loop.time()):
                 self._calm("too many control frames (PING, SETTINGS, PRIORITY)")
             if self.ended():
@@ -302,6 +307,7 @@ class HTTP2Connection:
                 cycle.started_at = perf_counter()
                 if state.metrics is not None:
                     state.metrics.request_started()
+                    state.metrics.http2_stream()
         return stream
 
     def _data(self, event: Any) -> None:
@@ -477,7 +483,7 @@ class HTTP2Connection:
         if not self.streams:
             if self.last_stream >= 0 or self.client_done:
                 self._end(flush=True)
-            else:
+            elif not self.draining:
                 self._idle()
 
     def _idle(self) -> None:
@@ -494,6 +500,9 @@ class HTTP2Connection:
             return
         if self.deadline and now >= self.deadline:
             self.deadline = 0.0
+            if self.draining:
+                self._final_goaway()  # the PING's answer is waited for no longer
+                return
             if not self.streams:
                 self.shutdown()  # idle: GOAWAY, and the close
                 return
@@ -507,17 +516,35 @@ class HTTP2Connection:
             self.hold()
 
     def shutdown(self) -> None:
-        """Drain: GOAWAY with the last stream taken; those up to it are answered, then close."""
-        if self.closing or self.last_stream >= 0:
+        """Drain in two steps (RFC 9113 6.8), so that no stream is refused.
+
+        First a GOAWAY that refuses nothing yet, with a PING: the client opens
+        no more streams, and once the PING comes back every stream it opened
+        before has arrived. Then a second GOAWAY names the last of them; those
+        up to it are answered, and the connection closes.
+        """
+        if self.closing or self.draining or self.last_stream >= 0:
             return
-        self._goaway(ErrorCodes.NO_ERROR)
-        if not self.streams:
-            self._end(flush=True)
+        self.draining = True
+        self._write_goaway(MAX_STREAM_ID, ErrorCodes.NO_ERROR)
+        self.h2.ping(_DRAIN_PING)
+        self.hold()
+        self.deadline = self.loop.time() + DRAIN_IDLE
+
+    def _final_goaway(self) -> None:
+        if self.last_stream < 0 and not self.closing:
+            self._goaway(ErrorCodes.NO_ERROR)
+            if not self.streams:
+                self._end(flush=True)
 
     def _goaway(self, code: ErrorCodes) -> None:
-        """GOAWAY framed here, not by h2, which would then frame nothing more on any stream."""
+        """The last GOAWAY: streams after the last one taken are refused from now on."""
         self.last_stream = self.h2.highest_inbound_stream_id
-        frame = GoAwayFrame(stream_id=0, last_stream_id=self.last_stream, error_code=code)
+        self._write_goaway(self.last_stream, code)
+
+    def _write_goaway(self, last_stream: int, code: ErrorCodes) -> None:
+        """GOAWAY framed here, not by h2, which would then frame nothing more on any stream."""
+        frame = GoAwayFrame(stream_id=0, last_stream_id=last_stream, error_code=code)
         self.flush_output()
         transport = self.owner.transport
         if transport is not None and not transport.is_closing():
@@ -562,6 +589,7 @@ _CONTROL_FRAMES: Final = frozenset(
         h2.events.RemoteSettingsChanged,
         h2.events.PriorityUpdated,
         h2.events.UnknownFrameReceived,
+        h2.events.PingAckReceived,
     }
 )
 _ERROR_HEADERS: Final = ((b"content-type", b"text/plain; charset=utf-8"),)

@@ -37,6 +37,12 @@ class Metrics(Protocol):
     def request_timed_out(self) -> None:
         """A request past --request-timeout."""
 
+    def http2_connection(self) -> None:
+        """A connection began to speak HTTP/2 (its opening was counted as any other's)."""
+
+    def http2_stream(self) -> None:
+        """A request came on an HTTP/2 stream (its start was counted as any other's)."""
+
     def request_finished(self, cycle: RequestCycle) -> None:
         """`cycle.status`, `cycle.bytes_sent`, `cycle.started_at` (set when metrics are on)."""
 
