@@ -181,6 +181,37 @@ def test_curl_upgrades_to_h2c(served: dict[str, Served], name: str) -> None:
     assert case.expected.decode() in body
 
 
+def test_an_upgrade_with_a_body_is_refused_not_served_empty(served: dict[str, Served]) -> None:
+    # llhttp stops at an Upgrade request's head: the body is never parsed. Before,
+    # the app ran with an empty body (and answered 200) while the client's was lost.
+    server = served["flask"]
+    result = curl(
+        "--http2",
+        "-w",
+        "\n%{http_code}",
+        "--data-binary",
+        "{}",
+        "-H",
+        "content-type: application/json",
+        f"http://127.0.0.1:{server.h2c_port}/json",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.endswith("\n501")
+    # The same request without Upgrade, over HTTP/1.1, gets its body to the app.
+    plain = curl(
+        "--http1.1",
+        "-w",
+        "\n%{http_code}",
+        "--data-binary",
+        '{"a": 1}',
+        "-H",
+        "content-type: application/json",
+        f"http://127.0.0.1:{server.h2c_port}/json",
+    )
+    assert plain.stdout.endswith("\n200")
+    assert '"a": 1' in plain.stdout or '"a":1' in plain.stdout
+
+
 @pytest.mark.parametrize("name", CASES)
 @pytest.mark.parametrize("tls", [False, True], ids=["h2c", "tls"])
 def test_nghttp(served: dict[str, Served], name: str, tls: bool) -> None:

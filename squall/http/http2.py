@@ -39,7 +39,9 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
+import h2.frame_buffer
 import h2.settings
+import hpack
 from h2.errors import ErrorCodes
 from hyperframe.frame import GoAwayFrame
 
@@ -92,9 +94,7 @@ class HTTP2Options:
     def upgrade(self, protocol: Any, cycle: RequestCycle) -> bool:
         """`Upgrade: h2c` (RFC 7540 3.2): 101, then the request is stream 1's."""
         request = cycle.request
-        if request is None or request.body_expected:
-            # With a body, the parser's idea of where HTTP/2 begins is not to be
-            # trusted; RFC 7540 3.2 lets a server answer in HTTP/1.1 instead.
+        if request is None:
             return False
         upgrade = request.header(b"upgrade")
         settings = [value for name, value in request.headers if name == b"http2-settings"]
@@ -175,6 +175,8 @@ class HTTP2Connection:
             normalize_outbound_headers=False,
         )
         conn = h2.connection.H2Connection(config)
+        conn.decoder = _Decoder()  # a field block that does not decode: COMPRESSION_ERROR
+        conn.incoming_buffer = _FrameBuffer(server=True)  # a SETTINGS ACK with a payload
         header_list = state.limits.max_header_bytes
         conn.local_settings = h2.settings.Settings(
             client=False,
@@ -205,6 +207,7 @@ class HTTP2Connection:
         self.last_stream = -1  # after our last GOAWAY: the last stream we answer
         self.draining = False  # the first GOAWAY of a drain is out (`shutdown`)
         self.client_done = False  # the client sent GOAWAY or its FIN
+        self.preface_received = False  # the client's SETTINGS, its preface's end (RFC 9113 3.4)
 
     # -- the switch -------------------------------------------------------------
 
@@ -245,6 +248,16 @@ class HTTP2Connection:
             logger.debug("HTTP/2 protocol error from %s: %s", self.client, exc)
             self._end(flush=True)
             return
+        if not self.preface_received and events:
+            if type(events[0]) is not h2.events.RemoteSettingsChanged:
+                # RFC 9113 3.4: the preface ends with SETTINGS; anything else is a
+                # connection error PROTOCOL_ERROR (h2 does not check).
+                logger.debug("HTTP/2 client %s: no SETTINGS after the preface", self.client)
+                self.h2.clear_outbound_data_buffer()
+                self._goaway(ErrorCodes.PROTOCOL_ERROR)
+                self._end(flush=False)
+                return
+            self.preface_received = True
         events_ = h2.events
         for event in events:
             kind = type(event)
@@ -271,7 +284,7 @@ class HTTP2Connection:
     def _request(self, event: Any) -> None:
         stream_id: int = event.stream_id
         h2conn = self.h2
-        if self.last_stream >= 0 and stream_id > self.last_stream:
+        if self.client_done or (self.last_stream >= 0 and stream_id > self.last_stream):
             # After our GOAWAY: not taken, so the client may retry it (RFC 9113 6.8).
             h2conn.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
             return
@@ -369,6 +382,10 @@ class HTTP2Connection:
         self.client_done = True
         if event.error_code or not self.streams:
             self._end(flush=True)
+            return
+        # h2 closes its state machine on any GOAWAY it receives (python-hyper/h2#1181)
+        # and would refuse every response still owed; RFC 9113 6.8 has them complete.
+        self.h2.state_machine.state = h2.connection.ConnectionState.SERVER_OPEN
 
     def _calm(self, what: str) -> None:
         logger.warning("HTTP/2 client %s: %s; GOAWAY (ENHANCE_YOUR_CALM)", self.client, what)
@@ -581,6 +598,35 @@ class HTTP2Connection:
             stream.lost()
         self.streams.clear()
         self.sending.clear()
+
+
+class _CompressionError(h2.exceptions.ProtocolError):
+    """A field block that does not decode: RFC 9113 4.3's COMPRESSION_ERROR."""
+
+    error_code = ErrorCodes.COMPRESSION_ERROR
+
+
+class _Decoder(hpack.Decoder):
+    """h2's decoder, whose decoding errors carry COMPRESSION_ERROR (h2 says PROTOCOL_ERROR)."""
+
+    def decode(self, data: bytes, raw: bool = False) -> Any:
+        try:
+            return super().decode(data, raw)
+        except hpack.OversizedHeaderListError:
+            raise  # h2's own answer to a header list too long
+        except (hpack.HPACKError, IndexError, TypeError, UnicodeDecodeError) as exc:
+            raise _CompressionError(f"field block does not decode: {exc}") from exc
+
+
+class _FrameBuffer(h2.frame_buffer.FrameBuffer):
+    """h2's frame buffer, with RFC 9113 6.5's FRAME_SIZE_ERROR for a SETTINGS ACK with a
+    payload (hyperframe calls it invalid data, which h2 answers PROTOCOL_ERROR)."""
+
+    def __next__(self) -> Any:
+        head = getattr(self, "_data", b"")[:5]
+        if len(head) == 5 and head[3] == 0x4 and head[4] & 0x1 and any(head[:3]):
+            raise h2.exceptions.FrameDataMissingError("SETTINGS ACK with a payload")
+        return super().__next__()
 
 
 _CONTROL_FRAMES: Final = frozenset(
