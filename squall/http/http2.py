@@ -296,7 +296,8 @@ class HTTP2Connection:
         cycle = stream.cycle
         if error is not None:
             cycle.error = error
-            stream.receive_done = True  # what follows is not read
+            stream.rejected = not event.stream_ended  # its body is not read
+            stream.receive_done = bool(event.stream_ended)
             stream.refuse(cycle)
             return
         if event.stream_ended:
@@ -332,7 +333,7 @@ class HTTP2Connection:
         if not data and not event.stream_ended and not self.control.spend(self.loop.time()):
             self._calm("too many empty DATA frames")
             return
-        if stream is None or stream.receive_done:
+        if stream is None or stream.receive_done or stream.rejected:
             if size:
                 h2conn.acknowledge_received_data(size, stream_id)  # nobody reads it
             return
@@ -361,6 +362,8 @@ class HTTP2Connection:
             return
         stream.receive_done = True
         stream.body_deadline = 0.0
+        if stream.rejected:
+            return  # refused: its body is not the app's
         cycle = stream.cycle
         cycle.body_complete = True
         cycle._wake_body_reader()
@@ -657,6 +660,9 @@ class Stream:
         self.end_queued = False
         self.end_sent = False
         self.receive_done = False
+        #: Its request was refused before its body ended (413, 408): the rest is not
+        #: read, and the stream is reset (NO_ERROR) once the refusal is out.
+        self.rejected = False
         self.gone = False  # reset, by either side, or the connection lost
         self.reading_paused = False
         self.withheld = 0  # window not given back while paused
@@ -863,7 +869,7 @@ class Stream:
 
     def too_large(self) -> None:
         cycle = self.cycle
-        self.receive_done = True
+        self.rejected = True
         cycle._disconnect()
         cycle.error = RequestError(413, "Content Too Large")
         self.refuse(cycle)
@@ -917,7 +923,7 @@ class Stream:
             self.body_deadline = 0.0
             cycle = self.cycle
             cycle.error = RequestError(408, "request body timeout")
-            self.receive_done = True
+            self.rejected = True
             cycle._disconnect()
             self.refuse(cycle)
             return False
