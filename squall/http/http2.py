@@ -66,6 +66,9 @@ STREAM_HIGH_WATER: Final = 64 * 1024
 #: At most this much of the streams' output is framed per flush before the
 #: transport is asked whether it takes more.
 FLUSH_BUDGET: Final = 256 * 1024
+#: h2 parses at most this much of a read before its events are acted on, so that a
+#: flood costs at most this much past its budget, not a whole read (64 KiB and more).
+RECEIVE_SLICE: Final = 16 * 1024
 #: The interval over which the reset and control-frame budgets refill.
 FLOOD_WINDOW: Final = 10.0
 _DEFAULT_WINDOW: Final = 65535
@@ -90,6 +93,7 @@ class HTTP2Options:
         connection = HTTP2Connection(protocol, self)
         connection.adopt()
         connection.h2.initiate_connection()
+        connection.advertised()
         connection.start(data)
 
     def upgrade(self, protocol: Any, cycle: RequestCycle) -> bool:
@@ -108,6 +112,7 @@ class HTTP2Options:
             connection.h2.initiate_upgrade_connection(settings[0])
         except (h2.exceptions.ProtocolError, ValueError, TypeError):
             return False  # a malformed HTTP2-Settings: answered in HTTP/1.1
+        connection.advertised()
         protocol.flush_output()
         transport = protocol.transport
         if transport is None:
@@ -211,6 +216,23 @@ class HTTP2Connection:
         self.client_done = False  # the client sent GOAWAY or its FIN
         self.preface_received = False  # the client's SETTINGS, its preface's end (RFC 9113 3.4)
 
+    def advertised(self) -> None:
+        """Our SETTINGS are framed: from now on h2 bounds no inbound streams itself.
+
+        h2 takes a stream past SETTINGS_MAX_CONCURRENT_STREAMS for a connection
+        error (GOAWAY PROTOCOL_ERROR: every stream in flight is lost), where RFC
+        9113 5.1.2 makes it the stream's: `_request` refuses it (REFUSED_STREAM),
+        counting the handlers of reset streams too. The SETTINGS sent still
+        advertise --h2-max-concurrent-streams.
+        """
+        self.h2.local_settings = h2.settings.Settings(
+            client=False,
+            initial_values={
+                _SETTINGS.MAX_CONCURRENT_STREAMS: 2**31 - 1,
+                _SETTINGS.MAX_HEADER_LIST_SIZE: self.state.limits.max_header_bytes,
+            },
+        )
+
     # -- the switch -------------------------------------------------------------
 
     def adopt(self) -> None:
@@ -241,6 +263,15 @@ class HTTP2Connection:
     # -- bytes in ---------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        if len(data) <= RECEIVE_SLICE:
+            self._receive(data)
+        else:
+            for start in range(0, len(data), RECEIVE_SLICE):
+                self._receive(data[start : start + RECEIVE_SLICE])
+        if not self.closing:
+            self.hold()
+
+    def _receive(self, data: bytes) -> None:
         if self.closing:
             return
         try:
@@ -283,7 +314,6 @@ class HTTP2Connection:
                 self._calm("too many control frames (PING, SETTINGS, PRIORITY)")
             if self.ended():
                 return
-        self.hold()
 
     def _request(self, event: Any) -> None:
         stream_id: int = event.stream_id
@@ -355,8 +385,8 @@ class HTTP2Connection:
         cycle = stream.cycle
         if data:
             cycle._feed(data)  # may pause the stream (`Stream.pause_reading`)
-        if stream.body_deadline:
-            stream.body_deadline = self.loop.time() + self.state.body_timeout
+        if stream.body_deadline and data:  # an empty DATA frame is no body
+            stream.body_arrived(len(data))
         if not size:
             return
         if stream.reading_paused:
@@ -692,6 +722,9 @@ class Stream:
         self.withheld = 0  # window not given back while paused
         self.received = 0
         self.body_deadline = 0.0
+        self.body_began = 0.0
+        self.body_bytes = 0
+        self.body_slow = False
         self.request_deadline = 0.0
         self.stalled_at = 0.0
         self._writable: asyncio.Future[None] | None = None
@@ -746,10 +779,14 @@ class Stream:
 
     def pause_reading(self) -> None:
         self.reading_paused = True
+        # The client cannot send while its window is withheld: no silence of its own.
+        self.body_deadline = 0.0
 
     def resume_reading(self) -> None:
         if self.reading_paused:
             self.reading_paused = False
+            if not self.receive_done and not self.gone:
+                self.expect_body()  # it may send again: its silence counts from now
             withheld, self.withheld = self.withheld, 0
             if withheld and not self.receive_done and not self.gone:
                 try:
@@ -888,8 +925,22 @@ class Stream:
     def expect_body(self) -> None:
         state = self.connection.state
         if state.body_timeout > 0:
-            self.body_deadline = self.loop.time() + state.body_timeout
+            self.body_began = self.loop.time()
+            self.body_bytes = 0
+            self.body_slow = False
+            self.body_deadline = self.body_began + state.body_timeout
             self.connection.watch()
+
+    def body_arrived(self, size: int) -> None:
+        """The next piece is due within --body-timeout, and, once that has passed since
+        the body began, the body keeps up --body-min-rate on average (as on HTTP/1.1)."""
+        state = self.connection.state
+        self.body_bytes += size
+        deadline = self.loop.time() + state.body_timeout
+        rate = state.body_min_rate
+        earned = self.body_began + state.body_timeout + self.body_bytes / rate if rate else deadline
+        self.body_slow = earned < deadline
+        self.body_deadline = min(deadline, earned)
 
     def too_large(self) -> None:
         cycle = self.cycle
@@ -946,7 +997,10 @@ class Stream:
         if self.body_deadline and now >= self.body_deadline:
             self.body_deadline = 0.0
             cycle = self.cycle
-            cycle.error = RequestError(408, "request body timeout")
+            slow = self.body_slow
+            cycle.error = RequestError(
+                408, "request body too slow" if slow else "request body timeout"
+            )
             self.rejected = True
             cycle._disconnect()
             self.refuse(cycle)
