@@ -400,6 +400,33 @@ def test_many_streams_at_once_on_one_connection(streaming: dict[str, int]) -> No
     assert [len(stream.body) for stream in streams] == [1000 + i for i in range(60)]
 
 
+def test_no_new_app_starts_while_the_connection_holds_a_megabyte_unsent(services: Services) -> None:
+    # A client that opens no window and asks for big answers: each is framed only
+    # as its window allows, and past OUTPUT_HIGH_WATER (1 MiB) held for this
+    # connection, the next stream's app waits, as a pipelined HTTP/1.1 request
+    # waits behind a full transport. Before, every stream ran and held its answer.
+    port = free_port()
+    service = services.squall(
+        "tests.apps.h2_limits_app:app", "--bind", f"127.0.0.1:{port}", "--h2c", "--workers", "1"
+    )
+    service.wait_for_port(port)
+    with H2Client(port, settings=window_settings(0)) as client:
+        big = [client.request("/big?size=600000") for _ in range(2)]
+        client.pump(lambda: all(stream.status == 200 for stream in big))  # heads need no window
+        waits = client.request("/pid")
+        with pytest.raises(AssertionError):
+            client.pump(lambda: waits.status is not None, timeout=0.8)
+        assert waits.status is None  # its app has not run: no head came
+        for stream in (*big, waits):
+            client.conn.increment_flow_control_window(1 << 22, stream.stream_id)
+        client.conn.increment_flow_control_window(1 << 22)
+        client.flush()
+        client.pump(lambda: all(stream.done for stream in (*big, waits)), timeout=10)
+    assert [len(stream.body) for stream in big] == [600000, 600000]
+    assert waits.status == 200
+    assert bytes(waits.body).strip().isdigit()
+
+
 # -- retirement: GOAWAY on drain and reload ----------------------------------------------------
 
 SLOW = "/stream?n=4&delay=0.25"  # FastAPI: about 0.75 s, in four pieces

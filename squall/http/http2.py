@@ -63,6 +63,10 @@ _DRAIN_PING: Final = b"squall\x00\x00"
 CONNECTION_WINDOW: Final = 1 << 20
 #: Above this much framed and unsent, a stream's app waits (`Stream.writable`).
 STREAM_HIGH_WATER: Final = 64 * 1024
+#: Above this much of all its streams' output framed and unsent, a connection
+#: starts no new stream's app until it is down to half: as an HTTP/1.1
+#: connection starts no pipelined request above its transport's high-water mark.
+OUTPUT_HIGH_WATER: Final = 1 << 20
 #: At most this much of the streams' output is framed per flush before the
 #: transport is asked whether it takes more.
 FLUSH_BUDGET: Final = 256 * 1024
@@ -196,6 +200,11 @@ class HTTP2Connection:
         self.h2 = conn
         self.streams: dict[int, Stream] = {}
         self.sending: dict[Stream, None] = {}  # streams with output to frame, in order
+        self.output = 0  # bytes of all streams' output not yet framed
+        #: Streams whose app waits for `output` to come down, with whether it begins
+        #: (`App.begin`, the body to come) or handles (`App.handle`, the body whole).
+        self.waiting: deque[tuple[Stream, bool]] = deque()
+        self.taken = 0  # the highest stream acted on: what a GOAWAY names
         #: Handlers of streams the client reset that still run: they count
         #: against the concurrent streams, or reset-and-reopen starts handlers
         #: without bound (CVE-2023-44487).
@@ -325,6 +334,7 @@ class HTTP2Connection:
         if len(self.streams) + self.orphans >= self.options.max_concurrent_streams:
             h2conn.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
             return
+        self.taken = max(self.taken, stream_id)
         try:
             request, error = _request(event.headers, not event.stream_ended, self.state)
         except Malformed as exc:
@@ -342,10 +352,10 @@ class HTTP2Connection:
         if event.stream_ended:
             stream.receive_done = True
             cycle.body_complete = True
-            self._run(stream)
+            self._start(stream, False)
         else:
             stream.expect_body()
-            self._begin(stream)
+            self._start(stream, True)
 
     def open_stream(self, stream_id: int, request: Request | None) -> Stream:
         stream = Stream(self, stream_id, request)
@@ -406,7 +416,7 @@ class HTTP2Connection:
         cycle = stream.cycle
         cycle.body_complete = True
         cycle._wake_body_reader()
-        if not cycle.started and cycle.error is None:
+        if not cycle.started and cycle.error is None and not stream.waiting:
             self._run(stream)
         if stream.end_sent:
             self.forget(stream)
@@ -450,6 +460,39 @@ class HTTP2Connection:
         self._end(flush=True)
 
     # -- running the app ----------------------------------------------------------
+
+    def _start(self, stream: Stream, begins: bool) -> None:
+        """Run the stream's app now, or once the connection's output has come down."""
+        if self.output <= OUTPUT_HIGH_WATER and not self.write_paused and not self.waiting:
+            if begins:
+                self._begin(stream)
+            else:
+                self._run(stream)
+            return
+        # Its body, if any, waits in the client: the stream's window is withheld.
+        stream.waiting = True
+        stream.pause_reading()
+        self.waiting.append((stream, begins))
+
+    def _start_waiting(self) -> None:
+        """Start the apps that waited, while the output stays under its high-water mark."""
+        waiting = self.waiting
+        while waiting and self.output <= OUTPUT_HIGH_WATER and not self.write_paused:
+            stream, begins = waiting.popleft()
+            if stream.gone:
+                continue
+            stream.waiting = False
+            if not stream.cycle.reads_body:
+                stream.resume_reading()
+            if stream.rejected or stream.cycle.error is not None:
+                continue
+            if begins and not stream.receive_done:
+                self._begin(stream)
+            else:
+                stream.cycle.body_complete = stream.receive_done
+                self._run(stream)
+            if self.closing:
+                return
 
     def _run(self, stream: Stream) -> None:
         cycle = stream.cycle
@@ -526,6 +569,8 @@ class HTTP2Connection:
         data = h2conn.data_to_send()
         if data and not transport.is_closing():
             transport.write(data)
+        if self.waiting and self.output <= OUTPUT_HIGH_WATER // 2 and not self.write_paused:
+            self.loop.call_soon(self._start_waiting)
 
     def ended(self) -> bool:
         return self.closing
@@ -613,7 +658,7 @@ class HTTP2Connection:
 
     def _goaway(self, code: ErrorCodes) -> None:
         """The last GOAWAY: streams after the last one taken are refused from now on."""
-        self.last_stream = self.h2.highest_inbound_stream_id
+        self.last_stream = self.taken
         self._write_goaway(self.last_stream, code)
 
     def _write_goaway(self, last_stream: int, code: ErrorCodes) -> None:
@@ -717,6 +762,7 @@ class Stream:
         #: Its request was refused before its body ended (413, 408): the rest is not
         #: read, and the stream is reset (NO_ERROR) once the refusal is out.
         self.rejected = False
+        self.waiting = False  # its app waits for the connection's output to come down
         self.gone = False  # reset, by either side, or the connection lost
         self.reading_paused = False
         self.withheld = 0  # window not given back while paused
@@ -859,6 +905,7 @@ class Stream:
             return
         self.pending.append(data)
         self.pending_size += len(data)
+        self.connection.output += len(data)
         self.connection.sending[self] = None
         self.connection.hold()
 
@@ -894,6 +941,7 @@ class Stream:
                 else:
                     pending.popleft()
                 self.pending_size -= len(piece)
+                self.connection.output -= len(piece)
                 sent += len(piece)
                 ended = self.end_queued and not pending
                 h2conn.send_data(stream_id, piece, end_stream=ended)
@@ -966,6 +1014,7 @@ class Stream:
         connection = self.connection
         self.conn.close()
         self.pending.clear()
+        connection.output -= self.pending_size
         self.pending_size = 0
         cycle = self.cycle
         state = connection.state
