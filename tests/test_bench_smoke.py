@@ -101,3 +101,20 @@ def test_gc_pauses_reads_each_workers_collections(tmp_path: Path) -> None:
             # shared socket may hand all of them to one worker.)
             assert len({s["pid"] for s in stats}) == compare.WORKERS, stats
             assert all(worker["frozen"] > 1000 for worker in stats), stats
+
+
+def test_h2load_servers_answer_over_h2c_and_nothing_is_left() -> None:
+    # bench/h2load.py: squall, hypercorn and granian each answer 10 streams over h2c.
+    assert shutil.which("h2load"), "h2load is needed (Debian's nghttp2-client)"
+    result = subprocess.run(
+        [sys.executable, "bench/h2load.py", "--smoke"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    for name in ("hypercorn", "granian-asgi", "granian-rsgi", "squall-asgi", "squall-native"):
+        assert f"{name}: ok h2c, 10/10 succeeded" in out, out + result.stderr
+    assert out.splitlines()[-1] == "left: none", out

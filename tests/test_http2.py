@@ -129,56 +129,30 @@ def curl(*args: str) -> subprocess.CompletedProcess[str]:
 # -- real clients, every interface -------------------------------------------------------
 
 
+def _curl_args(server: Served, how: str, path: str) -> list[str]:
+    """curl's way to HTTP/2: over TLS (ALPN), h2c with prior knowledge, or Upgrade: h2c."""
+    if how == "tls":
+        return [
+            "--http2",
+            "--cacert",
+            str(server.ca_file),
+            f"https://localhost:{server.tls_port}{path}",
+        ]
+    flag = "--http2-prior-knowledge" if how == "prior-knowledge" else "--http2"
+    return ["-v", flag, f"http://127.0.0.1:{server.h2c_port}{path}"]
+
+
 @pytest.mark.parametrize("name", CASES)
-def test_curl_over_tls_chooses_h2_by_alpn(served: dict[str, Served], name: str) -> None:
-    server = served[name]
+@pytest.mark.parametrize("how", ["tls", "prior-knowledge", "upgrade"])
+def test_curl(served: dict[str, Served], name: str, how: str) -> None:
     case = CASES[name]
-    result = curl(
-        "--http2",
-        "--cacert",
-        str(server.ca_file),
-        "-w",
-        "\n%{http_version} %{http_code}",
-        f"https://localhost:{server.tls_port}{case.path}",
-    )
+    args = _curl_args(served[name], how, case.path)
+    result = curl("-w", "\n%{http_version} %{http_code}", *args)
     assert result.returncode == 0, result.stderr
     body, _, tail = result.stdout.rpartition("\n")
     assert tail == "2 200"
     assert case.expected.decode() in body
-
-
-@pytest.mark.parametrize("name", CASES)
-def test_curl_with_prior_knowledge(served: dict[str, Served], name: str) -> None:
-    server = served[name]
-    case = CASES[name]
-    result = curl(
-        "--http2-prior-knowledge",
-        "-w",
-        "\n%{http_version} %{http_code}",
-        f"http://127.0.0.1:{server.h2c_port}{case.path}",
-    )
-    assert result.returncode == 0, result.stderr
-    body, _, tail = result.stdout.rpartition("\n")
-    assert tail == "2 200"
-    assert case.expected.decode() in body
-
-
-@pytest.mark.parametrize("name", CASES)
-def test_curl_upgrades_to_h2c(served: dict[str, Served], name: str) -> None:
-    server = served[name]
-    case = CASES[name]
-    result = curl(
-        "--http2",
-        "-v",
-        "-w",
-        "\n%{http_version} %{http_code}",
-        f"http://127.0.0.1:{server.h2c_port}{case.path}",
-    )
-    assert result.returncode == 0, result.stderr
-    assert "101 Switching Protocols" in result.stderr
-    body, _, tail = result.stdout.rpartition("\n")
-    assert tail == "2 200"
-    assert case.expected.decode() in body
+    assert ("101 Switching Protocols" in result.stderr) == (how == "upgrade")
 
 
 def test_an_upgrade_with_a_body_is_refused_not_served_empty(served: dict[str, Served]) -> None:

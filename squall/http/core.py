@@ -708,15 +708,19 @@ class ServerConnection:
             return b""
         if self._chunked_out:
             return b"%x\r\n%b\r\n" % (len(data), data)
-        left = self._left
-        if left >= 0:
-            if len(data) > left:
-                self.our_state = ERROR
-                raise ResponseError(
-                    f"response body longer than its Content-Length ({len(data) - left} bytes over)"
-                )
-            self._left = left - len(data)
+        if self._left >= 0:
+            self._keep_to_length(len(data))
         return cast(bytes, data)
+
+    def _keep_to_length(self, size: int) -> None:
+        """Count `size` more body bytes against the declared Content-Length; past it, refused."""
+        left = self._left
+        if size > left:
+            self.our_state = ERROR
+            raise ResponseError(
+                f"response body longer than its Content-Length ({size - left} bytes over)"
+            )
+        self._left = left - size
 
     def end_response(self) -> bytes:
         """The end of the body. One shorter than declared ends the connection."""

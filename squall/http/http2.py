@@ -49,7 +49,7 @@ from hyperframe.frame import GoAwayFrame
 from squall.http.core import _METHODS, _TOKEN, _UNSAFE_VALUE, DONE, Request, RequestError
 from squall.http.cycle import RequestCycle
 from squall.http.date import SERVER_NAME, http_date
-from squall.http.protocol import DRAIN_IDLE, SHED_HEADERS, TIMEOUT_HEADERS
+from squall.http.protocol import DRAIN_IDLE, TIMEOUT_HEADERS
 from squall.http.state import TICK, ServerState
 from squall.http.stream_framing import CONNECTION_SPECIFIC, Fields, StreamFraming
 
@@ -498,7 +498,7 @@ class HTTP2Connection:
         cycle = stream.cycle
         cycle.started = True
         state = self.state
-        if state.concurrency_limit and not cycle.counted and not self._admit(cycle):
+        if state.concurrency_limit and not cycle.counted and not state.admit_request(cycle):
             return
         if state.request_timeout and not stream.request_deadline:
             stream.request_deadline = self.loop.time() + state.request_timeout
@@ -514,7 +514,7 @@ class HTTP2Connection:
         cycle = stream.cycle
         cycle.started = True
         state = self.state
-        if state.concurrency_limit and not self._admit(cycle):
+        if state.concurrency_limit and not state.admit_request(cycle):
             return
         try:
             taken = state.app.begin(cycle)
@@ -532,16 +532,6 @@ class HTTP2Connection:
         cycle.runs_at_end = True
         if not cycle.continue_sent:
             cycle.send_continue()
-
-    def _admit(self, cycle: RequestCycle) -> bool:
-        state = self.state
-        if not state.admit():
-            if state.metrics is not None:
-                state.metrics.request_shed()
-            cycle.respond(503, SHED_HEADERS, b"Service Unavailable\n")
-            return False
-        cycle.counted = True
-        return True
 
     # -- bytes out ------------------------------------------------------------------
 

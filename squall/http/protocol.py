@@ -46,8 +46,6 @@ DRAIN_IDLE: Final = 1.0
 # socket with unread bytes in it sends a reset, which can destroy the
 # response the client has not read yet (nginx's lingering close).
 LINGER: Final = 2.0
-# The answer to a request past --limit-concurrency: try again in a second.
-SHED_HEADERS: Final = ((b"content-type", b"text/plain; charset=utf-8"), (b"retry-after", b"1"))
 TIMEOUT_HEADERS: Final = ((b"content-type", b"text/plain; charset=utf-8"),)
 #: What a client sends first on a cleartext HTTP/2 connection (RFC 9113 3.4).
 _PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -319,7 +317,7 @@ class HTTPProtocol(asyncio.Protocol):
             return  # offered to `upgrade` once its message ends
         cycle.started = True
         state = self.state
-        if state.concurrency_limit and not self._admit(cycle):
+        if state.concurrency_limit and not state.admit_request(cycle):
             return
         try:
             taken = self.app.begin(cycle)
@@ -368,7 +366,7 @@ class HTTPProtocol(asyncio.Protocol):
     def _run(self, cycle: RequestCycle) -> None:
         cycle.started = True
         state = self.state
-        if state.concurrency_limit and not cycle.counted and not self._admit(cycle):
+        if state.concurrency_limit and not cycle.counted and not state.admit_request(cycle):
             return
         if state.request_timeout and not self.request_deadline:
             self.request_deadline = self.loop.time() + state.request_timeout
@@ -377,17 +375,6 @@ class HTTPProtocol(asyncio.Protocol):
         except Exception:  # the interface adapters catch app errors; this is a last resort
             logger.exception("error while handling %r", cycle.request)
             self._failed(cycle)
-
-    def _admit(self, cycle: RequestCycle) -> bool:
-        """Count the request in, or answer 503 at once if the worker has its limit running."""
-        state = self.state
-        if not state.admit():
-            if state.metrics is not None:
-                state.metrics.request_shed()
-            cycle.respond(503, SHED_HEADERS, b"Service Unavailable\n")
-            return False
-        cycle.counted = True
-        return True
 
     def _failed(self, cycle: RequestCycle) -> None:
         if not cycle.response_started:

@@ -17,6 +17,9 @@ from squall.http.cycle import App, RequestCycle, Upgrader
 
 logger: Final = logging.getLogger("squall.http")
 
+# The answer to a request past --limit-concurrency: try again in a second.
+SHED_HEADERS: Final = ((b"content-type", b"text/plain; charset=utf-8"), (b"retry-after", b"1"))
+
 # How often connection deadlines (keep-alive, header, body timeouts) are checked:
 # a timeout fires between its value and its value plus TICK.
 TICK: Final = 0.5
@@ -146,6 +149,16 @@ class ServerState:
             self.loop.call_soon(self._next_pass)
         self.admitted_this_pass = admitted + 1
         self.in_flight += 1
+        return True
+
+    def admit_request(self, cycle: RequestCycle) -> bool:
+        """Count `cycle` in, or answer it 503 at once if the worker has its limit running."""
+        if not self.admit():
+            if self.metrics is not None:
+                self.metrics.request_shed()
+            cycle.respond(503, SHED_HEADERS, b"Service Unavailable\n")
+            return False
+        cycle.counted = True
         return True
 
     def _next_pass(self) -> None:

@@ -186,14 +186,8 @@ class StreamFraming(ServerConnection):
         if self._no_body or not data:
             return b""
         piece = _as_bytes(data)
-        left = self._left
-        if left >= 0:
-            if len(piece) > left:
-                self.our_state = ERROR
-                raise ResponseError(
-                    f"response body longer than its Content-Length ({len(piece) - left} bytes over)"
-                )
-            self._left = left - len(piece)
+        if self._left >= 0:
+            self._keep_to_length(len(piece))
         self.sink.send_body(piece)
         return b""
 
