@@ -73,10 +73,12 @@ class H2Client:
         tls: ssl.SSLContext | None = None,
         timeout: float = 5.0,
         settings: dict[int, int] | None = None,
+        sock: socket.socket | None = None,
     ) -> None:
+        """`sock`: a connection already open (else one is made now)."""
         self.port = port
         self.timeout = timeout
-        raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        raw = sock or socket.create_connection(("127.0.0.1", port), timeout=timeout)
         if tls is not None:
             tls.set_alpn_protocols(["h2"])
             self.sock: socket.socket = tls.wrap_socket(raw, server_hostname="localhost")

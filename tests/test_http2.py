@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import shutil
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -424,6 +425,26 @@ def test_drain_answers_streams_in_flight_and_refuses_none(services: Services) ->
     assert slow.status == 200
     assert bytes(slow.body) == b"chunk-0;chunk-1;chunk-2;chunk-3;"
     assert client.goaways[1] == (slow.stream_id, 0)  # the last stream taken
+    assert service.wait(timeout=10) == 0
+
+
+def test_a_connection_that_turns_http2_during_a_drain_is_retired(services: Services) -> None:
+    # Accepted before the drain, its preface sent after: it is answered, then
+    # retired by GOAWAY at once. Before, it was served on until the graceful
+    # timeout cut it off.
+    port = free_port()
+    service = services.squall(FASTAPI, "--bind", f"127.0.0.1:{port}", "--h2c", "--workers", "1")
+    service.wait_for_log("is ready")
+    raw = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+    time.sleep(0.3)  # accepted by the worker, no request yet: a drain leaves it open
+    service.send(signal.SIGTERM)
+    service.wait_for_log("stopping 1 worker(s) gracefully")
+    time.sleep(0.3)
+    with H2Client(port, sock=raw) as client:
+        stream = client.get("/items/3")
+        client.pump(lambda: len(client.goaways) == 2 and client.closed, timeout=5)
+    assert stream.status == 200
+    assert client.goaways[-1] == (stream.stream_id, 0)
     assert service.wait(timeout=10) == 0
 
 

@@ -268,6 +268,10 @@ class HTTP2Connection:
             self._idle()
         if data:
             self.data_received(data)
+        if self.state.draining:
+            # Accepted while the worker drains (its queue, its last batch): the
+            # connection is retired at once, its streams before the GOAWAY answered.
+            self.shutdown()
 
     # -- bytes in ---------------------------------------------------------------
 
