@@ -329,6 +329,32 @@ def test_nothing_parsed_after_upgrade() -> None:
     assert conn.receive_data(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n") == []
 
 
+@pytest.mark.parametrize("cut", [None, 60, 75, 80, 83])
+def test_an_upgrade_requests_body_is_read_though_the_parser_skips_it(cut: int | None) -> None:
+    # llhttp skips an Upgrade request's body (an upgrade has none); the core
+    # reads it, in any number of pieces, and the message ends after it. Before,
+    # the request ended at its head: the app saw an empty body.
+    data = (
+        b"POST /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: foo\r\n"
+        b"Content-Length: 6\r\n\r\nabcdefGET / HTTP/1.1\r\n\r\n"
+    )
+    pieces = [data] if cut is None else [data[:cut], data[cut:]]
+    parsed = feed(pieces)
+    assert parsed.error is None
+    assert [
+        (request["target"], request["body"], request["complete"]) for request in parsed.requests
+    ] == [("/ws", "abcdef", True)]
+
+
+def test_an_upgrade_request_with_a_chunked_body_is_refused() -> None:
+    conn = ServerConnection()
+    events = conn.receive_data(
+        b"POST /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: foo\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+    )
+    assert isinstance(events[-1], RequestError) and events[-1].status == 501
+
+
 def test_header_block_limit_holds_when_the_head_comes_in_one_read() -> None:
     # Default limits: 64 KiB of header fields sent in a single read.
     head = b"GET / HTTP/1.1\r\nHost: a\r\n" + b"X-Fill: " + b"v" * 70_000 + b"\r\n\r\n"

@@ -331,6 +331,7 @@ class ServerConnection:
         "_target",
         "_their_keep_alive",
         "_unframed",
+        "_upgrade_body_left",
         "client_finished",
         "head_in_progress",
         "in_head",
@@ -366,6 +367,9 @@ class ServerConnection:
         self._responses_done = 0
         #: After an Upgrade request: the bytes that followed its head (the new protocol's).
         self.trailing_data = b""
+        #: An Upgrade request's body still to come: llhttp skips it (a body is no
+        #: upgrade's), so it is read here, and the request is served in HTTP.
+        self._upgrade_body_left = 0
         #: The client's last message is whole, it said it sends no more (`Connection:
         #: close`, HTTP/1.0) and nothing followed it: closing needs no lingering.
         self.client_finished = False
@@ -391,6 +395,8 @@ class ServerConnection:
 
     def receive_data(self, data: bytes) -> list[Event]:
         """Feed bytes from the client; return the events they complete."""
+        if self._upgrade_body_left:
+            return self._upgrade_body(data)
         if not data or self.their_state in _READS_NO_MORE:
             if data:
                 self.client_finished = False  # it sends on after all
@@ -441,12 +447,17 @@ class ServerConnection:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
-            self.trailing_data = data[offset:]
             # An Upgrade or CONNECT request (its Request already says so): the
             # head and message are already out as events. Anything after it is
             # another protocol, which this connection does not speak, so it
             # reads no further.
             self.their_state = MUST_CLOSE
+            if self._body_skipped():
+                # ... but a body first, which the parser skipped: read here.
+                self._events = events
+                events += self._upgrade_body(data[offset:])
+                return events
+            self.trailing_data = data[offset:]
             return events
         except httptools.HttpParserCallbackError as exc:
             self._fail(exc.__context__ if isinstance(exc.__context__, RequestError) else exc)
@@ -479,6 +490,26 @@ class ServerConnection:
                     self._unframed += len(data)
                     if self._unframed > self._max_header_bytes:
                         self._fail(RequestError(431, "request trailer section too large"))
+        return events
+
+    def _body_skipped(self) -> bool:
+        """The parser skipped the body of the Upgrade request it just read."""
+        return self._upgrade_body_left > 0
+
+    def _upgrade_body(self, data: bytes) -> list[Event]:
+        """The body of an Upgrade request, which llhttp does not read: a request
+        with a body is not upgraded, and is answered in HTTP, then the connection
+        closes (what follows it is not parsed)."""
+        events: list[Event] = []
+        left = self._upgrade_body_left
+        body = data[:left]
+        if body:
+            events.append(Data(body))
+        left -= len(body)
+        self._upgrade_body_left = left
+        if not left:
+            self.trailing_data = data[len(body) :]
+            events.append(END_OF_MESSAGE)
         return events
 
     def _check_held(self, held: bytearray) -> None:
@@ -565,11 +596,13 @@ class ServerConnection:
         body_expected = expect_continue = False
         host: bytes | None = None
         hosts = 0
+        declared = 0
         for name, value in headers:
             if name == b"content-length":
                 if not value.isdigit():
                     raise RequestError(400, "invalid Content-Length")
-                if int(value) > self.limits.max_body_bytes:
+                declared = int(value)
+                if declared > self.limits.max_body_bytes:
                     raise RequestError(413, "request body too large")
                 body_expected = value != b"0"
             elif name == b"transfer-encoding":
@@ -619,6 +652,12 @@ class ServerConnection:
             query = url.query or b""
         self._their_keep_alive = parser.should_keep_alive()
         keep_alive = self._their_keep_alive and not upgrade
+        if upgrade and body_expected:
+            if self._chunked:
+                raise RequestError(501, "a chunked body with Upgrade")
+            # llhttp skips an Upgrade request's body: `_upgrade_body` reads it,
+            # and the message ends there, not at `on_message_complete`.
+            self._upgrade_body_left = declared
         self._events.append(
             Request(
                 _METHODS.get(raw_method) or raw_method.decode("ascii"),
@@ -644,7 +683,8 @@ class ServerConnection:
         self._events.append(Data(body))
 
     def on_message_complete(self) -> None:
-        self._events.append(END_OF_MESSAGE)
+        if not self._upgrade_body_left:
+            self._events.append(END_OF_MESSAGE)
         self._in_message = False
         self._messages_done += 1
         self._tail = b""

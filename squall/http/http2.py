@@ -103,8 +103,8 @@ class HTTP2Options:
     def upgrade(self, protocol: Any, cycle: RequestCycle) -> bool:
         """`Upgrade: h2c` (RFC 7540 3.2): 101, then the request is stream 1's."""
         request = cycle.request
-        if request is None:
-            return False
+        if request is None or request.body_expected:
+            return False  # answered in HTTP/1.1 (RFC 7540 3.2 allows it), body and all
         upgrade = request.header(b"upgrade")
         settings = [value for name, value in request.headers if name == b"http2-settings"]
         if upgrade is None or len(settings) != 1:

@@ -199,16 +199,13 @@ class HTTPProtocol(asyncio.Protocol):
                     receiving._wake_body_reader()
                 if receiving is self.current and not receiving.started:
                     request = receiving.request
-                    if request is not None and request.upgrade:
-                        if request.body_expected:
-                            # The parser stops at an Upgrade request's head: its body
-                            # was never read, and serving the request without it
-                            # would lose it. Refused, not answered as if empty.
-                            receiving.error = RequestError(501, "Upgrade with a request body")
-                            self.refuse(receiving)
-                            return
-                        if self._try_upgrade(receiving):
-                            return
+                    if (
+                        request is not None
+                        and request.upgrade
+                        and not request.body_expected  # a body is no upgrade's: HTTP
+                        and self._try_upgrade(receiving)
+                    ):
+                        return
                     if not self._write_paused:
                         self._run(receiving)
             else:
