@@ -247,7 +247,9 @@ class Acceptor:
         if direct.closed:  # answered, and ended: the loop never knew of it
             protocol.connection_lost(direct.error)
             return
-        self._hand_over(HandedSocket(direct.detach(), self._family), peer, protocol)
+        # Already among the worker's connections (its first request was served):
+        # not counted again while handed over, or --max-connections would pause early.
+        self._hand_over(HandedSocket(direct.detach(), self._family), peer, protocol, counted=True)
 
     def _hand_over_fd(self, fd: int, peer: Any, client: Address | None) -> None:
         """A connection with nothing read yet (or TLS): the loop's transport serves it all."""
@@ -260,7 +262,9 @@ class Acceptor:
 
     # -- handing the connection to the loop ---------------------------------------
 
-    def _hand_over(self, conn: Any, peer: Any, protocol: asyncio.Protocol) -> None:
+    def _hand_over(
+        self, conn: Any, peer: Any, protocol: asyncio.Protocol, counted: bool = False
+    ) -> None:
         """`connect_accepted_socket`, stepped by hand rather than as a task.
 
         The coroutine makes the transport at once and then waits on one
@@ -268,12 +272,14 @@ class Acceptor:
         new connection's 65 (bench/results/accept-*.md). `conn` is a socket,
         or a `HandedSocket` that the transport's close leaves alone. The
         protocol is made beforehand: past it, the coroutine cannot fail
-        before its transport owns the descriptor.
+        before its transport owns the descriptor. `counted`: the protocol is
+        among the worker's connections already (`in_hand` counts the others).
         """
         coro = self.loop.connect_accepted_socket(
             functools.partial(_same, protocol), conn, ssl=self.ssl_context
         )
-        self._handing.add(coro)
+        if not counted:
+            self._handing.add(coro)
         self._step(coro, peer)
 
     def _step(self, coro: Coroutine[Any, Any, Any], peer: Any, _: object = None) -> None:
