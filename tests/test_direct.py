@@ -270,3 +270,61 @@ def test_reading_paused_before_the_hand_over_stays_paused(
         await protocol.lost
 
     run(main(), protocol)
+
+
+class _Answers:
+    """An app that answers every request at once (`App`)."""
+
+    def begin(self, cycle: Any) -> bool:
+        return False
+
+    def handle(self, cycle: Any) -> None:
+        cycle.respond(200, [(b"content-type", b"text/plain")], b"ok")
+
+
+def test_a_connection_served_at_accept_is_counted_once_while_it_is_handed_over() -> None:
+    # A keep-alive connection whose first request was answered on its socket is
+    # among the worker's connections at once, and then handed to the loop. Counted
+    # also as "in hand" meanwhile, it made --max-connections pause accepting below
+    # the limit, and nothing resumed it until a connection closed.
+    from squall.http.accept import Acceptor, Acceptors
+    from squall.http.core import DEFAULT_LIMITS
+    from squall.http.protocol import ProtocolMaker
+    from squall.http.state import ServerState
+
+    async def scenario() -> tuple[int, int, bool]:
+        state = ServerState(_Answers(), DEFAULT_LIMITS, keepalive_timeout=5.0)  # type: ignore[arg-type]
+        group = Acceptors(state.connections, limit=3)
+        state.room_freed = group.room_freed
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(8)
+            acceptor = Acceptor(
+                listener, ProtocolMaker(state, "http", None), has_room=group.has_room, limit=3
+            )
+            group.members.append(acceptor)
+            client = socket.create_connection(listener.getsockname(), timeout=5)
+            with client:
+                client.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+                await asyncio.sleep(0.05)  # the request is in the server's socket
+                acceptor.start()  # ... but its listener starts only now (add_reader)
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + 5
+                while not state.connections and loop.time() < deadline:
+                    await asyncio.sleep(0)
+                # Served on the socket and being handed to the loop, in this pass.
+                counted = len(state.connections), group.pending()
+                room = group.has_room()
+                await asyncio.sleep(0.1)  # the answer goes out (held to the end of the pass)
+                client.settimeout(5)
+                assert client.recv(1024).startswith(b"HTTP/1.1 200 ")
+                for connection in list(state.connections):
+                    connection.close()
+                acceptor.close()
+                state.stop_ticker()
+                await asyncio.sleep(0.05)
+        return counted[0], counted[1], room
+
+    served, in_hand, room = uvloop.run(scenario())
+    assert (served, in_hand) == (1, 0)  # once: among the connections, not also in hand
+    assert room
