@@ -31,6 +31,7 @@ import trustme
 from tests.h2_client import H2Client, window_settings
 from tests.h2_client import Stream as H2Stream
 from tests.service import Service, Services, free_port, wait_until
+from tests.test_http2_conformance import H2Client as RawClient
 
 TIMEOUT = 10.0
 NATIVE = "tests.apps.streaming_app:app"
@@ -366,6 +367,22 @@ def test_many_streams_at_once_on_one_connection(streaming: dict[str, int]) -> No
     assert [len(stream.body) for stream in streams] == [1000 + i for i in range(60)]
 
 
+def test_a_large_answer_to_a_client_with_wide_windows_goes_out_whole(services: Services) -> None:
+    # Windows of 1 GiB: the client never needs to send a WINDOW_UPDATE. Each flush
+    # frames 256 KiB; before, the rest waited for a WINDOW_UPDATE that never came.
+    port = free_port()
+    service = services.squall(
+        "tests.apps.h2_limits_app:app", "--bind", f"127.0.0.1:{port}", "--h2c", "--workers", "1"
+    )
+    service.wait_for_port(port)
+    with H2Client(port, settings=window_settings(1 << 30)) as client:
+        client.conn.increment_flow_control_window(1 << 30)
+        client.flush()
+        stream = client.get(f"/big?size={4 << 20}")
+    assert stream.status == 200
+    assert len(stream.body) == 4 << 20
+
+
 def test_no_new_app_starts_while_the_connection_holds_a_megabyte_unsent(services: Services) -> None:
     # A client that opens no window and asks for big answers: each is framed only
     # as its window allows, and past OUTPUT_HIGH_WATER (1 MiB) held for this
@@ -436,6 +453,32 @@ def test_a_connection_that_turns_http2_during_a_drain_is_retired(services: Servi
         client.pump(lambda: len(client.goaways) == 2 and client.closed, timeout=5)
     assert stream.status == 200
     assert client.goaways[-1] == (stream.stream_id, 0)
+    assert service.wait(timeout=10) == 0
+
+
+def test_a_drain_does_not_wait_on_a_ping_the_client_never_answers(services: Services) -> None:
+    # The first GOAWAY's PING goes unanswered and the client keeps opening
+    # streams: the last GOAWAY comes after DRAIN_IDLE (1 s) anyway. Before, each
+    # new stream put off that deadline, and the connection lived on until
+    # --graceful-timeout.
+    port = free_port()
+    service = services.squall(FASTAPI, "--bind", f"127.0.0.1:{port}", "--h2c", "--workers", "1")
+    service.wait_for_log("is ready")
+    with RawClient(port) as client:
+        client.ack_pings = False
+        client.handshake()
+        assert client.get(1, "/items/1").status == 200
+        service.send(signal.SIGTERM)
+        client.wait(lambda: client.goaway is not None, "the first GOAWAY")
+        started = time.monotonic()
+        stream_id = 3
+        while client.goaway.last_stream_id == 2**31 - 1 and time.monotonic() - started < 4:
+            client.request(stream_id, "/items/2")
+            stream_id += 2
+            client.poll(lambda: False, 0.2)
+        took = time.monotonic() - started
+        assert client.goaway.last_stream_id < 2**31 - 1, "no last GOAWAY"
+        assert took < 2.5, took
     assert service.wait(timeout=10) == 0
 
 

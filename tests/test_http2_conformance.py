@@ -198,6 +198,7 @@ class H2Client:
         self.goaway: GoAwayFrame | None = None
         self.closed = False
         self.auto_window = True
+        self.ack_pings = True  # off: a client that never answers the server's PING
         self.window_updates = 0
         self._acking = False  # SETTINGS are acknowledged once our own preface went
         self._unacked = 0
@@ -418,7 +419,7 @@ class H2Client:
         elif isinstance(frame, PingFrame):
             if "ACK" in frame.flags:
                 self.ping_acks.append(bytes(frame.opaque_data))
-            else:
+            elif self.ack_pings:
                 self._send_quietly(PingFrame(0, opaque_data=frame.opaque_data, flags=["ACK"]))
         elif isinstance(frame, WindowUpdateFrame):
             self.window_updates += 1

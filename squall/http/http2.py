@@ -364,7 +364,8 @@ class HTTP2Connection:
     def open_stream(self, stream_id: int, request: Request | None) -> Stream:
         stream = Stream(self, stream_id, request)
         self.streams[stream_id] = stream
-        self.deadline = 0.0  # not idle
+        if not self.draining:
+            self.deadline = 0.0  # not idle (a drain's deadline is the PING's, and stays)
         state = self.state
         cycle = stream.cycle
         if request is not None:
@@ -551,6 +552,7 @@ class HTTP2Connection:
         if transport is None:
             return
         h2conn = self.h2
+        more = False  # output the windows let through, past this flush's budget
         if self.sending and not self.write_paused and not self.closing:
             budget = FLUSH_BUDGET
             for stream in list(self.sending):
@@ -560,11 +562,16 @@ class HTTP2Connection:
                     if self.paused():  # the write may have paused it
                         break
                     budget = FLUSH_BUDGET
+            # A stream stopped by the budget, not by its window, goes on in the next
+            # pass: no WINDOW_UPDATE (a client with a large window) may come to ask.
+            more = any(stream.pending and not stream.stalled_at for stream in self.sending)
         data = h2conn.data_to_send()
         if data and not transport.is_closing():
             transport.write(data)
         if self.waiting and self.output <= OUTPUT_HIGH_WATER // 2 and not self.write_paused:
             self.loop.call_soon(self._start_waiting)
+        if more and not self.paused():
+            self.hold()
 
     def ended(self) -> bool:
         return self.closing
@@ -734,7 +741,6 @@ _CONTROL_FRAMES: Final = frozenset(
         h2.events.PingAckReceived,
     }
 )
-_ERROR_HEADERS: Final = ((b"content-type", b"text/plain; charset=utf-8"),)
 
 
 class Stream:
@@ -748,7 +754,7 @@ class Stream:
         self.client = connection.client
         self.scheme: str = connection.owner.scheme
         self.conn = StreamFraming(self)
-        self.pending: deque[bytes] = deque()
+        self.pending: deque[bytes | memoryview] = deque()
         self.pending_size = 0
         self.end_queued = False
         self.end_sent = False
@@ -843,13 +849,17 @@ class Stream:
         state = self.connection.state
         state.requests_served += 1
         self.request_deadline = 0.0
-        if cycle.counted:
-            cycle.counted = False
-            state.in_flight -= 1
+        self._uncount(cycle)
         if state.requests_served == state.request_quota and state.on_quota is not None:
             state.on_quota()
         if state.timed:
             state.report(cycle)
+
+    def _uncount(self, cycle: RequestCycle) -> None:
+        """Out of --limit-concurrency's count, once, however the request ends."""
+        if cycle.counted:
+            cycle.counted = False
+            self.connection.state.in_flight -= 1
 
     def refuse(self, cycle: RequestCycle) -> None:
         """Answer `cycle.error` unless a response began; the stream ends, the connection goes on."""
@@ -866,9 +876,7 @@ class Stream:
         elif not self.end_queued:
             self.reset(ErrorCodes.INTERNAL_ERROR)
         cycle.complete = True
-        if cycle.counted:
-            cycle.counted = False
-            self.connection.state.in_flight -= 1
+        self._uncount(cycle)
         self.connection.state.report(cycle)
 
     def failed(self) -> None:
@@ -930,8 +938,10 @@ class Stream:
                 size = min(window, h2conn.max_outbound_frame_size)
                 piece = pending[0]
                 if len(piece) > size:
-                    pending[0] = piece[size:]
-                    piece = piece[:size]
+                    # A view: slicing a big answer frame by frame copies nothing.
+                    view = piece if type(piece) is memoryview else memoryview(piece)
+                    pending[0] = view[size:]
+                    piece = view[:size]
                 else:
                     pending.popleft()
                 self.pending_size -= len(piece)
@@ -1015,9 +1025,7 @@ class Stream:
         if state.metrics is not None and cycle.request is not None and not cycle.reported:
             cycle.reported = True
             state.metrics.request_finished(cycle)  # unanswered: its status stays 0
-        if cycle.counted:
-            cycle.counted = False
-            state.in_flight -= 1
+        self._uncount(cycle)
         task = cycle.task
         if task is not None and not task.done() and not cycle.complete:
             connection.orphans += 1
@@ -1097,7 +1105,6 @@ class Malformed(Exception):
 
 #: A field name in HTTP/2: a token in lower case (RFC 9113 8.2.1).
 _FIELD_NAME: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+")
-_REQUEST_PSEUDO: Final = frozenset({b":method", b":scheme", b":authority", b":path"})
 _WHITESPACE: Final = b" \t"
 
 
