@@ -7,13 +7,33 @@ does no more than the scope needs.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, cast, overload
+from typing import TYPE_CHECKING, Any, Final, cast, overload
 from urllib.parse import unquote
 
 from squall.asgi_types import ASGI_VERSION, HTTPScope, WebSocketScope
 
 if TYPE_CHECKING:
     from squall.http.cycle import RequestCycle
+
+
+#: An http scope's keys in the order an app sees them, the constant ones set:
+#: copying it costs less than building a dict of 14 keys one by one.
+_HTTP_SCOPE: Final[dict[str, Any]] = {
+    "type": "http",
+    "asgi": ASGI_VERSION,
+    "http_version": "",
+    "method": "",
+    "scheme": "",
+    "path": "",
+    "raw_path": b"",
+    "query_string": b"",
+    "root_path": "",
+    "headers": None,
+    "client": None,
+    "server": None,
+    "state": None,
+    "extensions": None,
+}
 
 
 @overload
@@ -45,22 +65,19 @@ def connection_scope(
     path = raw_path.decode("latin-1")
     if "%" in path:
         path = unquote(path)
-    scope: HTTPScope = {
-        "type": "http",
-        "asgi": ASGI_VERSION,
-        "http_version": request.http_version,
-        "method": request.method,
-        "scheme": cycle.scheme,
-        "path": root_path + path if root_path else path,
-        "raw_path": raw_path,
-        "query_string": request.query,
-        "root_path": root_path,
-        "headers": request.headers,
-        "client": cycle.client,
-        "server": cycle.server,
-        "state": state.copy(),
-        "extensions": {},
-    }
+    scope = cast(HTTPScope, _HTTP_SCOPE.copy())
+    scope["http_version"] = request.http_version
+    scope["method"] = request.method
+    scope["scheme"] = cycle.scheme
+    scope["path"] = root_path + path if root_path else path
+    scope["raw_path"] = raw_path
+    scope["query_string"] = request.query
+    scope["root_path"] = root_path
+    scope["headers"] = request.headers
+    scope["client"] = cycle.client
+    scope["server"] = cycle.server
+    scope["state"] = state.copy()
+    scope["extensions"] = {}
     if subprotocols is None:
         return scope
     # The same head as a WebSocket handshake: another type and scheme, no method.

@@ -367,7 +367,7 @@ class RequestHandler:
         try:
             if not self._headers_written:
                 self._headers_written = True
-                cycle.start(self._status, self._encoded_headers(), self._reason)
+                cycle.start(self._status, _encoded_headers(self), self._reason)
             if self._chunks:
                 data = b"".join(self._chunks) if len(self._chunks) != 1 else self._chunks[0]
                 self._chunks.clear()
@@ -381,43 +381,7 @@ class RequestHandler:
 
     def finish(self, chunk: str | bytes | dict[str, Any] | None = None) -> None:
         """Send the response; the handler is done."""
-        if self._finished:
-            raise RuntimeError("finish() called twice")
-        if chunk is not None:
-            self.write(chunk)
-        self._finished = True
-        cycle = self._cycle
-        if self._headers_written:
-            if not cycle.complete:
-                try:
-                    if self._chunks:
-                        cycle.write(b"".join(self._chunks))
-                        self._chunks.clear()
-                    cycle.end()
-                except ResponseError:
-                    return  # the cycle has logged it and ended the connection
-            self.on_finish()
-            return
-        chunks = self._chunks
-        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        headers = self._encoded_headers()
-        if self._status in (204, 304) or 100 <= self._status < 200:
-            body = b""
-            headers = [h for h in headers if h[0].lower() != b"content-type"]
-        try:
-            cycle.respond(self._status, headers, body, self._reason)
-        except ResponseError:
-            return  # the cycle has logged it and answered with a 500
-        if self._traits.finishes:
-            self.on_finish()
-
-    def _encoded_headers(self) -> list[tuple[bytes, bytes]]:
-        if not self._headers_changed:
-            return _DEFAULT_HEADERS  # read, never changed, by the HTTP core
-        headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in self._headers.items()]
-        for name, value in self._extra_headers:
-            headers.append((name.encode("latin-1"), value.encode("latin-1")))
-        return headers
+        _finish(self, chunk)
 
     def _abort(self) -> None:
         """Give up on a response whose head is out: the connection closes."""
@@ -445,7 +409,7 @@ class RequestHandler:
         """Attach the handler to its request cycle and to its route's groups (see `take_over`)."""
         self._cycle = cycle
         self.path_args = list(args) if args else []
-        self.path_kwargs = kwargs
+        self.path_kwargs = kwargs if kwargs else {}  # never the empty one a route's paths share
 
     def is_finished(self) -> bool:
         """Whether the response is complete (`finish()` was called, or it was cut off)."""
@@ -454,44 +418,6 @@ class RequestHandler:
     # -- execution ----------------------------------------------------------------
 
     _cycle: RequestCycle
-
-    def _execute(self, cycle: RequestCycle, args: Sequence[str], kwargs: dict[str, str]) -> None:
-        """Run prepare and the method; sync handlers finish before this returns."""
-        self._cycle = cycle
-        if args:
-            self.path_args = list(args)
-        if kwargs:
-            self.path_kwargs = kwargs
-        try:
-            method_name = self.request.method
-            traits = self._traits
-            if method_name not in traits.methods:
-                raise HTTPError(405)
-            method = getattr(self, _METHOD_ATTRS.get(method_name) or method_name.lower(), None)
-            if method is None and method_name == "HEAD":
-                method = getattr(self, "get", None)  # GET's response, the body left out
-            if method is None:
-                raise HTTPError(405)
-            if traits.streams:
-                self.request.body = b""  # the body comes through data_received
-                self._continue_async(self._run_streaming(method, args, kwargs))
-                return
-            if traits.prepares:
-                prepared = self.prepare()
-                if prepared is not None and inspect.isawaitable(prepared):
-                    self._continue_async(self._run_async(prepared, method, args, kwargs))
-                    return
-                if self._finished:
-                    return
-            result = method(*args, **kwargs) if args or kwargs else method()
-            if result is not None and inspect.isawaitable(result):
-                self._continue_async(self._await_result(result))
-                return
-        except Exception as exc:
-            self.handle_exception(exc)
-            return
-        if not self._finished:
-            self.finish()
 
     async def _run_async(
         self, prepared: Awaitable[None], method: Any, args: Sequence[str], kwargs: dict[str, str]
@@ -632,6 +558,96 @@ Route = tuple[Any, ...]
 Found = tuple[type[RequestHandler], dict[str, Any], list[str], dict[str, str]]
 
 
+def _execute(
+    handler: RequestHandler, cycle: RequestCycle, args: Sequence[str], kwargs: dict[str, str]
+) -> None:
+    """Run prepare and the method; sync handlers finish before this returns.
+
+    A function, not a method, so that a handler class defined in the app (an
+    interpreted subclass, in the compiled build) is not asked for it by name.
+    """
+    handler._cycle = cycle
+    if args:
+        handler.path_args = list(args)
+    if kwargs:
+        handler.path_kwargs = kwargs
+    try:
+        method_name = handler.request.method
+        traits = handler._traits
+        if method_name not in traits.methods:
+            raise HTTPError(405)
+        method = getattr(handler, _METHOD_ATTRS.get(method_name) or method_name.lower(), None)
+        if method is None and method_name == "HEAD":
+            method = getattr(handler, "get", None)  # GET's response, the body left out
+        if method is None:
+            raise HTTPError(405)
+        if traits.streams:
+            handler.request.body = b""  # the body comes through data_received
+            handler._continue_async(handler._run_streaming(method, args, kwargs))
+            return
+        if traits.prepares:
+            prepared = handler.prepare()
+            if prepared is not None and inspect.isawaitable(prepared):
+                handler._continue_async(handler._run_async(prepared, method, args, kwargs))
+                return
+            if handler._finished:
+                return
+        result = method(*args, **kwargs) if args or kwargs else method()
+        if result is not None and inspect.isawaitable(result):
+            handler._continue_async(handler._await_result(result))
+            return
+    except Exception as exc:
+        handler.handle_exception(exc)
+        return
+    if not handler._finished:
+        if traits.overrides_finish:
+            handler.finish()
+        else:
+            _finish(handler, None)
+
+
+def _finish(handler: RequestHandler, chunk: str | bytes | dict[str, Any] | None) -> None:
+    """`RequestHandler.finish`, called directly where the class keeps it (no method lookup)."""
+    if handler._finished:
+        raise RuntimeError("finish() called twice")
+    if chunk is not None:
+        handler.write(chunk)
+    handler._finished = True
+    cycle = handler._cycle
+    if handler._headers_written:
+        if not cycle.complete:
+            try:
+                if handler._chunks:
+                    cycle.write(b"".join(handler._chunks))
+                    handler._chunks.clear()
+                cycle.end()
+            except ResponseError:
+                return  # the cycle has logged it and ended the connection
+        handler.on_finish()
+        return
+    chunks = handler._chunks
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    headers = _encoded_headers(handler)
+    if handler._status in (204, 304) or 100 <= handler._status < 200:
+        body = b""
+        headers = [h for h in headers if h[0].lower() != b"content-type"]
+    try:
+        cycle.respond(handler._status, headers, body, handler._reason)
+    except ResponseError:
+        return  # the cycle has logged it and answered with a 500
+    if handler._traits.finishes:
+        handler.on_finish()
+
+
+def _encoded_headers(handler: RequestHandler) -> list[tuple[bytes, bytes]]:
+    if not handler._headers_changed:
+        return _DEFAULT_HEADERS  # read, never changed, by the HTTP core
+    headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in handler._headers.items()]
+    for name, value in handler._extra_headers:
+        headers.append((name.encode("latin-1"), value.encode("latin-1")))
+    return headers
+
+
 class _Traits:
     """What a handler class overrides or declares, looked up once per class, not per request."""
 
@@ -639,11 +655,14 @@ class _Traits:
         self.initializes = cls.initialize is not RequestHandler.initialize
         self.prepares = cls.prepare is not RequestHandler.prepare
         self.finishes = cls.on_finish is not RequestHandler.on_finish
+        self.overrides_finish = cls.finish is not RequestHandler.finish
         self.methods = cls.SUPPORTED_METHODS
         self.streams = cls._stream_request_body
 
 
 _TRAITS: Final[dict[type[RequestHandler], _Traits]] = {}
+#: How many paths an Application keeps the route of.
+_MAX_FOUND_PATHS: Final = 1024
 
 
 def _traits_of(cls: type[RequestHandler]) -> _Traits:
@@ -670,6 +689,8 @@ class Application:
             tuple[re.Pattern[str], type[RequestHandler], dict[str, Any], bool, bool]
         ] = []
         self._streaming_routes = False  # some handler is @stream_request_body
+        #: Paths already routed to a pattern without groups: what they found.
+        self._found: dict[str, Found] = {}
         for route in handlers or []:
             self.add_route(*route)
 
@@ -688,13 +709,22 @@ class Application:
         )
         if handler._stream_request_body:
             self._streaming_routes = True
+        self._found.clear()  # a path may now find this route first
 
     def find_handler(self, path: str) -> Found | None:
+        found = self._found.get(path)
+        if found is not None:
+            return found
         for regex, handler, kwargs, named, grouped in self._routes:
             match = regex.match(path)
             if match is not None:
                 if not grouped:
-                    return handler, kwargs, [], {}
+                    # The same path finds the same route with no arguments every
+                    # time: kept, up to a bound (the client chooses the paths).
+                    found = handler, kwargs, [], {}
+                    if len(self._found) < _MAX_FOUND_PATHS:
+                        self._found[path] = found
+                    return found
                 if named:
                     # Named groups become keywords; one that did not take part in
                     # the match is left out, so the method's default applies.
@@ -781,7 +811,7 @@ class Application:
             logger.exception("could not create %s for %r", handler_class.__name__, request)
             cycle.respond(500, [], b"")
             return
-        handler._execute(cycle, args, path_kwargs)
+        _execute(handler, cycle, args, path_kwargs)
 
     def _not_found(self, cycle: RequestCycle, request: HTTPServerRequest) -> None:
         not_found = RequestHandler(self, request)

@@ -393,6 +393,47 @@ def test_receive_after_complete_request_waits_for_more() -> None:
     assert isinstance(events[0], Request) and events[0].target == b"/2"
 
 
+@pytest.mark.parametrize(
+    ("reads", "versions"),
+    [
+        # Pipelined, versions mixed in one read: the first is read off its request
+        # line, the others from the parser.
+        (
+            [
+                b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+                b"GET /c HTTP/1.1\r\nHost: a\r\n\r\n"
+            ],
+            ["1.1", "1.0", "1.1"],
+        ),
+        (
+            [b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n"],
+            ["1.0", "1.1"],
+        ),
+        # Empty lines before a request, first on the connection and later on it.
+        ([b"\r\n\r\nGET / HTTP/1.0\r\n\r\n"], ["1.0"]),
+        (
+            [
+                b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+                b"\r\nGET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+            ],
+            ["1.1", "1.0"],
+        ),
+        # Targets that hold what a version looks like, and other forms.
+        ([b"GET /x?v=HTTP/1.1 HTTP/1.0\r\n\r\n"], ["1.0"]),
+        ([b"GET /HTTP/1.1\r\n HTTP/1.0\r\n\r\n"], []),
+        ([b"OPTIONS * HTTP/1.0\r\n\r\n"], ["1.0"]),
+        ([b"GET http://a/HTTP/1.0 HTTP/1.1\r\nHost: a\r\n\r\n"], ["1.1"]),
+        # A head in pieces, and one whose line ends in a bare LF (refused).
+        ([b"GET / HT", b"TP/1.0\r\n\r\n"], ["1.0"]),
+        ([b"GET / HTTP/1.0\nHost: HTTP/1.1\r\n\r\n"], []),
+    ],
+)
+def test_each_requests_version_is_its_own(reads: list[bytes], versions: list[str]) -> None:
+    conn = ServerConnection()
+    events = [event for data in reads for event in conn.receive_data(data)]
+    assert [event.http_version for event in events if isinstance(event, Request)] == versions
+
+
 def test_a_closed_connection_parses_nothing_and_holds_no_cycle() -> None:
     conn = ServerConnection()
     events = conn.receive_data(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTT")

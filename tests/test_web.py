@@ -14,7 +14,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.apps.handlers import SECRET
+from squall.web import Application
+from tests.apps.handlers import SECRET, HelloHandler, RequestInfoHandler
 from tests.service import ServedApp, served_app
 
 TIMEOUT = httpx.Timeout(5.0)
@@ -492,6 +493,41 @@ def test_on_finish_runs_after_each_response(server: ServedApp) -> None:
         third = fresh.get("/on-finish").json()["finished_before"]
     assert second == first + 1
     assert third == first + 2
+
+
+def test_a_finish_the_handler_overrides_is_the_one_called(client: httpx.Client) -> None:
+    # squall calls its own finish() directly where a class keeps it; this class
+    # overrides it, and its override must run when get() returns unfinished.
+    for _ in range(3):
+        response = client.get("/own-finish")
+        assert response.text == "body"
+        assert response.headers["x-finished-by"] == "OwnFinishHandler"
+
+
+def test_a_path_is_routed_the_same_every_time(client: httpx.Client) -> None:
+    # Paths that found a route without groups are remembered; those with
+    # groups are matched each time, and a path that found nothing finds nothing.
+    for _ in range(3):
+        assert client.get("/").text == "Hello, world"
+        assert client.get("/positional/a/1").json()["args"] == ["a", "1"]
+        assert client.get("/positional/b/2").json()["args"] == ["b", "2"]
+        assert client.get("/request/one").json()["path"] == "/request/one"
+        assert client.get("/request/two").json()["path"] == "/request/two"
+        assert client.get("/no-such-route").status_code == 404
+
+
+def test_remembered_routes_are_bounded_and_forgotten_when_routes_change() -> None:
+    app = Application([(r"/p/.*", HelloHandler)])
+    for n in range(3000):  # the client chooses the paths: they must not pile up
+        found = app.find_handler(f"/p/{n}")
+        assert found is not None and found[0] is HelloHandler
+    assert len(app._found) == 1024
+    assert app.find_handler("/q/1") is None
+    app.add_route(r"/q/.*", RequestInfoHandler)
+    assert app._found == {}
+    found = app.find_handler("/q/1")
+    assert found is not None and found[0] is RequestInfoHandler
+    assert app.find_handler("/p/1") == (HelloHandler, {}, [], {})
 
 
 def test_service_still_healthy_at_the_end(server: ServedApp, client: httpx.Client) -> None:

@@ -196,6 +196,9 @@ _ODD_HEAD_END: Final = re.compile(rb"\n\r?\n|\r(?!\n)|[\x00-\x08\x0b\x0c\x0e-\x1
 #: piece: httptools joins a field's pieces one read at a time, a cost that grows
 #: with the square of the number of reads.
 _TRAILER_HOLD: Final = 1024
+#: A field name's ASCII letters in lower case; `translate` is compiled inline, a
+#: `lower()` call is a method looked up by name.
+_LOWER_CASE: Final = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", b"abcdefghijklmnopqrstuvwxyz")
 #: What a closed connection holds instead of its parser: one without callbacks.
 _NO_PARSER: Final = httptools.HttpRequestParser(object())
 
@@ -313,6 +316,7 @@ class ServerConnection:
         "_chunked_out",
         "_close_asked",
         "_events",
+        "_fed",
         "_framed",
         "_head_bytes",
         "_headers",
@@ -359,6 +363,9 @@ class ServerConnection:
         self._body_bytes = 0
         self._unframed = 0  # bytes of a chunked message fed since its last body piece
         self._framed = False  # the last feed held a head or a body piece
+        #: What the parser is fed when it begins with a message: its request line's
+        #: version is read there, not built as a string by `get_http_version`.
+        self._fed: bytes | None = None
         self._their_keep_alive = True  # the message being read lets the connection go on
         #: Bytes held back until a blank line completes the head (or trailers) they begin.
         self._held: bytearray | None = None
@@ -443,6 +450,7 @@ class ServerConnection:
             return events
         # Fed here, not in a method of its own: this is every request's path.
         self._framed = False
+        self._fed = None if self._in_message else data
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -581,17 +589,32 @@ class ServerConnection:
             raise RequestError(431, "request header block too large")
         if not self.in_head:
             return  # a trailer field: never merged into the header section (RFC 9110 6.5.1)
-        headers.append((name.lower(), value.rstrip(b" \t")))  # trailing OWS (RFC 9112 5)
+        if value and value[-1] in (32, 9):  # trailing OWS, which llhttp keeps (RFC 9112 5)
+            value = value.rstrip(b" \t")
+        headers.append((name.translate(_LOWER_CASE), value))
 
     def on_headers_complete(self) -> None:
         self.in_head = False
         parser = self._parser
         raw_method = parser.get_method()
-        http_version = parser.get_http_version()
+        target = self._target
+        fed = self._fed
+        http_version = ""
+        if fed is not None:  # the first message of this feed: its request line begins it
+            self._fed = None
+            # Where "HTTP/1.x" and the line's end are if the line is `method SP
+            # target SP version CRLF`; if not, these bytes are not a line's end.
+            at = len(raw_method) + len(target) + 2
+            line_end = fed[at : at + 10]
+            if line_end == b"HTTP/1.1\r\n":
+                http_version = "1.1"
+            elif line_end == b"HTTP/1.0\r\n":
+                http_version = "1.0"
+        if not http_version:
+            http_version = parser.get_http_version()
         if http_version not in ("1.0", "1.1"):
             raise RequestError(400, f"unsupported HTTP version {http_version}")
         upgrade = parser.should_upgrade()
-        target = self._target
         headers = self._headers
         body_expected = expect_continue = False
         host: bytes | None = None

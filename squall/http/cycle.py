@@ -73,14 +73,13 @@ Upgrader = Callable[["RequestCycle", bytes], "Upgraded | None"]
 
 
 class Connection(Protocol):
-    """What a cycle asks of the connection it belongs to (`HTTPProtocol`)."""
+    """What a cycle asks of the connection it belongs to (`HTTPProtocol`).
 
-    @property
-    def conn(self) -> ServerConnection: ...
+    Its framing (a `ServerConnection`), client address and scheme are given to
+    the cycle when it is made.
+    """
 
     loop: asyncio.AbstractEventLoop
-    client: tuple[str, int] | None
-    scheme: str
 
     @property
     def server(self) -> tuple[str, int] | None: ...
@@ -126,6 +125,7 @@ class RequestCycle:
         "_body_waiter",
         "_buffered",
         "_chunks",
+        "_conn",
         "_disconnect_waiter",
         "_protocol",
         "body_complete",
@@ -148,8 +148,18 @@ class RequestCycle:
         "task",
     )
 
-    def __init__(self, protocol: Connection, request: Request | None) -> None:
+    def __init__(
+        self,
+        protocol: Connection,
+        request: Request | None,
+        conn: ServerConnection,
+        client: tuple[str, int] | None,
+        scheme: str,
+    ) -> None:
+        # The protocol's framing and address, given, not asked of it: a
+        # `Connection` is asked by name, and this is every request's path.
         self._protocol = protocol
+        self._conn = conn
         self.counted = False  # in the worker's in-flight count (--limit-concurrency)
         self.task: asyncio.Future[Any] | None = None  # what runs the app, if a task (cancellable)
         self.request = request  # None only for a request that failed to parse
@@ -167,8 +177,8 @@ class RequestCycle:
         self.disconnected = False
         self.continue_sent = False
         # Where the request came from; a trusted proxy's headers may rewrite both.
-        self.client = protocol.client
-        self.scheme = protocol.scheme
+        self.client = client
+        self.scheme = scheme
         # For the access log and metrics; `reported` once either has seen it finish.
         self.reported = False
         self.status = 0
@@ -237,7 +247,7 @@ class RequestCycle:
         """Tell a client that waits (Expect: 100-continue) to send its body."""
         self.continue_sent = True
         request = self.request
-        conn = self._protocol.conn
+        conn = self._conn
         if (
             request is not None
             and request.expect_continue
@@ -258,7 +268,7 @@ class RequestCycle:
         """Send a whole response in one write and end the cycle."""
         request = self._unanswered()
         protocol = self._protocol
-        conn = protocol.conn
+        conn = self._conn
         try:
             data = conn.encode_response(request, status, headers, body, reason)
         except ResponseError as exc:
@@ -290,7 +300,7 @@ class RequestCycle:
         request = self._unanswered()
         protocol = self._protocol
         try:
-            data = protocol.conn.start_response(request, status, headers, reason)
+            data = self._conn.start_response(request, status, headers, reason)
         except ResponseError as exc:
             self._refused(exc)
             raise
@@ -304,7 +314,7 @@ class RequestCycle:
         if data:
             protocol = self._protocol
             try:
-                encoded = protocol.conn.encode_body(data)
+                encoded = self._conn.encode_body(data)
             except ResponseError as exc:
                 self._cut(exc)
                 raise
@@ -320,7 +330,7 @@ class RequestCycle:
             raise RuntimeError("end() outside a started response")
         protocol = self._protocol
         try:
-            tail = protocol.conn.end_response()
+            tail = self._conn.end_response()
         except ResponseError as exc:
             # Shorter than declared: the connection ends after what was sent.
             self._log_refused(exc)

@@ -774,7 +774,7 @@ class Stream:
         self.request_deadline = 0.0
         self.stalled_at = 0.0
         self._writable: asyncio.Future[None] | None = None
-        self.cycle = RequestCycle(self, request)
+        self.cycle = RequestCycle(self, request, self.conn, self.client, self.scheme)
 
     # -- what the cycle asks -------------------------------------------------------
 

@@ -281,7 +281,7 @@ class HTTPProtocol(asyncio.Protocol):
         self.deadline = 0.0
         self._head_deadline = False
         self.fresh = False
-        cycle = RequestCycle(self, request)
+        cycle = RequestCycle(self, request, self.conn, self.client, self.scheme)
         state = self.state
         if state.forwarded is not None:
             state.forwarded(cycle)
@@ -338,7 +338,7 @@ class HTTPProtocol(asyncio.Protocol):
             cycle = receiving  # the body of this request broke a rule
             cycle._disconnect()
         else:
-            cycle = RequestCycle(self, None)
+            cycle = RequestCycle(self, None, self.conn, self.client, self.scheme)
             if self.current is None:
                 self.current = cycle
             else:

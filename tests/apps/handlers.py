@@ -291,6 +291,17 @@ class OnFinishHandler(RequestHandler):
         OnFinishHandler.finished += 1
 
 
+class OwnFinishHandler(RequestHandler):
+    """Overrides finish(): the one squall calls for it after get() returns."""
+
+    def get(self) -> None:
+        self.write("body")
+
+    def finish(self, chunk: Any = None) -> None:
+        self.set_header("X-Finished-By", "OwnFinishHandler")
+        super().finish(chunk)
+
+
 class WriteAfterFinishHandler(RequestHandler):
     def get(self) -> None:
         self.finish("done")
@@ -337,6 +348,7 @@ app = Application(
         (r"/get-only", GetOnlyHandler),
         (r"/head", HeadHandler),
         (r"/on-finish", OnFinishHandler),
+        (r"/own-finish", OwnFinishHandler),
         (r"/write-after-finish", WriteAfterFinishHandler),
         (r"/bad-status", BadStatusHandler),
     ]
