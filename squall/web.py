@@ -661,8 +661,9 @@ class _Traits:
 
 
 _TRAITS: Final[dict[type[RequestHandler], _Traits]] = {}
-#: How many paths an Application keeps the route of.
+#: How many paths an Application keeps the route of, and how long one may be.
 _MAX_FOUND_PATHS: Final = 1024
+_MAX_FOUND_PATH: Final = 256
 
 
 def _traits_of(cls: type[RequestHandler]) -> _Traits:
@@ -720,9 +721,9 @@ class Application:
             if match is not None:
                 if not grouped:
                     # The same path finds the same route with no arguments every
-                    # time: kept, up to a bound (the client chooses the paths).
+                    # time: kept, within bounds (the client chooses the paths).
                     found = handler, kwargs, [], {}
-                    if len(self._found) < _MAX_FOUND_PATHS:
+                    if len(path) <= _MAX_FOUND_PATH and len(self._found) < _MAX_FOUND_PATHS:
                         self._found[path] = found
                     return found
                 if named:

@@ -522,6 +522,11 @@ def test_remembered_routes_are_bounded_and_forgotten_when_routes_change() -> Non
         found = app.find_handler(f"/p/{n}")
         assert found is not None and found[0] is HelloHandler
     assert len(app._found) == 1024
+    long_path = "/p/" + "x" * 4000  # routed, not kept: 1,024 of them would hold 4 MiB
+    fresh = Application([(r"/p/.*", HelloHandler)])
+    found = fresh.find_handler(long_path)
+    assert found is not None and found[0] is HelloHandler
+    assert fresh._found == {}
     assert app.find_handler("/q/1") is None
     app.add_route(r"/q/.*", RequestInfoHandler)
     assert app._found == {}
