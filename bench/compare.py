@@ -775,6 +775,15 @@ def load_average() -> float:
     return os.getloadavg()[0]
 
 
+def load_note(loads: list[float]) -> tuple[str, str]:
+    """The report's line on the load averages `load_average` gave at each run's start."""
+    return (
+        "load average (1 min) at the start of each run",
+        f"min {min(loads):.1f}, median {statistics.median(loads):.1f}, max {max(loads):.1f} "
+        f"(the run itself loads the {os.cpu_count()} CPUs fully)",
+    )
+
+
 def cpu_model() -> str:
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -1342,13 +1351,7 @@ def benchmark(args: argparse.Namespace, servers: list[Server], modes: list[str],
                         file=sys.stderr,
                         flush=True,
                     )
-    about.append(
-        (
-            "load average (1 min) at the start of each run",
-            f"min {min(loads):.1f}, median {statistics.median(loads):.1f}, max {max(loads):.1f} "
-            f"(the run itself loads the {os.cpu_count()} CPUs fully)",
-        )
-    )
+    about.append(load_note(loads))
     text = report(args, servers, modes, runs, when, about)
     print(text, flush=True)
     if not args.no_save:

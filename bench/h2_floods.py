@@ -44,7 +44,6 @@ with SQUALL_PURE_PYTHON=1, as with --pure; the report says which.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import http.client
 import json
@@ -55,7 +54,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -75,6 +73,7 @@ from hyperframe.frame import (
 )
 
 from bench import compare
+from bench.connection_memory import PeakRSS
 from squall import compiled
 
 APP = "tests.apps.h2_limits_app:app"
@@ -325,49 +324,6 @@ def run_flood(name: str, port: int, duration: float, streams: int) -> FloodStats
 # -- measuring ------------------------------------------------------------------------------------
 
 
-def vm_kib(pid: int, field_name: str) -> int | None:
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field_name + ":"):
-                return int(line.split()[1])
-    return None
-
-
-class PeakRSS:
-    """VmRSS sampled every RSS_EVERY seconds from a thread, and VmHWM reset at the start."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.before = 0
-        self.peak = 0
-        self.hwm_reset = False
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def __enter__(self) -> PeakRSS:
-        with contextlib.suppress(OSError):
-            Path(f"/proc/{self.pid}/clear_refs").write_text("5")
-            self.hwm_reset = True
-        self.before = self.peak = vm_kib(self.pid, "VmRSS") or 0
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self._note(vm_kib(self.pid, "VmRSS"))
-        if self.hwm_reset:
-            self._note(vm_kib(self.pid, "VmHWM"))
-
-    def _note(self, kib: int | None) -> None:
-        if kib is not None and kib > self.peak:
-            self.peak = kib
-
-    def _sample(self) -> None:
-        while not self._stop.wait(RSS_EVERY):
-            self._note(vm_kib(self.pid, "VmRSS"))
-
-
 @dataclass
 class Outcome:
     flood: str
@@ -419,7 +375,7 @@ def run_case(
                 raise compare.StartError(f"the flooder did not start within {READY_TIMEOUT:g} s")
             ticks = compare.cpu_ticks(worker) or 0
             began = time.monotonic()
-            with PeakRSS(worker) as rss:
+            with PeakRSS(worker, RSS_EVERY) as rss:
                 next_probe = began
                 while flooder.poll() is None and time.monotonic() < began + args.duration + 10:
                     latency = probe(port)

@@ -56,7 +56,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import re
 import shutil
 import statistics
@@ -651,13 +650,7 @@ def benchmark(args: argparse.Namespace, servers: list[Server], modes: list[str],
                         file=sys.stderr,
                         flush=True,
                     )
-    about.append(
-        (
-            "load average (1 min) at the start of each run",
-            f"min {min(loads):.1f}, median {statistics.median(loads):.1f}, max {max(loads):.1f} "
-            f"(the run itself loads the {os.cpu_count()} CPUs fully)",
-        )
-    )
+    about.append(compare.load_note(loads))
     text = report(args, servers, modes, runs, when, about)
     print(text, flush=True)
     if not args.no_save:

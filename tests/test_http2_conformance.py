@@ -604,6 +604,34 @@ def test_invalid_preface_closes_connection(server: Server, pieces: list[bytes]) 
             assert frame.error_code == Code.PROTOCOL_ERROR, code_name(frame.error_code)
 
 
+@pytest.mark.parametrize("cut", [1, 2, 3, 12])
+def test_preface_in_pieces_is_http2(server: Server, cut: int) -> None:
+    """3.4: the preface in any pieces. A first read of "P" or "PR" could begin an HTTP/1.1
+    method too (the port serves both): it is held until the next byte tells them apart."""
+    with server.client() as client:
+        client.send_raw(PREFACE[:cut])
+        time.sleep(0.1)
+        client.send_raw(PREFACE[cut:])
+        client.handshake(magic=False)
+        assert client.get(1).status == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "cut"), [("POST", 1), ("PROPFIND", 1), ("PROPFIND", 2), ("PUT", 2)]
+)
+def test_http11_request_that_begins_like_the_preface_is_http11(
+    server: Server, method: str, cut: int
+) -> None:
+    """The first byte or two of POST, PUT and PROPFIND are the preface's: still HTTP/1.1."""
+    request = f"{method} / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    with server.client() as client:
+        client.send_raw(request.encode()[:cut])
+        time.sleep(0.1)
+        client.send_raw(request.encode()[cut:])
+        data = client.read_raw_until_closed()
+    assert data.startswith(b"HTTP/1.1 200 "), data[:80]
+
+
 def test_preface_not_followed_by_settings(server: Server) -> None:
     """3.4: the preface MUST be followed by SETTINGS; anything else is an invalid preface."""
     with server.client() as client:

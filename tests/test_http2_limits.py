@@ -833,21 +833,27 @@ def test_empty_data_frames_do_not_hold_off_the_body_timeout(
     """An empty DATA frame every 0.3 s (well within the control-frame budget) is no body:
     the stream still times out within --body-timeout plus the tick."""
     with limits.client() as client:
-        started = time.monotonic()
-        stream_id = client.request("/read", "POST", end_stream=False)
-        deadline = started + BODY_TIMEOUT + LATE + 1
-        while time.monotonic() < deadline:
-            got = client.responses.get(stream_id)
-            if got is not None and (got.status or got.reset is not None):
-                break
-            client.send_frames(DataFrame(stream_id, b""))
-            with contextlib.suppress(TimeoutError):
-                client.read_frame(0.3)
-        took = time.monotonic() - started
-        got = client.responses.get(stream_id)
-        assert got is not None and (got.status == 408 or got.reset is not None), client.summary()
-        assert took <= BODY_TIMEOUT + LATE, took
+        _drip_until_refused(client, lambda stream_id: client.send_frames(DataFrame(stream_id, b"")))
     on_limits()
+
+
+def _drip_until_refused(client: H2, drip: Callable[[int], object]) -> None:
+    """A POST to /read whose body comes as `drip` sends it, every 0.3 s: it must end in
+    408 (or a reset) within --body-timeout and its slack."""
+    started = time.monotonic()
+    stream_id = client.request("/read", "POST", end_stream=False)
+    deadline = started + BODY_TIMEOUT + LATE + 1
+    while time.monotonic() < deadline:
+        got = client.responses.get(stream_id)
+        if got is not None and (got.status or got.reset is not None):
+            break
+        drip(stream_id)
+        with contextlib.suppress(TimeoutError):
+            client.read_frame(0.3)
+    took = time.monotonic() - started
+    got = client.responses.get(stream_id)
+    assert got is not None and (got.status == 408 or got.reset is not None), client.summary()
+    assert took <= BODY_TIMEOUT + LATE, took
 
 
 def test_body_timeout_does_not_blame_the_client_for_a_window_the_server_withholds(
@@ -869,20 +875,7 @@ def test_slow_drip_body_is_held_to_the_min_rate(limits: Server, on_limits: Survi
     """One byte every 0.3 s never leaves --body-timeout (1 s) of silence, but is far below
     --body-min-rate (500 B/s by default): as on HTTP/1.1, 408 once --body-timeout has passed."""
     with limits.client() as client:
-        started = time.monotonic()
-        stream_id = client.request("/read", "POST", end_stream=False)
-        deadline = started + BODY_TIMEOUT + LATE + 1
-        while time.monotonic() < deadline:
-            got = client.responses.get(stream_id)
-            if got is not None and (got.status or got.reset is not None):
-                break
-            client.data(stream_id, b"d")
-            with contextlib.suppress(TimeoutError):
-                client.read_frame(0.3)
-        took = time.monotonic() - started
-        got = client.responses.get(stream_id)
-        assert got is not None and (got.status == 408 or got.reset is not None), client.summary()
-        assert took <= BODY_TIMEOUT + LATE, took
+        _drip_until_refused(client, lambda stream_id: client.data(stream_id, b"d"))
     on_limits()
 
 

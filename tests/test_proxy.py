@@ -37,6 +37,7 @@ from squall.http.proxy_protocol import (
     ProxyProtocolError,
     parse_proxy_header,
 )
+from tests.h2_client import H2Client
 from tests.service import Service, Services, free_port, wait_until, with_descriptor_limit
 
 TIMEOUT = 5.0
@@ -995,6 +996,41 @@ def test_e2e_tls_without_the_header_from_an_allowed_peer_is_closed(tls_proxied: 
         tls_client(tls_proxied).wrap_socket(raw, server_hostname="localhost")
     wait_until(lambda: "closing connection from" in tls_proxied.service.output(), timeout=TIMEOUT)
     assert tls_proxied.service.workers()
+
+
+@pytest.fixture(scope="module")
+def h2c_proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    server = start_server(
+        tmp_path_factory, "tests.apps.echo_client:app", "--proxy-protocol", "--h2c"
+    )
+    yield server
+    server.service.stop()
+
+
+def test_e2e_proxy_header_then_http2_prior_knowledge(h2c_proxied: Server) -> None:
+    # The header first, then the h2c preface: every stream's client is the header's.
+    with connect(h2c_proxied.port) as raw:
+        raw.sendall(V1_TCP4)
+        with H2Client(h2c_proxied.port, sock=raw, timeout=TIMEOUT) as client:
+            streams = [client.get("/"), client.get("/")]
+    answers = [json.loads(bytes(stream.body)) for stream in streams]
+    assert [stream.status for stream in streams] == [200, 200]
+    assert [answer["client"] for answer in answers] == [["192.0.2.1", 56324]] * 2
+    assert answers[0]["scheme"] == "http"
+
+
+def test_e2e_proxy_header_then_http2_over_tls(tls_proxied: Server) -> None:
+    # The header in cleartext, then TLS whose ALPN chooses h2.
+    with connect(tls_proxied.port) as raw:
+        raw.sendall(V1_TCP4)
+        with H2Client(
+            tls_proxied.port, tls=tls_client(tls_proxied), sock=raw, timeout=TIMEOUT
+        ) as client:
+            stream = client.get("/")
+    answer = json.loads(bytes(stream.body))
+    assert stream.status == 200
+    assert answer["client"] == ["192.0.2.1", 56324]
+    assert answer["scheme"] == "https"
 
 
 def cpu_seconds(pid: int) -> float:

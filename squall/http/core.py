@@ -763,10 +763,8 @@ class ServerConnection:
 
     def encode_body(self, data: AppValue) -> bytes:
         """A piece of the body; past a declared Content-Length, refused."""
-        if self.our_state is not SEND_BODY:
-            if self.our_state is CLOSED:
-                return b""
-            raise ResponseError(f"response body while {self.our_state}")
+        if self.our_state is not SEND_BODY and self._closed_else_refuse("response body"):
+            return b""
         if self._no_body or not data:
             return b""
         if self._chunked_out:
@@ -774,6 +772,12 @@ class ServerConnection:
         if self._left >= 0:
             self._keep_to_length(len(data))
         return cast(bytes, data)
+
+    def _closed_else_refuse(self, what: str) -> bool:
+        """Out of SEND_BODY: True after a close (nothing goes out), else `what` is refused."""
+        if self.our_state is CLOSED:
+            return True
+        raise ResponseError(f"{what} while {self.our_state}")
 
     def _keep_to_length(self, size: int) -> None:
         """Count `size` more body bytes against the declared Content-Length; past it, refused."""
@@ -787,10 +791,8 @@ class ServerConnection:
 
     def end_response(self) -> bytes:
         """The end of the body. One shorter than declared ends the connection."""
-        if self.our_state is not SEND_BODY:
-            if self.our_state is CLOSED:
-                return b""
-            raise ResponseError(f"end of response while {self.our_state}")
+        if self.our_state is not SEND_BODY and self._closed_else_refuse("end of response"):
+            return b""
         left = self._left
         if left > 0 and not self._no_body:
             self.keep_alive = False

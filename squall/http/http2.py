@@ -517,26 +517,16 @@ class HTTP2Connection:
     def _begin(self, stream: Stream) -> None:
         """At the head of a request with a body: the app says whether it runs now."""
         cycle = stream.cycle
-        cycle.started = True
         state = self.state
-        if state.concurrency_limit and not state.admit_request(cycle):
-            return
         try:
-            taken = state.app.begin(cycle)
+            taken = state.begin_request(cycle)
         except Exception:  # the interface adapters catch app errors; this is a last resort
             logger.exception("error while handling %r", cycle.request)
             stream.failed()
             return
-        if taken:
-            cycle.reads_body = True
-            if state.request_timeout and not cycle.complete:
-                stream.request_deadline = self.loop.time() + state.request_timeout
-                self.watch()
-            return
-        cycle.started = False
-        cycle.runs_at_end = True
-        if not cycle.continue_sent:
-            cycle.send_continue()
+        if taken and state.request_timeout and not cycle.complete:
+            stream.request_deadline = self.loop.time() + state.request_timeout
+            self.watch()
 
     # -- bytes out ------------------------------------------------------------------
 

@@ -78,6 +78,9 @@ class HTTPProtocol(asyncio.Protocol):
         self.queue: deque[RequestCycle] = deque()
         self.closing = False
         self.fresh = True  # no request begun yet
+        #: "P" or "PR" read first with --h2c: the h2c preface's start, or an
+        #: HTTP/1.1 method's (POST, PROPFIND); held until a third byte tells.
+        self._preface_start = b""
         self.eof = False
         self._reading_paused = False
         self._write_paused = False
@@ -178,8 +181,11 @@ class HTTPProtocol(asyncio.Protocol):
             return
         if self.closing:
             return  # lingering: read and dropped, so that the close sends no reset
-        if self.fresh and data[:3] == b"PRI" and self._prior_knowledge(data):
-            return
+        if self.fresh and (self._preface_start or data[:1] == b"P"):
+            data = self._preface_start + data
+            self._preface_start = b""
+            if self._prior_knowledge(data):
+                return
         conn = self.conn
         for event in conn.receive_data(data):
             kind = type(event)
@@ -218,6 +224,9 @@ class HTTPProtocol(asyncio.Protocol):
         http2 = self.state.http2
         if http2 is None or not http2.h2c or not _PREFACE.startswith(data[: len(_PREFACE)]):
             return False
+        if len(data) < 3:
+            self._preface_start = data  # not yet HTTP/2's ("PRI") nor HTTP/1.1's
+            return True
         http2.take_over(self, data)
         return True
 
@@ -312,25 +321,15 @@ class HTTPProtocol(asyncio.Protocol):
         request = cycle.request
         if request is not None and request.upgrade:
             return  # offered to `upgrade` once its message ends
-        cycle.started = True
         state = self.state
-        if state.concurrency_limit and not state.admit_request(cycle):
-            return
         try:
-            taken = self.app.begin(cycle)
+            taken = state.begin_request(cycle)
         except Exception:  # the interface adapters catch app errors; this is a last resort
             logger.exception("error while handling %r", cycle.request)
             self._failed(cycle)
             return
-        if taken:
-            cycle.reads_body = True
-            if state.request_timeout and not cycle.complete:
-                self.request_deadline = self.loop.time() + state.request_timeout
-            return
-        cycle.started = False
-        cycle.runs_at_end = True
-        if not cycle.continue_sent:
-            cycle.send_continue()  # its body waits for the 100 (Expect: 100-continue)
+        if taken and state.request_timeout and not cycle.complete:
+            self.request_deadline = self.loop.time() + state.request_timeout
 
     def _request_failed(self, error: RequestError) -> None:
         receiving = self.receiving

@@ -161,6 +161,26 @@ class ServerState:
         cycle.counted = True
         return True
 
+    def begin_request(self, cycle: RequestCycle) -> bool | None:
+        """At the head of a request with a body: ask the app whether it runs now.
+
+        True: the app took it and reads the body as it comes. False: it runs
+        once the body is in (a 100 Continue is sent if the client waits for
+        one). None: refused with a 503 (`admit_request`). What the app's
+        `begin` raises, the caller handles (it ends the request its own way).
+        """
+        cycle.started = True
+        if self.concurrency_limit and not self.admit_request(cycle):
+            return None
+        if self.app.begin(cycle):
+            cycle.reads_body = True
+            return True
+        cycle.started = False
+        cycle.runs_at_end = True
+        if not cycle.continue_sent:
+            cycle.send_continue()  # its body waits for the 100 (Expect: 100-continue)
+        return False
+
     def _next_pass(self) -> None:
         self.admitted_this_pass = 0
 

@@ -179,10 +179,8 @@ class StreamFraming(ServerConnection):
         return b""
 
     def encode_body(self, data: AppValue) -> bytes:
-        if self.our_state is not SEND_BODY:
-            if self.our_state is CLOSED:
-                return b""
-            raise ResponseError(f"response body while {self.our_state}")
+        if self.our_state is not SEND_BODY and self._closed_else_refuse("response body"):
+            return b""
         if self._no_body or not data:
             return b""
         piece = _as_bytes(data)
@@ -192,10 +190,8 @@ class StreamFraming(ServerConnection):
         return b""
 
     def end_response(self) -> bytes:
-        if self.our_state is not SEND_BODY:
-            if self.our_state is CLOSED:
-                return b""
-            raise ResponseError(f"end of response while {self.our_state}")
+        if self.our_state is not SEND_BODY and self._closed_else_refuse("end of response"):
+            return b""
         left = self._left
         if left > 0 and not self._no_body:
             self.short_by = left
