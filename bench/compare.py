@@ -4,6 +4,7 @@
                             [--modes keepalive,close,paced] [--connections 64]
                             [--threads 2] [--workers 2] [--pace-ms 6]
                             [--squall-variants shared-socket,no-steering,pure] [--smoke]
+                            [--before TREE]
     python bench/compare.py --cpu-table [--duration 5] [--rounds 3]
 
 Every server runs --workers workers (2 by default) and answers GET / with
@@ -44,6 +45,11 @@ usual tables, its report has one table of server CPU µs per request in
 both modes, each with its ratio to uvicorn: uvicorn's µs / the server's
 (for a Starlette row, Starlette-on-uvicorn's µs / the server's). --servers,
 --workers, --threads, --connections and --modes still override the set.
+
+--before TREE runs every selected squall server a second time from another
+checkout, a git worktree of an older commit built in place, right after
+this tree's in every round (`NAME+before`, and a row under this tree's in
+the CPU table): the A/B of a change, end to end, on the same drift.
 
 --smoke starts each selected server, asks it once with http.client, stops it
 and prints its pids, then "left: none" when no process it started is alive
@@ -129,6 +135,8 @@ class Server:
     env: tuple[tuple[str, str], ...] = ()
     #: With 1 worker it serves from its one process, without a supervisor (uvicorn, tornado).
     lone_at_one: bool = False
+    #: Where it runs (None: this repository). `python -m` puts it first on sys.path.
+    cwd: Path | None = None
 
     def processes(self, workers: int) -> int:
         """How many processes it runs once up: its workers and, mostly, a supervisor."""
@@ -318,6 +326,7 @@ class Variant:
     what: str
     flags: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
+    cwd: Path | None = None
 
     def of(self, server: Server, suffix: str) -> Server:
         base = server.command
@@ -328,6 +337,7 @@ class Variant:
             server.runtime,
             env=server.env + self.env,
             lone_at_one=server.lone_at_one,
+            cwd=self.cwd or server.cwd,
         )
 
 
@@ -592,7 +602,7 @@ def serving(
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             command,
-            cwd=ROOT,
+            cwd=server.cwd or ROOT,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=out,
@@ -1003,9 +1013,14 @@ def cpu_table(
     """--cpu-table's table: server CPU µs per request in keep-alive and new-connection mode,
     each with its ratio to its baseline's (uvicorn's, or Starlette-on-uvicorn's), medians."""
     labels = {name: (label, base) for name, label, base in CPU_TABLE}
-    rows = [(s.name, *labels.get(s.name, (s.name, BASELINE))) for s in servers]
     order = {name: i for i, (name, _label, _base) in enumerate(CPU_TABLE)}
-    rows.sort(key=lambda row: order.get(row[0], len(order)))  # the issue's order, others after
+    rows = []
+    for server in servers:
+        name = server.name.removesuffix("+before")  # --before: under the row it is compared with
+        label, base = labels.get(name, (name, BASELINE))
+        before = name != server.name
+        rows.append((server.name, f"{label}, before" if before else label, base, name, before))
+    rows.sort(key=lambda row: (order.get(row[3], len(order)), row[4]))  # the issue's order
 
     def cpu_us(mode: str, name: str) -> float:
         got = [r.cpu_us for r in runs.get(mode, {}).get(name, []) if r is not None]
@@ -1016,7 +1031,7 @@ def cpu_table(
         f"| server | keep-alive µs | {times} | new connection µs | {times} | host steal |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    for name, label, base in rows:
+    for name, label, base, _name, _before in rows:
         cells = []
         for mode in CPU_TABLE_MODES:
             mine = cpu_us(mode, name)
@@ -1142,7 +1157,35 @@ def select(args: argparse.Namespace) -> list[Server]:
             for s in list(chosen)
             if s.runtime == "squall" and "+" not in s.name
         ]
+    if args.before:
+        chosen = with_before(chosen, Path(args.before).resolve())
     return chosen
+
+
+def with_before(chosen: list[Server], tree: Path) -> list[Server]:
+    """Each squall server followed by the same server run from `tree`, another checkout.
+
+    `tree` is a git worktree of an older commit built in place (`python
+    setup.py build_ext --inplace`, or not at all: then its pure modules). The
+    server runs in it (`python -m` puts its working directory first on
+    sys.path, ahead of this repository's editable install). Run next to each
+    other in every round, the two see the same drift of the machine: an A/B
+    of a change, end to end.
+    """
+    if not (tree / "squall" / "__init__.py").is_file():
+        raise SystemExit(f"compare.py: --before {tree}: no squall package there")
+    commit = output_of(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"]) or "?"
+    before = Variant(
+        f"from {tree} (commit {commit})",
+        env=(("PYTHONPATH", f"{tree}{os.pathsep}{ROOT}"),),
+        cwd=tree,
+    )
+    paired: list[Server] = []
+    for server in chosen:
+        paired.append(server)
+        if server.runtime == "squall":
+            paired.append(before.of(server, "before"))
+    return paired
 
 
 def smoke(servers: list[Server], workdir: Path, workers: int = WORKERS) -> int:
@@ -1264,6 +1307,12 @@ def main() -> int:
         help="the issue's CPU-per-request table: uvicorn, granian, socketify, squall (and "
         "+pure), Starlette on uvicorn, granian and squall; 1 worker, wrk -t1 -c16, "
         "keepalive and close",
+    )
+    parser.add_argument(
+        "--before",
+        metavar="TREE",
+        help="also run each selected squall server from TREE, another checkout (a worktree "
+        "of an older commit, built in place), right after this one's: name+before",
     )
     parser.add_argument(
         "--smoke", action="store_true", help="start, ask once, stop each server; no wrk"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Final, Literal, TypedDict
+from typing import Any, Final, Literal, TypedDict, cast
 
 from mypy_extensions import mypyc_attr
 
@@ -181,7 +181,11 @@ class _Exchange:
                 raise RuntimeError("ASGI app sent 'http.response.body' before 'start'")
             if cycle.complete:
                 raise RuntimeError("ASGI app sent body after the response was complete")
-            body = bytes(message.get("body", b""))
+            # Read untyped: an app may send a bytearray or a memoryview, which the
+            # compiled build would refuse as the TypedDict's `bytes`.
+            body: Any = cast("dict[str, Any]", message).get("body", b"")
+            if type(body) is not bytes:  # bytes() of bytes is a call for nothing
+                body = bytes(body)
             more = bool(message.get("more_body", False))
             if not cycle.response_started:
                 request = cycle.request

@@ -216,6 +216,23 @@ def test_empty_body_echo(client: httpx.Client) -> None:
     assert response.headers["x-body-chunks"] == "1"
 
 
+def test_bodies_may_be_bytearrays_and_memoryviews(client: httpx.Client) -> None:
+    whole = client.get("/buffer-bodies?whole")
+    assert whole.status_code == 200 and whole.content == b"bytearray"
+    assert whole.headers["content-length"] == "9"
+    streamed = client.get("/buffer-bodies")
+    assert streamed.status_code == 200 and streamed.content == b"one,two,three"
+
+
+def test_a_worker_imports_nothing_it_does_not_use(client: httpx.Client) -> None:
+    """HTTP/2's packages load with HTTP/2, and the Date header needs no email package
+    (a third of a MiB per worker)."""
+    client.get("/scope")
+    loaded = set(client.get("/modules").json())
+    assert "squall" in loaded
+    assert not loaded & {"email", "h2", "hpack", "hyperframe"}
+
+
 def test_start_without_body_message(client: httpx.Client) -> None:
     response = client.get("/start-only")
     assert response.status_code == 201

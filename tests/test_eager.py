@@ -102,6 +102,49 @@ def test_cancelled_before_its_next_step_the_coroutine_sees_the_cancellation(loop
 
 
 @needs_eager
+def test_a_cancel_asked_in_the_first_step_reaches_the_app_at_its_wait(loop: Any) -> None:
+    """The task is cancelled before it has a future to cancel: its first step throws it in."""
+    events: list[str] = []
+
+    async def handler() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel()
+        events.append("asked")
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            events.append("cancelled")
+            raise
+
+    task = from_a_callback(loop, handler)
+    assert task is not None
+    with pytest.raises(asyncio.CancelledError):
+        loop.run_until_complete(asyncio.wait_for(task, 5))
+    assert events == ["asked", "cancelled"] and task.cancelled()
+
+
+@needs_eager
+@pytest.mark.parametrize("waits", [0, 1, 3])
+def test_bare_yields_after_the_first_step_each_take_a_pass(loop: Any, waits: int) -> None:
+    """`asyncio.sleep(0)` yields None, not a future: the task goes on at its next step."""
+    seen: list[object] = []
+
+    async def handler() -> None:
+        for _ in range(waits):
+            await asyncio.sleep(0)
+        seen.append(asyncio.current_task())
+
+    task = from_a_callback(loop, handler)
+    if waits == 0:
+        assert task is None and len(seen) == 1
+        return
+    assert task is not None
+    loop.run_until_complete(asyncio.wait_for(task, 5))
+    assert seen == [task] and task.exception() is None
+
+
+@needs_eager
 def test_an_error_after_a_wait_is_the_tasks(loop: Any) -> None:
     async def handler() -> None:
         await asyncio.sleep(0)

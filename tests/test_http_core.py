@@ -559,6 +559,15 @@ def test_date_and_server_headers() -> None:
     assert resp.values(b"server") == [b"squall"]
 
 
+@given(st.floats(min_value=0, max_value=253402300799))  # to 9999-12-31 23:59:59
+def test_imf_fixdate_is_what_email_formats(seconds: float) -> None:
+    from email.utils import formatdate
+
+    from squall.http.date import imf_fixdate
+
+    assert imf_fixdate(seconds) == formatdate(int(seconds), usegmt=True).encode()
+
+
 def test_head_gets_content_length_but_no_body() -> None:
     conn, request = answering(HEAD11)
     raw = conn.encode_response(request, 200, [], b"0123456789")

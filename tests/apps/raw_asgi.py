@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -212,6 +213,26 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     elif path == "/empty-body":
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body"})
+
+    elif path == "/modules":
+        # The top-level packages this worker has imported, after serving requests.
+        loaded = sorted({name.partition(".")[0] for name in sys.modules})
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": json.dumps(loaded).encode()})
+
+    elif path == "/buffer-bodies":
+        # Bodies as a bytearray and memoryviews, whole and streamed.
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        if scope["query_string"] == b"whole":
+            await send({"type": "http.response.body", "body": bytearray(b"bytearray")})
+        else:
+            await send(
+                {"type": "http.response.body", "body": bytearray(b"one,"), "more_body": True}
+            )
+            await send(
+                {"type": "http.response.body", "body": memoryview(b"two,"), "more_body": True}
+            )
+            await send({"type": "http.response.body", "body": memoryview(b"three")})
 
     elif path == "/raise":
         raise RuntimeError(SECRET + " (before start)")
