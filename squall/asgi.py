@@ -113,6 +113,16 @@ class ASGIAdapter:
             else:
                 logger.exception("exception in ASGI app for %s %s", scope["method"], scope["path"])
                 exchange.fail()
+        except asyncio.CancelledError:
+            # Cancelled by squall (--request-timeout, a stream's reset), the request
+            # is answered or gone; raised by the app itself, it is answered here, not
+            # left open. The task ends cancelled either way.
+            if not cycle.complete and not cycle.disconnected:
+                logger.error(
+                    "ASGI app raised CancelledError for %s %s", scope["method"], scope["path"]
+                )
+                exchange.fail()
+            raise
         else:
             if not cycle.response_started:
                 if exchange.status is not None:  # start sent, no body message

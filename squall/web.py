@@ -596,7 +596,7 @@ def _execute(
         if result is not None and inspect.isawaitable(result):
             handler._continue_async(handler._await_result(result))
             return
-    except Exception as exc:
+    except (Exception, asyncio.CancelledError) as exc:  # a sync handler's own CancelledError: a 500
         handler.handle_exception(exc)
         return
     if not handler._finished:

@@ -288,6 +288,26 @@ def test_exception_is_500_and_logged(server: ServedApp, client: httpx.Client) ->
     assert after.json()["pid"] == pid
 
 
+@pytest.mark.parametrize("query", ["", "after-wait"])
+def test_a_cancellation_the_app_raises_is_a_500(
+    server: ServedApp, client: httpx.Client, query: str
+) -> None:
+    """No one cancelled the task: the request is answered, not left open (uvicorn answers 500 too)."""
+    pid = client.get("/worker").json()["pid"]
+    response = client.get("/raise-cancelled", params=query or None)
+    assert response.status_code == 500 and response.text == "Internal Server Error"
+    assert "ASGI app raised CancelledError for GET /raise-cancelled" in server.service.output()
+    after = client.get("/worker")
+    assert after.status_code == 200 and after.json()["pid"] == pid
+
+
+def test_a_cancellation_the_app_raises_after_start_closes_connection(server: ServedApp) -> None:
+    with httpx.Client(base_url=server.url, timeout=TIMEOUT) as fresh:
+        with pytest.raises(httpx.RemoteProtocolError):
+            fresh.get("/raise-cancelled-after-start")
+        assert fresh.get("/worker").status_code == 200
+
+
 def test_exception_after_start_closes_connection(server: ServedApp) -> None:
     with httpx.Client(base_url=server.url, timeout=TIMEOUT) as fresh:
         with pytest.raises(httpx.RemoteProtocolError):

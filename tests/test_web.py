@@ -446,6 +446,17 @@ def test_async_exception_is_500_and_logged(server: ServedApp, client: httpx.Clie
     assert client.get("/async").status_code == 200
 
 
+def test_a_sync_handlers_own_cancelled_error_is_a_500(
+    server: ServedApp, client: httpx.Client
+) -> None:
+    pid = client.get("/request/who").json()["pid"]
+    response = client.get("/cancelled")
+    assert response.status_code == 500
+    assert "uncaught exception in GET /cancelled" in server.service.output()
+    after = client.get("/request/who")  # the same connection: it was kept
+    assert after.status_code == 200 and after.json()["pid"] == pid
+
+
 def test_async_http_error(client: httpx.Client) -> None:
     assert client.get("/async-http-error").status_code == 402
 

@@ -185,6 +185,13 @@ class ErrorHandler(RequestHandler):
         raise RuntimeError(SECRET + " (sync)")
 
 
+class CancelledHandler(RequestHandler):
+    """A sync handler that raises CancelledError itself (no task was cancelled)."""
+
+    def get(self) -> None:
+        raise asyncio.CancelledError()
+
+
 class AsyncHandler(RequestHandler):
     async def get(self) -> None:
         await asyncio.sleep(0.01)
@@ -334,6 +341,7 @@ app = Application(
         (r"/custom-error", CustomErrorPageHandler),
         (r"/send-error", SendErrorHandler),
         (r"/error", ErrorHandler),
+        (r"/cancelled", CancelledHandler),
         (r"/async", AsyncHandler),
         (r"/async-error", AsyncErrorHandler),
         (r"/async-http-error", AsyncHTTPErrorHandler),

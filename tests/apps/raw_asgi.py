@@ -242,6 +242,18 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await send({"type": "http.response.body", "body": b"partial", "more_body": True})
         raise RuntimeError(SECRET + " (after start)")
 
+    elif path == "/raise-cancelled":
+        # A cancellation the app raises on its own (no one cancelled its task),
+        # at once or after a wait.
+        if scope["query_string"] == b"after-wait":
+            await asyncio.sleep(0.01)
+        raise asyncio.CancelledError()
+
+    elif path == "/raise-cancelled-after-start":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"partial", "more_body": True})
+        raise asyncio.CancelledError()
+
     elif path == "/no-response":
         return
 
