@@ -469,8 +469,10 @@ class RequestHandler:
 
     def _async_done(self, task: asyncio.Future[Any]) -> None:
         if task.cancelled():
+            # squall cancels a handler's task only once its request is answered
+            # (--request-timeout's 504): this one raised CancelledError itself.
             if not self._finished and not self._cycle.complete:
-                self._cycle.abort()
+                self.handle_exception(asyncio.CancelledError())
             return
         exc = task.exception()
         if exc is not None:

@@ -446,13 +446,14 @@ def test_async_exception_is_500_and_logged(server: ServedApp, client: httpx.Clie
     assert client.get("/async").status_code == 200
 
 
-def test_a_sync_handlers_own_cancelled_error_is_a_500(
-    server: ServedApp, client: httpx.Client
+@pytest.mark.parametrize("path", ["/cancelled", "/async-cancelled"])
+def test_a_handlers_own_cancelled_error_is_a_500(
+    server: ServedApp, client: httpx.Client, path: str
 ) -> None:
     pid = client.get("/request/who").json()["pid"]
-    response = client.get("/cancelled")
+    response = client.get(path)
     assert response.status_code == 500
-    assert "uncaught exception in GET /cancelled" in server.service.output()
+    server.service.wait_for_log(f"uncaught exception in GET {path}", timeout=5)
     after = client.get("/request/who")  # the same connection: it was kept
     assert after.status_code == 200 and after.json()["pid"] == pid
 

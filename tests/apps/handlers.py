@@ -192,6 +192,12 @@ class CancelledHandler(RequestHandler):
         raise asyncio.CancelledError()
 
 
+class AsyncCancelledHandler(RequestHandler):
+    async def get(self) -> None:
+        await asyncio.sleep(0.01)
+        raise asyncio.CancelledError()
+
+
 class AsyncHandler(RequestHandler):
     async def get(self) -> None:
         await asyncio.sleep(0.01)
@@ -342,6 +348,7 @@ app = Application(
         (r"/send-error", SendErrorHandler),
         (r"/error", ErrorHandler),
         (r"/cancelled", CancelledHandler),
+        (r"/async-cancelled", AsyncCancelledHandler),
         (r"/async", AsyncHandler),
         (r"/async-error", AsyncErrorHandler),
         (r"/async-http-error", AsyncHTTPErrorHandler),
