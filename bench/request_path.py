@@ -159,7 +159,6 @@ def new_connections(loop: asyncio.AbstractEventLoop, app: Any, requests: int) ->
     gc.collect()
     written = 0
     elapsed = from_callbacks(loop, one, requests)
-    loop.run_until_complete(asyncio.sleep(0))  # the last connection's loss
     state.stop_ticker()
     assert written >= requests, "not every request was answered"
     return elapsed

@@ -118,7 +118,7 @@ class ASGIAdapter:
             # is answered or gone; raised by the app itself, it is answered here, not
             # left open. The task ends cancelled either way.
             if not cycle.complete and not cycle.disconnected:
-                logger.error(
+                logger.exception(
                     "ASGI app raised CancelledError for %s %s", scope["method"], scope["path"]
                 )
                 exchange.fail()

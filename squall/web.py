@@ -472,7 +472,10 @@ class RequestHandler:
             # squall cancels a handler's task only once its request is answered
             # (--request-timeout's 504): this one raised CancelledError itself.
             if not self._finished and not self._cycle.complete:
-                self.handle_exception(asyncio.CancelledError())
+                try:
+                    task.result()
+                except asyncio.CancelledError as cancelled:  # the handler's own is its context
+                    self.handle_exception(cancelled)
             return
         exc = task.exception()
         if exc is not None:

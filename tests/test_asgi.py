@@ -296,7 +296,9 @@ def test_a_cancellation_the_app_raises_is_a_500(
     pid = client.get("/worker").json()["pid"]
     response = client.get("/raise-cancelled", params=query or None)
     assert response.status_code == 500 and response.text == "Internal Server Error"
-    assert "ASGI app raised CancelledError for GET /raise-cancelled" in server.service.output()
+    output = server.service.output()
+    assert "ASGI app raised CancelledError for GET /raise-cancelled" in output
+    assert "raise asyncio.CancelledError()" in output  # its traceback
     after = client.get("/worker")
     assert after.status_code == 200 and after.json()["pid"] == pid
 

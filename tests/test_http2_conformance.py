@@ -632,6 +632,17 @@ def test_http11_request_that_begins_like_the_preface_is_http11(
     assert data.startswith(b"HTTP/1.1 200 "), data[:80]
 
 
+def test_preface_in_the_middle_of_an_http11_head_is_not_http2(server: Server) -> None:
+    """3.4: the preface is a connection's first bytes. Sent in a later read, inside an
+    HTTP/1.1 head, it is a malformed field line: 400, not a switch to HTTP/2."""
+    with server.client() as client:
+        client.send_raw(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        time.sleep(0.1)
+        client.send_raw(PREFACE)
+        data = client.read_raw_until_closed()
+    assert data.startswith(b"HTTP/1.1 400 "), data[:80]
+
+
 def test_preface_not_followed_by_settings(server: Server) -> None:
     """3.4: the preface MUST be followed by SETTINGS; anything else is an invalid preface."""
     with server.client() as client:

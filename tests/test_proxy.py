@@ -496,9 +496,15 @@ class Server:
     ca_file: Path | None = None
 
 
-def start_server(
-    tmp_path_factory: pytest.TempPathFactory, app: str, *options: str, unix: bool = False
-) -> Server:
+def serving(
+    tmp_path_factory: pytest.TempPathFactory,
+    app: str,
+    *options: str,
+    unix: bool = False,
+    metrics_port: int | None = None,
+    ca_file: Path | None = None,
+) -> Iterator[Server]:
+    """A module's server: one worker serving `app` with `options`, stopped by PID at the end."""
     port = free_port()
     base = tmp_path_factory.mktemp("proxy")
     binds = ["--bind", f"127.0.0.1:{port}"]
@@ -513,44 +519,40 @@ def start_server(
     try:
         service.wait_for_port(port)
         service.wait_for_workers(1)
-    except BaseException:
+        yield Server(service, port, path, metrics_port, ca_file)
+    finally:
         service.stop()
-        raise
-    return Server(service, port, path)
 
 
 @pytest.fixture(scope="module")
 def trusted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = start_server(
-        tmp_path_factory, "tests.apps.echo_client:app", "--forwarded-allow-ips", "127.0.0.1"
+    yield from serving(
+        tmp_path_factory,
+        "tests.apps.echo_client:app",
+        "--forwarded-allow-ips",
+        "127.0.0.1",
     )
-    yield server
-    server.service.stop()
 
 
 @pytest.fixture(scope="module")
 def untrusted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = start_server(
+    yield from serving(
         tmp_path_factory,
         "tests.apps.echo_client:app",
         "--forwarded-allow-ips",
         "10.0.0.1",
         unix=True,
     )
-    yield server
-    server.service.stop()
 
 
 @pytest.fixture(scope="module")
 def trusted_web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = start_server(
+    yield from serving(
         tmp_path_factory,
         "tests.apps.echo_client:web_app",
         "--forwarded-allow-ips",
         "127.0.0.0/8, ::1",
     )
-    yield server
-    server.service.stop()
 
 
 @pytest.fixture(scope="module")
@@ -558,7 +560,7 @@ def proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     # PROXY headers are read from the default peers, 127.0.0.1 and ::1. The
     # header's client is trusted for forwarding headers when it is in 10/8.
     metrics_port = free_port()
-    server = start_server(
+    yield from serving(
         tmp_path_factory,
         "tests.apps.echo_client:app",
         "--proxy-protocol",
@@ -569,16 +571,14 @@ def proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         "--metrics",
         f"127.0.0.1:{metrics_port}",
         unix=True,
+        metrics_port=metrics_port,
     )
-    server.metrics_port = metrics_port
-    yield server
-    server.service.stop()
 
 
 @pytest.fixture(scope="module")
 def restricted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     # PROXY headers are read from 10.9.9.9 only; the test client is 127.0.0.1.
-    server = start_server(
+    yield from serving(
         tmp_path_factory,
         "tests.apps.echo_client:app",
         "--proxy-protocol",
@@ -587,8 +587,6 @@ def restricted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         "--forwarded-allow-ips",
         "127.0.0.1",
     )
-    yield server
-    server.service.stop()
 
 
 @pytest.fixture(scope="module")
@@ -608,16 +606,14 @@ def ca_file_and_pem(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pat
 def tls_proxied(
     tmp_path_factory: pytest.TempPathFactory, ca_file_and_pem: tuple[Path, Path]
 ) -> Iterator[Server]:
-    server = start_server(
+    yield from serving(
         tmp_path_factory,
         "tests.apps.echo_client:app",
         "--proxy-protocol",
         "--certfile",
         str(ca_file_and_pem[1]),
+        ca_file=ca_file_and_pem[0],
     )
-    server.ca_file = ca_file_and_pem[0]
-    yield server
-    server.service.stop()
 
 
 def get_json(server: Server, headers: dict[str, str] | None = None) -> Any:
@@ -1000,11 +996,12 @@ def test_e2e_tls_without_the_header_from_an_allowed_peer_is_closed(tls_proxied: 
 
 @pytest.fixture(scope="module")
 def h2c_proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = start_server(
-        tmp_path_factory, "tests.apps.echo_client:app", "--proxy-protocol", "--h2c"
+    yield from serving(
+        tmp_path_factory,
+        "tests.apps.echo_client:app",
+        "--proxy-protocol",
+        "--h2c",
     )
-    yield server
-    server.service.stop()
 
 
 def test_e2e_proxy_header_then_http2_prior_knowledge(h2c_proxied: Server) -> None:

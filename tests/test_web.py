@@ -16,7 +16,7 @@ import pytest
 
 from squall.web import Application
 from tests.apps.handlers import SECRET, HelloHandler, RequestInfoHandler
-from tests.service import ServedApp, served_app
+from tests.service import ServedApp, served_app, wait_until
 
 TIMEOUT = httpx.Timeout(5.0)
 JSON_BODY = b'{"hello": "world", "number": 3, "html": "<\\/script>"}'
@@ -454,6 +454,8 @@ def test_a_handlers_own_cancelled_error_is_a_500(
     response = client.get(path)
     assert response.status_code == 500
     server.service.wait_for_log(f"uncaught exception in GET {path}", timeout=5)
+    # Where the handler raised it, from its traceback.
+    wait_until(lambda: "raise asyncio.CancelledError()" in server.service.output(), timeout=5)
     after = client.get("/request/who")  # the same connection: it was kept
     assert after.status_code == 200 and after.json()["pid"] == pid
 

@@ -181,7 +181,11 @@ class HTTPProtocol(asyncio.Protocol):
             return
         if self.closing:
             return  # lingering: read and dropped, so that the close sends no reset
-        if self.fresh and (self._preface_start or data[:1] == b"P"):
+        if (
+            self.fresh
+            and (self._preface_start or data[:1] == b"P")
+            and not self.conn.head_in_progress  # the preface is a connection's first bytes
+        ):
             data = self._preface_start + data
             self._preface_start = b""
             if self._prior_knowledge(data):
